@@ -1,0 +1,50 @@
+# Two entry points that work on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
+# Each creates .venv and installs what it needs. On a machine without a GPU, set TORCH_INDEX to PyTorch's CPU
+# wheel index to avoid the CUDA build, e.g. make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+
+.PHONY: demo test lint system-deps install install-dev clean
+
+demo: install system-deps
+	$(BIN)/python bench/executor.py
+
+test: install-dev system-deps
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not gpu"
+
+lint: install-dev
+	$(BIN)/ruff check .
+
+# bubblewrap gives the sandbox its namespaces; without it the sandbox still runs, with a loud warning.
+system-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
+	  else echo "note: install bubblewrap (apt-get install bubblewrap) for full sandbox isolation"; fi; }
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Torch first, so that nothing later pulls a different build.
+$(VENV)/.torch: | $(BIN)/python
+	$(PIP) install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
