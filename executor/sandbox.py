@@ -1,0 +1,273 @@
+"""`Sandbox`: the caller's handle on the fork server. Runs untrusted Python, never in the caller's process.
+
+```python
+with Sandbox(SandboxConfig(timeout_s=5.0)) as sandbox:
+    sandbox.run("print(2**100)").stdout          # '1267650600228229401496703205376\\n'
+    sandbox.run_many(codes)                       # parallel over `workers` processes, order kept
+```
+The server is a fresh interpreter (`subprocess`, i.e. fork+exec: never a fork of a process that may hold CUDA).
+If it dies or stops answering, the jobs in flight come back as `crashed` and the next call starts a new one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import Future
+from typing import IO, Any
+
+from executor import isolation
+from executor.config import SandboxConfig
+from executor.protocol import FRAME, encode
+from executor.result import ExecutionResult
+
+log = logging.getLogger(__name__)
+
+STALL_MARGIN_S = 10.0  # beyond timeout + grace, how long a silent server with work in flight may take
+_warned: set[str] = set()
+_bwrap_probe: dict[str | None, str | None] = {}
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot start (or cannot start with the isolation the config requires)."""
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+class _Connection:
+    """One running server process: frames out, a reader thread routing results to futures."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], config: dict[str, Any], start_timeout_s: float) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env, close_fds=True, start_new_session=True)
+        self.pending: dict[int, Future[ExecutionResult]] = {}
+        self.lock = threading.Lock()
+        self.alive = True
+        self.last_heard = time.monotonic()
+        self.hello: Future[dict[str, Any]] = Future()
+        threading.Thread(target=self._log_stderr, daemon=True, name="sandbox-stderr").start()
+        self.send(config)
+        threading.Thread(target=self._read_results, daemon=True, name="sandbox-reader").start()
+        try:
+            self.hello_message = self.hello.result(timeout=start_timeout_s)
+        except TimeoutError as exc:
+            self.close()
+            raise SandboxError(f"the sandbox server did not start within {start_timeout_s} s") from exc
+        if self.hello_message.get("type") != "hello":
+            self.close()
+            raise SandboxError(f"the sandbox server failed to start: {self.hello_message.get('error')}")
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        with self.lock:
+            self.proc.stdin.write(encode(message))
+            self.proc.stdin.flush()
+
+    def submit(self, job_id: int, code: str, timeout_s: float) -> Future[ExecutionResult]:
+        future: Future[ExecutionResult] = Future()
+        with self.lock:
+            if not self.alive:
+                future.set_result(ExecutionResult.crashed("the sandbox server is not running"))
+                return future
+            self.pending[job_id] = future
+        try:
+            self.send({"id": job_id, "code": code, "timeout_s": timeout_s})
+        except (BrokenPipeError, OSError, ValueError):
+            self._fail_pending("the sandbox server died")
+        return future
+
+    def _read_results(self) -> None:
+        stream: IO[bytes] | None = self.proc.stdout
+        assert stream is not None
+        while True:
+            header = stream.read(FRAME.size)
+            if len(header) < FRAME.size:
+                break
+            (size,) = FRAME.unpack(header)
+            body = stream.read(size)
+            if len(body) < size:
+                break
+            self.last_heard = time.monotonic()
+            message = json.loads(body)
+            if message["type"] == "result":
+                with self.lock:
+                    future = self.pending.pop(message["id"], None)
+                if future is not None:
+                    future.set_result(ExecutionResult.from_dict(message["result"]))
+            elif not self.hello.done():
+                self.hello.set_result(message)
+            elif message["type"] == "fatal":
+                log.error("sandbox server: %s", message["error"])
+        code = self.proc.wait()
+        reason = f"the sandbox server died (exit status {code})"
+        if not self.hello.done():
+            self.hello.set_result({"type": "fatal", "error": reason})
+        self._fail_pending(reason)
+
+    def _log_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            log.warning("%s", line.decode(errors="replace").rstrip())
+
+    def _fail_pending(self, reason: str) -> None:
+        with self.lock:
+            self.alive = False
+            pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_result(ExecutionResult.crashed(reason))
+
+    def stalled(self, limit_s: float) -> bool:
+        with self.lock:
+            busy = bool(self.pending)
+        return busy and time.monotonic() - self.last_heard > limit_s
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass  # already broken: the server is gone
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._fail_pending("the sandbox was closed")
+
+
+class Sandbox:
+    """Runs untrusted Python programs in isolated, pre-forked processes of a warmed server.
+
+    Bad code never raises here: it comes back as an `ExecutionResult` with a status. Only a sandbox that cannot
+    start at all (or lacks isolation that `require_isolation` demands) raises `SandboxError`.
+    """
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self.layers = isolation.Layers()
+        self.restarts = 0
+        self._conn: _Connection | None = None
+        self._cgroup: isolation.PidsCgroup | None = None
+        self._ids = itertools.count()
+        self._start_lock = threading.Lock()
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+    def start(self) -> Sandbox:
+        with self._start_lock:
+            if self._conn is None or not self._conn.alive:
+                if self._conn is not None:
+                    self.restarts += 1
+                    log.warning("restarting the sandbox server (restart %d)", self.restarts)
+                    self._stop()
+                self._conn = self._launch()
+        return self
+
+    def close(self) -> None:
+        with self._start_lock:
+            self._stop()
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_conn", None) is not None:
+            self._stop()
+
+    @property
+    def server_pid(self) -> int | None:
+        """The pid of the outermost process of the server (bwrap's, when it runs inside bubblewrap)."""
+        return self._conn.proc.pid if self._conn is not None else None
+
+    def _launch(self) -> _Connection:
+        cfg = self.config
+        layers = isolation.Layers(present=["rlimits"])
+        bwrap = shutil.which("bwrap")
+        if bwrap not in _bwrap_probe:
+            _bwrap_probe[bwrap] = isolation.probe_bwrap(bwrap)
+        why_no_bwrap = _bwrap_probe[bwrap]
+        command, env = isolation.server_command()
+        if why_no_bwrap is None and bwrap is not None:
+            layers.present.append("bubblewrap")
+            command = isolation.bwrap_argv(bwrap) + command
+        else:
+            layers.missing["bubblewrap"] = why_no_bwrap or "not found"
+        self._cgroup = isolation.PidsCgroup.create(cfg.max_processes, f"delegate-sandbox-{os.getpid()}-{id(self)}")
+        nproc = None
+        if self._cgroup is not None:
+            layers.present.append("process_limit")
+            command = self._cgroup.wrap(command)
+        elif os.getuid() != 0:
+            layers.present.append("process_limit")
+            nproc = cfg.max_processes
+        else:
+            layers.missing["process_limit"] = ("no writable pids cgroup, and RLIMIT_NPROC does not bind root: "
+                                               "a job may start processes until its deadline")
+        server_config = {**cfg.model_dump(mode="json"), "in_bwrap": "bubblewrap" in layers.present, "nproc": nproc}
+        conn = _Connection(command, env, server_config, cfg.start_timeout_s)
+        why_no_ns = conn.hello_message.get("job_namespaces")
+        if why_no_ns:
+            layers.missing["job_namespaces"] = why_no_ns
+        else:
+            layers.present.append("job_namespaces")
+        if conn.hello_message.get("preload_missing"):
+            _warn_once(f"sandbox: could not preload {', '.join(conn.hello_message['preload_missing'])}")
+        self.layers = layers
+        if layers.missing:
+            message = f"sandbox runs without some isolation: {layers.describe_missing()}"
+            if cfg.require_isolation:
+                conn.close()
+                self._remove_cgroup()
+                raise SandboxError(message + " (require_isolation is set)")
+            _warn_once(message)
+        return conn
+
+    def _stop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._remove_cgroup()
+
+    def _remove_cgroup(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.remove()
+            self._cgroup = None
+
+    # --- running ----------------------------------------------------------------------------------------------
+    def run(self, code: str, timeout_s: float | None = None) -> ExecutionResult:
+        """Run one program; see `run_many`."""
+        return self.run_many([code], timeout_s)[0]
+
+    def run_many(self, codes: list[str], timeout_s: float | None = None) -> list[ExecutionResult]:
+        """Run programs in parallel (up to `workers` at once); results in the order of `codes`."""
+        if not codes:
+            return []
+        self.start()
+        conn = self._conn
+        assert conn is not None
+        timeout = timeout_s if timeout_s is not None else self.config.timeout_s
+        futures = [conn.submit(next(self._ids), code, timeout) for code in codes]
+        stall_limit = timeout + self.config.grace_s + STALL_MARGIN_S
+        for future in futures:
+            while not future.done():
+                try:
+                    future.result(timeout=0.5)
+                except TimeoutError:
+                    if conn.stalled(stall_limit):
+                        log.error("the sandbox server stopped answering; killing it")
+                        conn.proc.kill()
+                        conn._fail_pending("the sandbox server stopped answering")
+        return [future.result() for future in futures]
