@@ -1,0 +1,176 @@
+"""The sandbox's contract: results, order, parallel runs, restarts, clean shutdown, missing layers, config."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import pytest
+from pydantic import ValidationError
+
+from executor import ExecutionResult, Sandbox, SandboxConfig, SandboxError
+from tests.helpers import alive, descendants, open_fds, rss_kb, server_python_pid, wait_until
+
+FAST = SandboxConfig(timeout_s=3.0, grace_s=0.5, workers=2)
+
+
+def test_run_returns_stdout_and_timing():
+    with Sandbox(FAST) as sandbox:
+        result = sandbox.run("print(2**100)")
+    assert result.status == "ok" and result.stdout == "1267650600228229401496703205376\n"
+    assert result.error is None and result.exit_code == 0 and 0 < result.duration_s < 3.0
+
+
+def test_run_many_keeps_order_when_jobs_finish_out_of_order():
+    codes = [f"import time\ntime.sleep({0.05 * (5 - i)})\nprint({i})" for i in range(6)]
+    with Sandbox(FAST) as sandbox:
+        results = sandbox.run_many(codes)
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(6)]
+
+
+def test_preloaded_math_stack_is_available():
+    code = "import sympy, numpy, mpmath\nx = sympy.Symbol('x')\nprint(sympy.solve(x**2 - 4, x), numpy.int64(3) * 2)"
+    with Sandbox(FAST) as sandbox:
+        assert sandbox.run(code).stdout == "[-2, 2] 6\n"
+
+
+def test_render_ok_error_and_silence():
+    with Sandbox(FAST) as sandbox:
+        ok, error, silent = sandbox.run_many(["print(12)", "print('partial')\n1/0", "x = 1"])
+    assert ok.render() == "12"
+    assert error.render() == "partial\nZeroDivisionError: division by zero (line 2)"
+    assert silent.render() == "no output"
+
+
+def test_render_clips_long_output_keeping_head_and_tail():
+    result = ExecutionResult(status="ok", stdout="A" * 50 + "B" * 5000 + "Z" * 50)
+    text = result.render(max_chars=300)
+    assert len(text) <= 300 and text.startswith("A" * 50) and text.endswith("Z" * 50) and "cut" in text
+
+
+def test_result_round_trips_through_a_dict():
+    result = ExecutionResult(status="crashed", stderr="x", error="crashed: killed by SIGSEGV", signal="SIGSEGV")
+    assert ExecutionResult.from_dict(result.to_dict()) == result
+
+
+def test_per_call_timeout_overrides_the_config():
+    with Sandbox(FAST) as sandbox:
+        result = sandbox.run("import time\ntime.sleep(10)", timeout_s=0.5)
+    assert result.status == "timeout" and "0.5 s" in result.error
+
+
+def test_killed_server_reports_jobs_in_flight_as_crashed_and_restarts():
+    with Sandbox(FAST) as sandbox:
+        sandbox.start()
+        server = server_python_pid(sandbox.server_pid)
+        killer = _later(0.5, lambda: os.kill(server, signal.SIGKILL))
+        results = sandbox.run_many(["import time\ntime.sleep(2)\nprint('never')"] * 2)
+        killer.join()
+        assert [r.status for r in results] == ["crashed", "crashed"]
+        assert "server died" in results[0].error
+        assert sandbox.run("print('back')").stdout == "back\n"
+        assert sandbox.restarts == 1
+
+
+def test_close_leaves_no_process_behind():
+    sandbox = Sandbox(FAST).start()
+    sandbox.run_many(["import time\ntime.sleep(0.2)"] * 2)
+    processes = descendants(sandbox.server_pid) | {sandbox.server_pid}
+    assert len(processes) >= 4  # bwrap (or sh), the server, and pre-forked job processes
+    busy = Sandbox(FAST).start()
+    busy_processes = descendants(busy.server_pid) | {busy.server_pid}
+    runner = _later(0.0, lambda: busy.run("import os, time\nos.fork()\ntime.sleep(30)"))
+    time.sleep(0.5)
+    sandbox.close()
+    busy.close()
+    runner.join()
+    assert wait_until(lambda: not any(alive(pid) for pid in processes | busy_processes), timeout_s=5.0)
+
+
+def test_missing_bubblewrap_warns_once_and_still_runs(monkeypatch, caplog):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with caplog.at_level(logging.WARNING, logger="executor.sandbox"), Sandbox(FAST) as sandbox:
+        assert sandbox.run("print(1)").stdout == "1\n"
+        assert "bubblewrap" in sandbox.layers.missing and "job_namespaces" in sandbox.layers.missing
+    assert any("bubblewrap is not installed" in r.getMessage() for r in caplog.records)
+
+
+def test_missing_bubblewrap_still_kills_setsid_grandchildren(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    marker = "271828.182"
+    code = f"import os\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sleep', ['sleep', '{marker}'])\n"
+    with Sandbox(FAST) as sandbox:
+        assert sandbox.run(code).status == "ok"
+        from tests.helpers import processes_with_cmdline
+
+        assert wait_until(lambda: not processes_with_cmdline(f"sleep {marker}"), timeout_s=3.0)
+
+
+def test_require_isolation_refuses_to_start_without_bubblewrap(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    sandbox = Sandbox(FAST.model_copy(update={"require_isolation": True}))
+    with pytest.raises(SandboxError, match="bubblewrap"):
+        sandbox.start()
+
+
+def test_full_isolation_is_present_here():
+    """CI installs bubblewrap and runs as root: every layer must be there (else the hostile tests mean less)."""
+    with Sandbox(FAST.model_copy(update={"require_isolation": True})) as sandbox:
+        assert set(sandbox.layers.present) >= {"bubblewrap", "job_namespaces", "process_limit", "rlimits"}
+
+
+def test_config_rejects_unknown_and_invalid_fields():
+    with pytest.raises(ValidationError, match="timeout_seconds"):
+        SandboxConfig(timeout_seconds=5)
+    with pytest.raises(ValidationError, match="timeout_s"):
+        SandboxConfig(timeout_s=-1)
+
+
+@pytest.mark.slow
+def test_stalled_server_is_detected_and_replaced():
+    with Sandbox(SandboxConfig(timeout_s=0.5, grace_s=0.2, workers=1)) as sandbox:
+        sandbox.start()
+        server = server_python_pid(sandbox.server_pid)
+        os.kill(server, signal.SIGSTOP)
+        result = sandbox.run("print(1)")
+        assert result.status == "crashed" and "stopped answering" in result.error
+        assert sandbox.run("print(2)").stdout == "2\n" and sandbox.restarts == 1
+
+
+@pytest.mark.slow
+def test_soak_5000_mixed_jobs_keeps_processes_fds_and_memory_flat():
+    mixed = ["print(1)", "1/0", "import time\ntime.sleep(5)", "print('x' * 100000)", "import os\nos.fork()",
+             "import sympy\nprint(sympy.factorint(2**64 + 1))", "bytearray(10**10)", "import sys\nsys.exit(2)"]
+    with Sandbox(SandboxConfig(timeout_s=0.2, grace_s=0.2, max_output_bytes=4096)) as sandbox:
+        sandbox.start()
+        outer = sandbox.server_pid
+        server = server_python_pid(outer)
+
+        def snapshot() -> tuple[int, int, int]:
+            wait_until(lambda: len(descendants(outer)) <= 2 + 2 * sandbox.config.workers)
+            return len(descendants(outer)), open_fds(server), rss_kb(server)
+
+        statuses: dict[str, int] = {}
+        for batch in range(50):
+            for result in sandbox.run_many([mixed[(batch + i) % len(mixed)] for i in range(100)]):
+                statuses[result.status] = statuses.get(result.status, 0) + 1
+            if batch == 9:
+                early = snapshot()
+        late = snapshot()
+    assert sum(statuses.values()) == 5000 and set(statuses) >= {"ok", "error", "timeout", "memory", "output_limit"}
+    assert late[0] <= early[0] and late[1] <= early[1], (early, late)
+    assert late[2] - early[2] < 20_000, (early, late)  # server RSS grows by less than 20 MB over 4000 jobs
+
+
+def _later(delay: float, action):
+    import threading
+
+    def run() -> None:
+        time.sleep(delay)
+        action()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
