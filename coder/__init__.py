@@ -1,0 +1,1 @@
+"""Turns plain-words requests into Python: backends, code extraction, cache. Knows nothing of GRPO."""

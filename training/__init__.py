@@ -1,0 +1,1 @@
+"""GRPO training on TRL: the entry point, rewards, curriculum, data, evaluation, recipes."""
