@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
+MS_BIND = 4096
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
@@ -95,16 +96,27 @@ def last_capability() -> int:
     return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
 
 
-def bwrap_argv(bwrap: str) -> list[str]:
+def bwrap_argv(bwrap: str, tmp_binds: list[str]) -> list[str]:
     """bwrap's options for the server: new namespaces, read-only host, private /tmp, /dev and /proc.
 
-    The server keeps CAP_SYS_ADMIN and CAP_SETPCAP inside its own user namespace only, to give each job its own
-    PID and mount namespaces and then drop every capability in the job.
+    `tmp_binds` are host paths under /tmp that the interpreter needs (a checkout or virtualenv there); they are
+    bound back, read-only, over the private /tmp. The server keeps CAP_SYS_ADMIN and CAP_SETPCAP inside its own
+    user namespace only, to give each job its own PID and mount namespaces and then drop them in the job.
     """
+    binds = [arg for path in tmp_binds for arg in ("--ro-bind", path, path)]
     return [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--as-pid-1", "--die-with-parent", "--new-session",
-            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-            "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP", "--chdir", "/tmp", "--"]
+            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", *binds,
+            "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP", "--chdir", "/", "--"]
+
+
+def interpreter_paths_under_tmp() -> list[str]:
+    """The smallest set of directories under /tmp that hold this interpreter, its packages or this project."""
+    candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+                  str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if p)}
+    under_tmp = sorted({os.path.realpath(p) for p in candidates if os.path.isdir(p)
+                        and os.path.realpath(p).startswith("/tmp/")})
+    return [p for p in under_tmp if not any(p.startswith(q + "/") for q in under_tmp if q != p)]
 
 
 def probe_bwrap(bwrap: str | None) -> str | None:
@@ -112,7 +124,7 @@ def probe_bwrap(bwrap: str | None) -> str | None:
     if bwrap is None:
         return "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
     try:
-        done = subprocess.run([*bwrap_argv(bwrap), "true"], capture_output=True, timeout=30, check=False)
+        done = subprocess.run([*bwrap_argv(bwrap, []), "true"], capture_output=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bubblewrap failed to run: {exc}"
     if done.returncode != 0:

@@ -23,6 +23,7 @@ from typing import NoReturn
 from executor import isolation
 
 JOB_FILENAME = "<job>"
+JOB_DIR = "/tmp/delegate-job"  # a job's working directory, on its private tmpfs
 SETUP_FAILED = 121  # exit code of a job process whose isolation could not be set up
 JOB_FD, REPORT_FD = 3, 4
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -45,6 +46,7 @@ class JobSetup:
     nproc: int | None
     last_cap: int
     workdir: str | None  # the job's directory when it has no private tmpfs
+    binds: tuple[str, ...] = ()  # host paths under /tmp (a checkout, a virtualenv) to bind back read-only
 
 
 def job_main(setup: JobSetup, job_r: int, out_w: int, err_w: int, report_w: int) -> NoReturn:
@@ -74,9 +76,17 @@ def _isolate(setup: JobSetup) -> None:
         isolation.mount("none", "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
         nosuid_nodev = isolation.MS_NOSUID | isolation.MS_NODEV
         isolation.mount("proc", "/proc", "proc", nosuid_nodev | isolation.MS_NOEXEC)
+        # The new /tmp hides what the interpreter needs there; fds opened first (in this mount namespace, as
+        # bind mounts require) still reach the read-only originals.
+        hidden = [(path, os.open(path, os.O_PATH)) for path in setup.binds]
         isolation.mount("tmpfs", "/tmp", "tmpfs", nosuid_nodev, f"size={setup.tmpfs_mb}m,mode=0700")
+        for path, fd in hidden:
+            os.makedirs(path, exist_ok=True)
+            isolation.mount(f"/proc/self/fd/{fd}", path, None, isolation.MS_BIND | isolation.MS_REC)
+            os.close(fd)
         isolation.mount("tmpfs", "/dev/shm", "tmpfs", nosuid_nodev, f"size={setup.tmpfs_mb}m,mode=1777")
-        os.chdir("/tmp")
+        os.mkdir(JOB_DIR)
+        os.chdir(JOB_DIR)
         isolation.drop_capabilities(setup.last_cap)
     else:
         assert setup.workdir is not None

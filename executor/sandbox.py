@@ -48,8 +48,11 @@ class _Connection:
     """One running server process: frames out, a reader thread routing results to futures."""
 
     def __init__(self, argv: list[str], env: dict[str, str], config: dict[str, Any], start_timeout_s: float) -> None:
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env, close_fds=True, start_new_session=True)
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, env=env, close_fds=True, start_new_session=True)
+        except OSError as exc:
+            raise SandboxError(f"cannot start the sandbox server ({argv[0]}): {exc}") from exc
         self.pending: dict[int, Future[ExecutionResult]] = {}
         self.lock = threading.Lock()
         self.alive = True
@@ -127,6 +130,11 @@ class _Connection:
             if not future.done():
                 future.set_result(ExecutionResult.crashed(reason))
 
+    def abort(self, reason: str) -> None:
+        """Kill the server and fail every job it holds; the next call starts a new one."""
+        self.proc.kill()
+        self._fail_pending(reason)
+
     def stalled(self, limit_s: float) -> bool:
         with self.lock:
             busy = bool(self.pending)
@@ -200,9 +208,11 @@ class Sandbox:
             _bwrap_probe[bwrap] = isolation.probe_bwrap(bwrap)
         why_no_bwrap = _bwrap_probe[bwrap]
         command, env = isolation.server_command()
+        tmp_binds: list[str] = []
         if why_no_bwrap is None and bwrap is not None:
             layers.present.append("bubblewrap")
-            command = isolation.bwrap_argv(bwrap) + command
+            tmp_binds = isolation.interpreter_paths_under_tmp()
+            command = isolation.bwrap_argv(bwrap, tmp_binds) + command
         else:
             layers.missing["bubblewrap"] = why_no_bwrap or "not found"
         self._cgroup = isolation.PidsCgroup.create(cfg.max_processes, f"delegate-sandbox-{os.getpid()}-{id(self)}")
@@ -216,7 +226,8 @@ class Sandbox:
         else:
             layers.missing["process_limit"] = ("no writable pids cgroup, and RLIMIT_NPROC does not bind root: "
                                                "a job may start processes until its deadline")
-        server_config = {**cfg.model_dump(mode="json"), "in_bwrap": "bubblewrap" in layers.present, "nproc": nproc}
+        server_config = {**cfg.model_dump(mode="json"), "in_bwrap": "bubblewrap" in layers.present, "nproc": nproc,
+                         "tmp_binds": tmp_binds}
         conn = _Connection(command, env, server_config, cfg.start_timeout_s)
         why_no_ns = conn.hello_message.get("job_namespaces")
         if why_no_ns:
@@ -268,6 +279,5 @@ class Sandbox:
                 except TimeoutError:
                     if conn.stalled(stall_limit):
                         log.error("the sandbox server stopped answering; killing it")
-                        conn.proc.kill()
-                        conn._fail_pending("the sandbox server stopped answering")
+                        conn.abort("the sandbox server stopped answering")
         return [future.result() for future in futures]

@@ -121,7 +121,8 @@ class Server:
         cfg = self.config
         base = dict(tmpfs_mb=cfg["tmpfs_mb"], address_space_bytes=vm_kb * 1024 + cfg["memory_mb"] * 2**20,
                     file_size_bytes=cfg["file_size_mb"] * 2**20, open_files=cfg["open_files"],
-                    nproc=cfg["nproc"], last_cap=isolation.last_capability(), workdir=None)
+                    nproc=cfg["nproc"], last_cap=isolation.last_capability(), workdir=None,
+                    binds=tuple(cfg["tmp_binds"]))
         if not cfg["in_bwrap"]:
             self.setup = JobSetup(namespaced=False, **base)
             return "the server does not run inside bubblewrap, so jobs cannot get namespaces of their own"

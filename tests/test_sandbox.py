@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from executor import ExecutionResult, Sandbox, SandboxConfig, SandboxError
-from tests.helpers import alive, descendants, open_fds, rss_kb, server_python_pid, wait_until
+from tests.helpers import alive, descendants, open_fds, processes_with_cmdline, rss_kb, server_python_pid, wait_until
 
 FAST = SandboxConfig(timeout_s=3.0, grace_s=0.5, workers=2)
 
@@ -103,8 +103,6 @@ def test_missing_bubblewrap_still_kills_setsid_grandchildren(monkeypatch):
     code = f"import os\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sleep', ['sleep', '{marker}'])\n"
     with Sandbox(FAST) as sandbox:
         assert sandbox.run(code).status == "ok"
-        from tests.helpers import processes_with_cmdline
-
         assert wait_until(lambda: not processes_with_cmdline(f"sleep {marker}"), timeout_s=3.0)
 
 
@@ -149,7 +147,14 @@ def test_soak_5000_mixed_jobs_keeps_processes_fds_and_memory_flat():
         server = server_python_pid(outer)
 
         def snapshot() -> tuple[int, int, int]:
-            wait_until(lambda: len(descendants(outer)) <= 2 + 2 * sandbox.config.workers)
+            """Processes and fds once the pool is idle and refilled (two equal readings in a row)."""
+            previous = None
+            for _ in range(50):
+                current = (len(descendants(outer)), open_fds(server))
+                if current == previous:
+                    break
+                previous = current
+                time.sleep(0.1)
             return len(descendants(outer)), open_fds(server), rss_kb(server)
 
         statuses: dict[str, int] = {}
@@ -160,7 +165,7 @@ def test_soak_5000_mixed_jobs_keeps_processes_fds_and_memory_flat():
                 early = snapshot()
         late = snapshot()
     assert sum(statuses.values()) == 5000 and set(statuses) >= {"ok", "error", "timeout", "memory", "output_limit"}
-    assert late[0] <= early[0] and late[1] <= early[1], (early, late)
+    assert late[0] <= early[0] <= 3 + 2 * sandbox.config.workers and late[1] <= early[1], (early, late)
     assert late[2] - early[2] < 20_000, (early, late)  # server RSS grows by less than 20 MB over 4000 jobs
 
 
