@@ -34,6 +34,13 @@ _warned: set[str] = set()
 _bwrap_probe: dict[str | None, str | None] = {}
 
 
+def _empty_program() -> Future[ExecutionResult]:
+    """An empty program is an error the planner should see (a coder that wrote nothing), not a silent success."""
+    future: Future[ExecutionResult] = Future()
+    future.set_result(ExecutionResult(status="error", error="no code to run: the program is empty"))
+    return future
+
+
 class SandboxError(RuntimeError):
     """The sandbox cannot start (or cannot start with the isolation the config requires)."""
 
@@ -270,7 +277,8 @@ class Sandbox:
         conn = self._conn
         assert conn is not None
         timeout = timeout_s if timeout_s is not None else self.config.timeout_s
-        futures = [conn.submit(next(self._ids), code, timeout) for code in codes]
+        futures = [conn.submit(next(self._ids), code, timeout) if code.strip() else _empty_program()
+                   for code in codes]
         stall_limit = timeout + self.config.grace_s + STALL_MARGIN_S
         for future in futures:
             while not future.done():

@@ -44,6 +44,13 @@ def test_render_ok_error_and_silence():
     assert silent.render() == "no output"
 
 
+def test_empty_program_is_an_error_not_a_silent_success():
+    with Sandbox(FAST) as sandbox:
+        empty, blank, real = sandbox.run_many(["", "  \n\t", "print(1)"])
+    assert empty.status == blank.status == "error" and empty.render() == "no code to run: the program is empty"
+    assert real.stdout == "1\n"
+
+
 def test_render_clips_long_output_keeping_head_and_tail():
     result = ExecutionResult(status="ok", stdout="A" * 50 + "B" * 5000 + "Z" * 50)
     text = result.render(max_chars=300)
