@@ -75,14 +75,18 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
 
 
 def build_model(tokenizer, hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                intermediate_size: int = 128, max_positions: int = 4096, seed: int = 0):
-    """A randomly initialised Qwen2-shaped causal LM sized to `tokenizer`."""
+                intermediate_size: int = 128, max_positions: int = 4096, init_std: float = 0.2, seed: int = 0):
+    """A randomly initialised Qwen2-shaped causal LM sized to `tokenizer`.
+
+    `init_std` is ten times Qwen's 0.02: at that scale a tiny random model's greedy output depends on its input
+    (at 0.02 it prints the same newline for every prompt), which tests that compare outputs need.
+    """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                         max_position_embeddings=max_positions, tie_word_embeddings=True,
+                         max_position_embeddings=max_positions, tie_word_embeddings=True, initializer_range=init_std,
                          bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
