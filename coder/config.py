@@ -1,0 +1,74 @@
+"""`CoderConfig`: which model writes the code, through which backend, with which prompt and limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Fields that only one backend reads: setting one for another backend is a mistake worth failing on.
+BACKEND_FIELDS = {
+    "transformers": {"device", "dtype", "batch_size"},
+    "openai": {"base_url", "api_key_env", "concurrency", "timeout_s", "retries"},
+    "vllm": {"gpu_memory_utilization", "tensor_parallel_size", "max_model_len", "dtype"},
+}
+
+
+class CoderConfig(BaseModel):
+    """The coder's configuration. Swapping backend or model is a change here and nothing else."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["transformers", "openai", "vllm"] = "transformers"
+    model: str = Field("Qwen/Qwen2.5-7B-Instruct", description="hub id or local path (the served name for openai)")
+    prompt: str = Field("prompts/coder.txt", description="system prompt file")
+    context: Literal["none", "question"] = Field("none", description="whether the coder sees the question too")
+    context_template: str = Field("prompts/coder_context.txt", description="user message when context=question")
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(512, gt=0)
+    cache_size: int = Field(4096, ge=0, description="LRU entries at temperature 0; 0 disables the cache")
+    deduplicate: bool = Field(True, description="at temperature 0, generate duplicates within one call once")
+    # transformers
+    device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    batch_size: int = Field(32, gt=0, description="micro-batch size of one generate call")
+    # openai
+    base_url: str | None = Field(None, description="e.g. http://localhost:8000/v1; None is OpenAI's own API")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    concurrency: int = Field(16, gt=0, description="requests in flight at once")
+    timeout_s: float = Field(60.0, gt=0, description="per HTTP attempt")
+    retries: int = Field(2, ge=0, description="retries after the first attempt, with exponential backoff")
+    # vllm
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(1, gt=0)
+    max_model_len: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _fields_match_backend(self) -> CoderConfig:
+        own = BACKEND_FIELDS[self.backend]
+        foreign = {name for fields in BACKEND_FIELDS.values() for name in fields} - own
+        wrong = sorted(foreign & self.model_fields_set)
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} do not apply to the {self.backend!r} backend")
+        return self
+
+    def prompt_text(self) -> str:
+        return resolve(self.prompt).read_text()
+
+    def context_text(self) -> str:
+        return resolve(self.context_template).read_text()
+
+
+def resolve(path: str) -> Path:
+    """A file as given (absolute or relative to the working directory), else relative to the project root."""
+    candidate = Path(path)
+    if candidate.exists():
+        return candidate
+    rooted = PROJECT_ROOT / path
+    if rooted.exists():
+        return rooted
+    raise FileNotFoundError(f"{path} (looked in {Path.cwd()} and {PROJECT_ROOT})")
