@@ -1,0 +1,106 @@
+"""The `openai` coder backend against a real OpenAI-compatible server (`transformers serve`, tiny local model)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from coder import CoderConfig, build_coder
+from tests.servers import SilentServer, TransformersServer, free_port
+
+REQUESTS = ["the least common multiple of 38 and 16", "2 to the power 100", "the sum of 1 to 100",
+            "the square root of 2 to 30 digits"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    server = TransformersServer(tiny_model_dir, tmp_path_factory.mktemp("serve")).wait_ready()
+    yield server
+    server.stop()
+
+
+def openai_config(base_url: str, model: str, **overrides) -> CoderConfig:
+    fields = {"backend": "openai", "base_url": base_url, "model": model, "max_new_tokens": 12, "timeout_s": 30.0,
+              "retries": 1, "cache_size": 0}
+    return CoderConfig(**{**fields, **overrides})
+
+
+def test_replies_match_local_generation_of_the_same_model(server, tiny_model_dir):
+    """Greedy decoding of the same model and prompt: the server's replies equal the local backend's."""
+    local_config = CoderConfig(model=str(tiny_model_dir), device="cpu", max_new_tokens=12, cache_size=0)
+    with build_coder(openai_config(server.base_url, str(tiny_model_dir), concurrency=4)) as remote, \
+            build_coder(local_config) as local:
+        remote_replies = [p.reply for p in remote.write_programs(REQUESTS)]
+        local_replies = [p.reply for p in local.write_programs(REQUESTS)]
+    assert remote_replies == local_replies
+    assert len(set(remote_replies)) > 1
+
+
+def test_concurrent_requests_keep_their_order(server, tiny_model_dir):
+    with build_coder(openai_config(server.base_url, str(tiny_model_dir), concurrency=8)) as coder:
+        together = [p.reply for p in coder.write_programs(REQUESTS * 2)]
+        alone = [coder.write_programs([request])[0].reply for request in REQUESTS]
+    assert together == alone * 2
+
+
+def test_cache_spares_the_server(server, tiny_model_dir):
+    with build_coder(openai_config(server.base_url, str(tiny_model_dir), cache_size=64)) as coder:
+        coder.write(REQUESTS)
+        coder.write(REQUESTS + REQUESTS[:1])
+    assert coder.stats.generated == len(REQUESTS) and coder.stats.cache_hits == len(REQUESTS) + 1
+
+
+def test_wrong_model_name_is_a_per_request_failure(server):
+    with build_coder(openai_config(server.base_url, "no-such-model")) as coder:
+        programs = coder.write_programs(REQUESTS[:2])
+    assert all(p.failure is not None and p.failure.startswith("backend: HTTP 400") for p in programs)
+    assert "no-such-model" in programs[0].failure
+    assert programs[0].code.startswith("raise RuntimeError(") and "coder failed: HTTP 400" in programs[0].code
+
+
+def test_slow_server_timeout_is_honoured():
+    with SilentServer() as silent, build_coder(openai_config(silent.base_url, "tiny", timeout_s=0.5, retries=1,
+                                                             concurrency=2)) as coder:
+        start = time.monotonic()
+        programs = coder.write_programs(REQUESTS[:2])
+        elapsed = time.monotonic() - start
+        assert len(silent.accepted) >= 2  # the requests did reach the server
+    assert all("timed out after 0.5 s (2 attempts)" in p.failure for p in programs)
+    assert elapsed < 2 * 0.5 + 8.0  # two attempts plus at most one client backoff, never a hang
+
+
+def test_nothing_listening_fails_fast_and_clearly():
+    config = openai_config(f"http://127.0.0.1:{free_port()}/v1", "tiny", retries=2, timeout_s=5.0)
+    with build_coder(config) as coder:
+        start = time.monotonic()
+        programs = coder.write_programs(REQUESTS[:3])
+        elapsed = time.monotonic() - start
+    assert all("cannot reach" in p.failure and "(3 attempts)" in p.failure for p in programs)
+    assert elapsed < 15.0 and coder.stats.failures == 3
+
+
+def test_server_killed_mid_run_fails_each_request_after_retries(tiny_model_dir, tmp_path):
+    server = TransformersServer(tiny_model_dir, tmp_path).wait_ready()
+    config = openai_config(server.base_url, str(tiny_model_dir), max_new_tokens=200, timeout_s=20.0, retries=2,
+                           concurrency=2)
+    requests = [f"request number {i}" for i in range(80)]
+    try:
+        with build_coder(config) as coder:
+            killer = threading.Timer(0.5, server.kill)
+            killer.start()
+            start = time.monotonic()
+            programs = coder.write_programs(requests)
+            elapsed = time.monotonic() - start
+            killer.join()
+            after = coder.write_programs(["one more"])[0]
+    finally:
+        server.stop()
+    failed = [p for p in programs if p.failure is not None and p.failure.startswith("backend: ")]
+    answered = [p for p in programs if p.reply]
+    assert failed and answered and len(failed) + len(answered) == len(requests)  # the kill fell mid-run
+    assert all(p.code.startswith("raise RuntimeError(") and "coder failed: " in p.code for p in failed)
+    assert any("cannot reach" in p.failure and "(3 attempts)" in p.failure for p in failed)
+    assert elapsed < 20.0  # the rest of the call fails at once instead of retrying request by request
+    assert after.failure is not None and "cannot reach" in after.failure  # a new call tries again, and says so

@@ -1,0 +1,92 @@
+"""The `transformers` coder backend on the tiny local model: batching, order, micro-batches, cache, dedup."""
+
+from __future__ import annotations
+
+import pytest
+
+from coder import CoderConfig, build_coder
+
+REQUESTS = ["the least common multiple of 38 and 16", "2 to the power 100", "the sum of 1 to 100",
+            "the square root of 2 to 30 digits", "the number of primes below 1000"]
+
+
+@pytest.fixture(scope="module")
+def config(tiny_model_dir) -> CoderConfig:
+    return CoderConfig(backend="transformers", model=str(tiny_model_dir), device="cpu", max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def coder(config):
+    with build_coder(config.model_copy(update={"cache_size": 0})) as coder:
+        yield coder
+
+
+def test_batched_replies_equal_one_at_a_time(coder):
+    batched = [p.reply for p in coder.write_programs(REQUESTS)]
+    single = [coder.write_programs([request])[0].reply for request in REQUESTS]
+    assert batched == single
+    assert len(set(batched)) > 1  # different requests, different replies: the comparison means something
+
+
+def test_order_is_kept(coder):
+    forward = [p.reply for p in coder.write_programs(REQUESTS)]
+    backward = [p.reply for p in coder.write_programs(REQUESTS[::-1])]
+    assert backward == forward[::-1]
+
+
+def test_micro_batches_give_the_same_replies(config):
+    with build_coder(config.model_copy(update={"batch_size": 2, "cache_size": 0})) as small, \
+            build_coder(config.model_copy(update={"batch_size": 32, "cache_size": 0})) as large:
+        assert [p.reply for p in small.write_programs(REQUESTS)] == [p.reply for p in large.write_programs(REQUESTS)]
+
+
+def test_repeated_requests_come_from_the_cache(config):
+    with build_coder(config) as coder:
+        first = coder.write_programs(REQUESTS)
+        second = coder.write_programs(REQUESTS)
+        assert [p.reply for p in first] == [p.reply for p in second]
+        assert not any(p.cached for p in first) and all(p.cached for p in second)
+        assert coder.stats.cache_hits == len(REQUESTS) and coder.stats.generated == len(REQUESTS)
+
+
+def test_duplicates_in_one_batch_are_generated_once(config):
+    with build_coder(config.model_copy(update={"cache_size": 0})) as coder:
+        programs = coder.write_programs([REQUESTS[0], REQUESTS[1], REQUESTS[0], REQUESTS[0]])
+        assert coder.stats.generated == 2 and coder.stats.deduplicated == 2
+        assert [p.cached for p in programs] == [False, False, True, True]
+        assert programs[0].reply == programs[2].reply == programs[3].reply
+
+
+def test_sampling_does_not_deduplicate_or_cache(config):
+    with build_coder(config.model_copy(update={"temperature": 1.0})) as coder:
+        coder.write_programs([REQUESTS[0]] * 3)
+        coder.write_programs([REQUESTS[0]])
+        assert coder.stats.generated == 4 and coder.stats.cache_hits == 0 and coder.cache is None
+
+
+def test_context_is_part_of_the_prompt_and_the_cache_key(config):
+    with build_coder(config.model_copy(update={"context": "question"})) as coder:
+        conversation = coder._conversation((REQUESTS[0], "Alice has 38 apples."))
+        assert "Alice has 38 apples." in conversation[1]["content"] and REQUESTS[0] in conversation[1]["content"]
+        coder.write_programs([REQUESTS[0], REQUESTS[0]], contexts=["question A", "question B"])
+        assert coder.stats.generated == 2
+
+
+def test_context_is_ignored_by_default(config):
+    with build_coder(config) as coder:
+        coder.write_programs([REQUESTS[0], REQUESTS[0]], contexts=["question A", "question B"])
+        assert coder.stats.generated == 1
+        assert coder._conversation((REQUESTS[0], None))[1]["content"] == REQUESTS[0]
+
+
+def test_a_reply_without_code_is_an_empty_program(coder):
+    programs = coder.write_programs(REQUESTS)
+    for program in programs:  # the random tiny model writes no Python; a trained coder would
+        if program.failure is not None:
+            assert program.code == "" and program.failure == "no code in the reply"
+    assert coder.stats.empty >= sum(p.failure is not None for p in programs)
+
+
+def test_mismatched_contexts_are_rejected(coder):
+    with pytest.raises(ValueError, match="2 requests but 1 contexts"):
+        coder.write(["a", "b"], contexts=["only one"])
