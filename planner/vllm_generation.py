@@ -1,0 +1,49 @@
+"""vLLM generation for the rollout engine: a local `vllm.LLM`, or TRL's vLLM client during training.
+
+Not run on our machines (vLLM is too large for them); written against vLLM's documented API: `LLM.generate`
+with `TokensPrompt(prompt_token_ids=...)` and one `SamplingParams` per prompt (its own `max_tokens`), `stop`
+strings kept in the output (`include_stop_str_in_output`), and `logprobs=0` for the sampled token's
+log-probability. A completion's `finish_reason` is "length" or "stop"; `stop_reason` is None for EOS, the
+matched string for a stop string.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from planner.generation import Generated
+
+
+def import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ImportError("the 'vllm' planner backend needs vLLM: pip install 'delegate-rl[vllm]'") from exc
+    return vllm
+
+
+class VLLMGeneration:
+    def __init__(self, llm: Any, temperature: float = 1.0, top_p: float = 1.0) -> None:
+        self.vllm = import_vllm()
+        self.llm = llm
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def generate(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str]) -> list[Generated]:
+        from vllm.inputs import TokensPrompt
+
+        params = [self.vllm.SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=budget,
+                                           stop=stop_strings, include_stop_str_in_output=True, logprobs=0)
+                  for budget in budgets]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        results = []
+        for output in outputs:
+            completion = output.outputs[0]
+            tokens = list(completion.token_ids)
+            logprobs = [step[token].logprob for step, token in zip(completion.logprobs or [], tokens, strict=False)]
+            if completion.finish_reason == "length":
+                stop = "length"
+            else:
+                stop = "stop" if isinstance(completion.stop_reason, str) else "eos"
+            results.append(Generated(tokens, logprobs, stop))
+        return results
