@@ -1,0 +1,181 @@
+"""The rollout engine: batched rounds of generation and tool calls, token-in/token-out.
+
+Each round, every live rollout generates until a stop marker, EOS or its budget; then all their calls go to
+the coder in one `write_programs` call and all programs to the sandbox in one `run_many` call; the rendered
+results are tokenized on their own and appended with `env_mask` 0. Sampled tokens are never re-tokenized.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from executor import ExecutionResult
+from planner.generation import Generated, GenerationBackend
+from planner.protocols import Call
+from planner.protocols import Protocol as ToolProtocol
+from planner.trajectory import ToolCall, Trajectory, boxed_end, last_boxed
+
+log = logging.getLogger(__name__)
+
+TOOL_LIMIT_NOTICE = "Tool limit reached: no more calls. Give your final answer now."
+
+
+class CoderLike(Protocol):
+    def write_programs(self, requests: Sequence[str], contexts: Sequence[str] | None = None) -> list[Any]: ...
+
+
+class ExecutorLike(Protocol):
+    def run_many(self, codes: list[str]) -> list[ExecutionResult]: ...
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    max_completion_tokens: int = 2048  # the whole completion, inserted tokens included
+    max_tool_calls: int = 4  # per rollout; one call past it gets a notice, a second ends the rollout
+    max_result_chars: int = 1000  # of each rendered result
+    stop_at_answer: bool = True  # a complete \boxed{} ends the rollout
+
+
+@dataclass
+class _Rollout:
+    trajectory: Trajectory
+    segment_start: int = 0  # where in completion_ids the text since the last insertion begins
+    over_limit: int = 0
+    pending: Call | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class RolloutEngine:
+    def __init__(self, protocol: ToolProtocol, generator: GenerationBackend, tokenizer: Any,
+                 executor: ExecutorLike, coder: CoderLike | None = None, limits: EngineLimits | None = None) -> None:
+        if protocol.uses_coder and coder is None:
+            raise ValueError(f"the {protocol.name!r} protocol needs a coder")
+        self.protocol = protocol
+        self.generator = generator
+        self.tokenizer = tokenizer
+        self.executor = executor
+        self.coder = coder
+        self.limits = limits or EngineLimits()
+
+    def prompt_ids(self, system_prompt: str, question: str) -> list[int]:
+        text = self.protocol.prompt_text(self.tokenizer, system_prompt, question)
+        return self._encode(text)
+
+    def run(self, questions: Sequence[str], prompt_ids: Sequence[list[int]]) -> list[Trajectory]:
+        """Roll out one trajectory per (question, prompt ids) pair; order kept."""
+        rollouts = [_Rollout(Trajectory(question=q, prompt_ids=list(p))) for q, p in zip(questions, prompt_ids,
+                                                                                          strict=True)]
+        while live := [r for r in rollouts if r.trajectory.finish_reason is None]:
+            budgets = [self.limits.max_completion_tokens - len(r.trajectory.completion_ids) for r in live]
+            generated = self.generator.generate([r.trajectory.prompt_ids + r.trajectory.completion_ids for r in live],
+                                                budgets, self.protocol.stop_strings)
+            for rollout, output in zip(live, generated, strict=True):
+                rollout.trajectory.rounds += 1
+                self._take(rollout, output)
+            self._run_tools([r for r in live if r.pending is not None])
+        for rollout in rollouts:
+            self._finalise(rollout.trajectory)
+        return [r.trajectory for r in rollouts]
+
+    # --- one rollout's new tokens -----------------------------------------------------------------------------
+    def _take(self, rollout: _Rollout, output: Generated) -> None:
+        t = rollout.trajectory
+        t.completion_ids += output.token_ids
+        t.logprobs += output.logprobs
+        t.env_mask += [1] * len(output.token_ids)
+        segment = self._decode(t.completion_ids[rollout.segment_start:])
+        if self.protocol.wrote_result(segment):
+            t.violations.append("planner_wrote_result")
+            t.finish_reason = "format_violation"
+        elif self.limits.stop_at_answer and boxed_end(segment) is not None:
+            self._cut_after_answer(rollout)
+            t.finish_reason = "answer"
+        elif (call := self.protocol.find_call(segment)) is not None:
+            t.violations += call.violations
+            if len(t.tool_calls) < self.limits.max_tool_calls:
+                rollout.pending = call
+            elif rollout.over_limit == 0:
+                rollout.over_limit = 1
+                t.violations.append("over_tool_limit")
+                self._insert(rollout, self.protocol.render_result(TOOL_LIMIT_NOTICE))
+            else:
+                t.finish_reason = "tool_limit"
+        elif output.stop == "eos":
+            t.finish_reason = "eos"
+        elif output.stop == "length" or len(t.completion_ids) >= self.limits.max_completion_tokens:
+            if self.protocol.open_call(segment):
+                t.violations.append("unclosed_call")
+            t.finish_reason = "length"
+        # else: a stop string that closed no call (a stray marker, an ordinary REPL line): generation goes on
+
+    def _cut_after_answer(self, rollout: _Rollout) -> None:
+        """Drop the sampled tokens after the one that closes the first complete \\boxed{} of the segment."""
+        t = rollout.trajectory
+        tokens = t.completion_ids[rollout.segment_start:]
+        low, high = 1, len(tokens)  # the shortest prefix whose text holds a complete box
+        while low < high:
+            mid = (low + high) // 2
+            if boxed_end(self._decode(tokens[:mid])) is None:
+                low = mid + 1
+            else:
+                high = mid
+        keep = rollout.segment_start + high
+        del t.completion_ids[keep:], t.logprobs[keep:], t.env_mask[keep:]
+
+    # --- tools ------------------------------------------------------------------------------------------------
+    def _run_tools(self, rollouts: list[_Rollout]) -> None:
+        if not rollouts:
+            return
+        runnable = [r for r in rollouts if r.pending is not None and r.pending.error is None]
+        calls = [r.pending for r in runnable if r.pending is not None]
+        programs: list[Any] = [None] * len(runnable)
+        if self.protocol.uses_coder and runnable:
+            assert self.coder is not None
+            programs = self.coder.write_programs([c.text for c in calls],
+                                                 contexts=[r.trajectory.question for r in runnable])
+        codes = [p.code if p is not None else self.protocol.program(c) for c, p in zip(calls, programs, strict=True)]
+        results = self.executor.run_many(codes) if codes else []
+        outcome = {id(r): (code, program, result)
+                   for r, code, program, result in zip(runnable, codes, programs, results, strict=True)}
+        for rollout in rollouts:
+            call = rollout.pending
+            assert call is not None
+            rollout.pending = None
+            if call.error is not None:
+                record = ToolCall(request=call.text, code="", error=call.error,
+                                  result=ExecutionResult(status="error", error=call.error))
+            else:
+                code, program, result = outcome[id(rollout)]
+                record = ToolCall(request=call.text, code=code, result=result,
+                                  cached=bool(getattr(program, "cached", False)),
+                                  coder_failure=getattr(program, "failure", None))
+            rollout.trajectory.tool_calls.append(record)
+            self._insert(rollout, self.protocol.render_result(record.result.render(self.limits.max_result_chars)))
+
+    def _insert(self, rollout: _Rollout, text: str) -> None:
+        """Append environment text, tokenized on its own, masked from the loss; cut at the token budget."""
+        t = rollout.trajectory
+        ids = self._encode(text)
+        room = self.limits.max_completion_tokens - len(t.completion_ids)
+        if len(ids) >= room:
+            ids = ids[:room]
+            t.finish_reason = "length"
+        t.completion_ids += ids
+        t.logprobs += [0.0] * len(ids)
+        t.env_mask += [0] * len(ids)
+        rollout.segment_start = len(t.completion_ids)
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+    def _finalise(self, t: Trajectory) -> None:
+        t.text = self._decode(t.completion_ids)
+        planner_text = self._decode([tok for tok, m in zip(t.completion_ids, t.env_mask, strict=True) if m])
+        t.answer = last_boxed(planner_text)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
