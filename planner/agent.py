@@ -1,0 +1,118 @@
+"""`Agent`: a planner, a coder and a sandbox behind `solve(question)`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coder import Coder, build_coder
+from coder.config import resolve
+from executor import Sandbox
+from planner.config import AgentConfig
+from planner.engine import EngineLimits, RolloutEngine
+from planner.generation import GenerationBackend, TransformersGeneration
+from planner.protocols import build_protocol
+from planner.trajectory import Trajectory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Solution:
+    answer: str | None  # from the last \boxed{} the planner wrote
+    trajectory: Trajectory
+
+
+class Agent:
+    """Solves questions by planning, delegating computation, and answering in `\\boxed{}`.
+
+    ```python
+    with Agent.from_config("training/recipes/tiny-cpu.yaml") as agent:
+        agent.solve("What is 123456789 * 987654321?").answer
+    ```
+    Objects the caller already holds (a loaded model and tokenizer, a coder, a sandbox, a generation backend)
+    can be passed in; the agent then does not load them, and closes only what it made.
+    """
+
+    def __init__(self, config: AgentConfig, *, model: Any = None, tokenizer: Any = None, coder: Coder | None = None,
+                 sandbox: Sandbox | None = None, generator: GenerationBackend | None = None,
+                 logits_processors: list[Any] | None = None) -> None:
+        self.config = config
+        planner = config.planner
+        self._owned: list[Any] = []
+        # The sandbox first: its server is a fresh process, started before this process touches CUDA.
+        self.sandbox = sandbox if sandbox is not None else self._own(Sandbox(config.executor).start())
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(planner.model)
+        self.tokenizer = tokenizer
+        self.protocol = build_protocol(planner.protocol, planner.markers, planner.max_request_chars, tokenizer)
+        if coder is None and self.protocol.uses_coder:
+            coder = self._own(build_coder(config.coder))
+        self.coder = coder
+        self.generator = generator or self._generator(model, logits_processors)
+        self.system_prompt = resolve(planner.prompt_file).read_text()
+        self.engine = RolloutEngine(self.protocol, self.generator, tokenizer, self.sandbox, self.coder,
+                                    EngineLimits(planner.max_completion_tokens, planner.max_tool_calls,
+                                                 planner.max_result_chars, planner.stop_at_answer))
+
+    @classmethod
+    def from_config(cls, path: str | Path, **kwargs: Any) -> Agent:
+        """An agent from a YAML recipe's planner, coder and executor sections."""
+        return cls(AgentConfig.from_yaml(path), **kwargs)
+
+    def _own(self, thing: Any) -> Any:
+        self._owned.append(thing)
+        return thing
+
+    def _generator(self, model: Any, logits_processors: list[Any] | None) -> GenerationBackend:
+        planner = self.config.planner
+        if planner.backend == "vllm":
+            from planner.vllm_generation import VLLMGeneration, import_vllm
+
+            if planner.adapter:
+                raise ValueError("planner.adapter with the vllm backend: merge the adapter into the model first "
+                                 "(peft's merge_and_unload) and point planner.model at the merged weights")
+            llm = import_vllm().LLM(model=planner.model, dtype=planner.dtype,
+                                    gpu_memory_utilization=planner.gpu_memory_utilization)
+            return VLLMGeneration(llm, planner.temperature, planner.top_p)
+        if model is None:
+            model = load_planner_model(planner.model, planner.adapter, planner.device, planner.dtype)
+        return TransformersGeneration(model, self.tokenizer, planner.temperature, planner.top_p, planner.batch_size,
+                                      planner.cache_implementation, logits_processors)
+
+    def solve(self, question: str) -> Solution:
+        return self.solve_many([question])[0]
+
+    def solve_many(self, questions: list[str]) -> list[Solution]:
+        """Solve a batch; every round generates for all live questions at once and batches their tool calls."""
+        prompts = [self.engine.prompt_ids(self.system_prompt, q) for q in questions]
+        return [Solution(t.answer, t) for t in self.engine.run(questions, prompts)]
+
+    def close(self) -> None:
+        for thing in reversed(self._owned):
+            thing.close()
+        self._owned.clear()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_planner_model(name: str, adapter: str | None, device: str, dtype: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    from coder.transformers_backend import resolve_device, resolve_dtype
+
+    where = resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, where)).to(where)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.eval()

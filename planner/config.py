@@ -1,0 +1,61 @@
+"""`PlannerConfig` and `AgentConfig`: a recipe's `planner`, `coder` and `executor` sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from coder import CoderConfig
+from executor import SandboxConfig
+from planner.protocols import Markers, ProtocolName
+
+
+class PlannerConfig(BaseModel):
+    """The planner model, its tool protocol and the rollout limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field("Qwen/Qwen2.5-7B-Instruct", description="hub id or local path")
+    adapter: str | None = Field(None, description="a LoRA adapter (PEFT) to load on the model")
+    backend: Literal["transformers", "vllm"] = "transformers"
+    device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda:0', ...")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    protocol: ProtocolName = "request"
+    prompt: str | None = Field(None, description="system prompt file; default prompts/planner_<protocol>.txt")
+    markers: Markers | None = Field(None, description="override the protocol's markers")
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_completion_tokens: int = Field(2048, gt=0, description="the whole completion, inserted tokens included")
+    max_tool_calls: int = Field(4, ge=0, description="per rollout")
+    max_result_chars: int = Field(1000, gt=0, description="of each rendered tool result")
+    max_request_chars: int = Field(2000, gt=0, description="longer calls are refused with a tool error")
+    stop_at_answer: bool = Field(True, description="a complete \\boxed{} ends the rollout")
+    batch_size: int = Field(64, gt=0, description="rollouts per generate call")
+    cache_implementation: Literal["dynamic", "static"] | None = Field(
+        None, description="KV cache for transformers generate; 'static' is faster on the GPU")
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vllm backend")
+
+    @property
+    def prompt_file(self) -> str:
+        return self.prompt or f"prompts/planner_{self.protocol}.txt"
+
+
+class AgentConfig(BaseModel):
+    """What `Agent` needs: a recipe's planner, coder and executor sections."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    coder: CoderConfig = Field(default_factory=CoderConfig)
+    executor: SandboxConfig = Field(default_factory=SandboxConfig)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> AgentConfig:
+        """Load a recipe; a wrong or misspelled field fails here, naming it (e.g. `planner.temprature`)."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a recipe is a mapping with planner, coder and executor sections")
+        return cls.model_validate(data)
