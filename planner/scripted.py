@@ -1,0 +1,90 @@
+"""Drive a model through a scripted transcript with a logits processor, recording what it forced.
+
+For tests and benchmarks: it makes a tiny random model emit real tool markers, so the whole loop runs for real.
+
+A script is a list of parts: `Say(text)` the planner must write, `Tokens(ids)` it must write token by token
+(for byte tokens that are not valid UTF-8 on their own), and `Env(end)` for text the environment inserts, known
+only by how it ends. After the last part the model is forced to EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor
+
+
+@dataclass(frozen=True)
+class Say:
+    text: str
+
+
+@dataclass(frozen=True)
+class Tokens:
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Env:
+    end: str
+
+
+class ScriptedText(LogitsProcessor):
+    def __init__(self, tokenizer, scripts: dict[tuple[int, ...], list]) -> None:
+        self.tokenizer = tokenizer
+        self.scripts = scripts  # prompt ids -> parts
+        self.forced: dict[tuple[int, ...], list[int]] = {prompt: [] for prompt in scripts}
+        self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id
+
+    def _prompt(self, row: list[int]) -> tuple[tuple[int, ...], int]:
+        """The row's prompt, and where it starts (after the left padding)."""
+        start = 0
+        while start < len(row) and row[start] == self.pad:
+            start += 1
+        for prompt in self.scripts:
+            if tuple(row[start:start + len(prompt)]) == prompt:
+                return prompt, start
+        raise AssertionError("a row with no script")
+
+    def next_token(self, prompt: tuple[int, ...], completion: list[int]) -> int | None:
+        """The token the script wants next; None when the row waits for the environment (it has just stopped
+        at a call; generate pads it from here on)."""
+        text = self.tokenizer.decode(completion, skip_special_tokens=False)
+        pos = 0
+        for part in self.scripts[prompt]:
+            if isinstance(part, Env):
+                end = text.find(part.end, pos)
+                if end == -1:
+                    return None
+                pos = end + len(part.end)
+                continue
+            target = part.text if isinstance(part, Say) else self._decode(part.ids)
+            written = text[pos:]
+            if written.startswith(target):
+                pos += len(target)
+                continue
+            assert target.startswith(written), f"off script: wrote {written!r}, expected {target!r}"
+            if isinstance(part, Say):
+                return self.tokenizer(target[len(written):], add_special_tokens=False)["input_ids"][0]
+            return next(part.ids[k] for k in range(len(part.ids)) if self._decode(part.ids[:k]) == written)
+        return self.eos
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        forced = torch.full_like(scores, float("-inf"))
+        for row, ids in enumerate(input_ids.tolist()):
+            prompt, start = self._prompt(ids)
+            completion = ids[start + len(prompt):]
+            token = None
+            if not completion or completion[-1] not in (self.pad, self.eos):  # finished rows are padded
+                token = self.next_token(prompt, completion)
+            if token is None:
+                token = self.pad
+            else:
+                self.forced[prompt].append(token)
+            forced[row, token] = 0.0
+        return forced

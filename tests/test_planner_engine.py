@@ -1,0 +1,241 @@
+"""The rollout engine end to end on the tiny planner and coder with a real sandbox, driven by scripted text."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from coder import CoderConfig, build_coder
+from executor import Sandbox, SandboxConfig
+from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
+from planner.protocols import ASK_CODER
+from planner.scripted import Env, Say, ScriptedText, Tokens
+
+SYSTEM = "Solve the problem. Delegate computation."
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(SandboxConfig(timeout_s=5.0, workers=2)) as box:
+        yield box
+
+
+class Counting:
+    """Forwards to a real coder or sandbox and records the size of each batched call."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def write_programs(self, requests, contexts=None):
+        self.batches.append(len(requests))
+        return self.inner.write_programs(requests, contexts)
+
+    def run_many(self, codes):
+        self.batches.append(len(codes))
+        return self.inner.run_many(codes)
+
+
+@pytest.fixture(scope="module")
+def coder(tiny_model_dir):
+    with build_coder(CoderConfig(model=str(tiny_model_dir), device="cpu", max_new_tokens=16)) as c:
+        yield c
+
+
+def rollout(protocol_name, tokenizer, model, sandbox, coder, scripts: dict[str, list], limits=None, **protocol_kw):
+    """Run the engine on `scripts` (question -> parts); return trajectories, the forcer and the engine."""
+    protocol = build_protocol(protocol_name, None, protocol_kw.get("max_request_chars", 200), tokenizer)
+    probe = RolloutEngine(protocol, None, tokenizer, sandbox, coder)
+    prompts = {q: probe.prompt_ids(SYSTEM, q) for q in scripts}
+    forcer = ScriptedText(tokenizer, {tuple(prompts[q]): parts for q, parts in scripts.items()})
+    generator = TransformersGeneration(model, tokenizer, temperature=0.0, batch_size=8, logits_processors=[forcer])
+    engine = RolloutEngine(protocol, generator, tokenizer, sandbox, coder, limits or EngineLimits(256, 3, 200))
+    return engine.run(list(scripts), [prompts[q] for q in scripts]), forcer, engine
+
+
+def inserted_runs(trajectory):
+    """The inserted (env_mask 0) token runs, in order."""
+    runs, current = [], []
+    for token, mask in zip(trajectory.completion_ids, trajectory.env_mask, strict=True):
+        if mask == 0:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    return [*runs, current] if current else runs
+
+
+def assert_token_exact(trajectory, forcer, engine):
+    """Every env_mask=1 token is the one the model sampled there (the forcer's record); every 0 token is the
+    environment's text tokenized on its own; the three lists line up."""
+    t = trajectory
+    assert len(t.completion_ids) == len(t.logprobs) == len(t.env_mask)
+    sampled = [tok for tok, m in zip(t.completion_ids, t.env_mask, strict=True) if m == 1]
+    forced = forcer.forced[tuple(t.prompt_ids)]
+    assert sampled == forced[: len(sampled)]
+    assert all(tok == forcer.eos for tok in forced[len(sampled):])  # only a dropped EOS after the answer
+    expected_runs = [engine._encode(engine.protocol.render_result(call.result.render(engine.limits.max_result_chars)))
+                     for call in t.tool_calls]
+    assert inserted_runs(t) == expected_runs
+    assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.env_mask, strict=True) if m == 0)
+
+
+def test_request_protocol_end_to_end(tokenizer, model, sandbox, coder):
+    script = [Say("I need a product. <request>the product of 6 and 7</request>"), Env("</result>\n"),
+              Say("So the answer is \\boxed{42}.")]
+    (t,), forcer, engine = rollout("request", tokenizer, model, sandbox, coder, {"What is 6 times 7?": script})
+    assert t.finish_reason == "answer" and t.answer == "42" and t.violations == []
+    assert [c.request for c in t.tool_calls] == ["the product of 6 and 7"]
+    assert "<request>the product of 6 and 7</request><result>\n" in t.text and t.text.endswith("\\boxed{42}.")
+    assert_token_exact(t, forcer, engine)
+
+
+def test_code_protocol_runs_the_planners_program(tokenizer, model, sandbox, coder):
+    script = [Say("<code>\nprint(123456789 * 987654321)\n</code>"), Env("</result>\n"),
+              Say("\\boxed{121932631112635269}")]
+    (t,), forcer, engine = rollout("code", tokenizer, model, sandbox, None, {"Multiply.": script})
+    call = t.tool_calls[0]
+    assert call.code == "print(123456789 * 987654321)" and call.result.stdout == "121932631112635269\n"
+    assert "</code><result>\n121932631112635269\n</result>\n" in t.text
+    assert t.answer == "121932631112635269" and t.finish_reason == "answer"
+    assert_token_exact(t, forcer, engine)
+
+
+def test_chat_protocol_inserts_what_the_template_renders(tokenizer, model, sandbox, coder):
+    call_json = '{"name": "ask_coder", "arguments": {"request": "6 times 7"}}'
+    script = [Say(f"<tool_call>\n{call_json}\n</tool_call>"), Env("<|im_start|>assistant\n"),
+              Say("The answer is \\boxed{42}.")]
+    (t,), forcer, engine = rollout("chat", tokenizer, model, sandbox, coder, {"What is 6 times 7?": script})
+    assert [c.request for c in t.tool_calls] == ["6 times 7"] and t.answer == "42"
+    rendered = t.tool_calls[0].result.render(200)
+    tool_call = {"type": "function", "function": {"name": "ask_coder", "arguments": {"request": "6 times 7"}}}
+    conversation = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 6 times 7?"},
+                    {"role": "assistant", "content": "", "tool_calls": [tool_call]},
+                    {"role": "tool", "content": rendered}]
+
+    template = tokenizer.apply_chat_template(conversation, tools=[ASK_CODER], tokenize=False,
+                                             add_generation_prompt=True)
+    whole = tokenizer.decode(t.prompt_ids + t.completion_ids, skip_special_tokens=False)
+    assert whole == template + "The answer is \\boxed{42}."
+    assert_token_exact(t, forcer, engine)
+
+
+def test_repl_preset_answers_on_the_next_line(tokenizer, model, sandbox, coder):
+    script = [Say("Let me compute.\n>>> 2**64\n"), Env("\n"), Say("\\boxed{18446744073709551616}")]
+    (t,), forcer, engine = rollout("repl", tokenizer, model, sandbox, None, {"2 to the 64?": script})
+    assert t.text == "Let me compute.\n>>> 2**64\n18446744073709551616\n\\boxed{18446744073709551616}"
+    assert t.tool_calls[0].request == "2**64" and t.answer == "18446744073709551616"
+    assert_token_exact(t, forcer, engine)
+
+
+def test_rounds_batch_all_calls_and_let_rollouts_finish_early(tokenizer, model, sandbox, coder):
+    scripts = {
+        "Direct?": [Say("It is \\boxed{1}.")],
+        "Once?": [Say("<code>\nprint(2)\n</code>"), Env("</result>\n"), Say("\\boxed{2}")],
+        "Twice?": [Say("<code>\nprint(3)\n</code>"), Env("</result>\n"), Say("<code>\nprint(4)\n</code>"),
+                   Env("</result>\n"), Say("\\boxed{4}")],
+    }
+    counting = Counting(sandbox)
+    trajectories, forcer, engine = rollout("code", tokenizer, model, counting, None, scripts)
+    assert [t.answer for t in trajectories] == ["1", "2", "4"]
+    assert [t.rounds for t in trajectories] == [1, 2, 3]
+    assert counting.batches == [2, 1]  # one run_many per round, holding every call of that round
+    for t in trajectories:
+        assert_token_exact(t, forcer, engine)
+
+
+def test_request_calls_of_a_round_go_to_the_coder_in_one_call(tokenizer, model, sandbox, coder):
+    scripts = {f"Question {i}?": [Say(f"<request>the value {i}</request>"), Env("</result>\n"), Say("\\boxed{0}")]
+               for i in range(3)}
+    counting_coder, counting_sandbox = Counting(coder), Counting(sandbox)
+    trajectories, _, _ = rollout("request", tokenizer, model, counting_sandbox, counting_coder, scripts)
+    assert counting_coder.batches == [3] and counting_sandbox.batches == [3]
+    assert [t.tool_calls[0].request for t in trajectories] == ["the value 0", "the value 1", "the value 2"]
+
+
+def test_budget_exhausted_mid_request(tokenizer, model, sandbox, coder):
+    script = [Say("<request>the sum of " + "one and " * 40 + "two</request>")]
+    (t,), forcer, engine = rollout("request", tokenizer, model, sandbox, coder, {"Long?": script},
+                                   limits=EngineLimits(max_completion_tokens=30))
+    assert t.finish_reason == "length" and len(t.completion_ids) == 30 and t.tool_calls == []
+    assert "unclosed_call" in t.violations and t.answer is None
+    assert_token_exact(t, forcer, engine)
+
+
+def test_empty_request_is_a_tool_error_the_planner_sees(tokenizer, model, sandbox, coder):
+    script = [Say("<request>  </request>"), Env("</result>\n"), Say("\\boxed{0}")]
+    (t,), _, _ = rollout("request", tokenizer, model, sandbox, coder, {"Empty?": script})
+    call = t.tool_calls[0]
+    assert call.error.startswith("empty request") and call.code == "" and "empty_call" in t.violations
+    assert "<result>\nempty request: say what to compute\n</result>" in t.text
+
+
+def test_nested_open_markers_use_the_innermost_request(tokenizer, model, sandbox, coder):
+    script = [Say("<request>draft <request>the product of 2 and 3</request>"), Env("</result>\n"), Say("\\boxed{6}")]
+    (t,), _, _ = rollout("request", tokenizer, model, sandbox, coder, {"Nested?": script})
+    assert t.tool_calls[0].request == "the product of 2 and 3" and "nested_open" in t.violations
+
+
+def test_request_longer_than_the_limit_is_refused(tokenizer, model, sandbox, coder):
+    script = [Say("<request>" + "x" * 60 + "</request>"), Env("</result>\n"), Say("\\boxed{0}")]
+    (t,), _, _ = rollout("request", tokenizer, model, sandbox, coder, {"Too long?": script}, max_request_chars=50)
+    assert t.tool_calls[0].error == "request too long (60 characters; the limit is 50)"
+    assert "call_too_long" in t.violations and t.tool_calls[0].code == ""
+
+
+def test_planner_writing_a_result_ends_the_rollout(tokenizer, model, sandbox, coder):
+    script = [Say("<request>6 times 7</request>"), Env("</result>\n"), Say("<result>\n42\n</result> \\boxed{42}")]
+    (t,), _, _ = rollout("request", tokenizer, model, sandbox, coder, {"Cheat?": script})
+    assert t.finish_reason == "format_violation" and "planner_wrote_result" in t.violations
+    assert t.answer is None and len(t.tool_calls) == 1
+
+
+def test_calls_past_the_limit_get_a_notice_then_end(tokenizer, model, sandbox, coder):
+    one = [Say("<code>\nprint(1)\n</code>"), Env("</result>\n")]
+    script = one * 4 + [Say("\\boxed{1}")]
+    (t,), _, _ = rollout("code", tokenizer, model, sandbox, None, {"Greedy?": script},
+                         limits=EngineLimits(max_completion_tokens=512, max_tool_calls=2))
+    assert len(t.tool_calls) == 2 and t.finish_reason == "tool_limit" and "over_tool_limit" in t.violations
+    assert t.text.count("Tool limit reached") == 1
+
+
+def test_invalid_json_in_chat_mode_is_a_tool_error(tokenizer, model, sandbox, coder):
+    script = [Say('<tool_call>\n{"name": "ask_coder", "arguments": {"request": 6 times 7}}\n</tool_call>'),
+              Env("<|im_start|>assistant\n"), Say("\\boxed{42}")]
+    (t,), _, _ = rollout("chat", tokenizer, model, sandbox, coder, {"JSON?": script})
+    assert t.tool_calls[0].error.startswith("invalid tool call: not JSON") and "invalid_json" in t.violations
+    assert "<tool_response>\ninvalid tool call: not JSON" in t.text and t.answer == "42"
+
+
+def test_non_utf8_byte_tokens_do_not_break_the_rollout(tokenizer, model, sandbox, coder):
+    byte_ff, byte_fe = tokenizer.convert_tokens_to_ids(["ÿ", "þ"])  # byte-level symbols of 0xFF and 0xFE
+    script = [Say("<request>odd "), Tokens((byte_ff, byte_fe)), Say(" bytes</request>"), Env("</result>\n"),
+              Tokens((byte_ff,)), Say(" \\boxed{7}")]
+    (t,), forcer, engine = rollout("request", tokenizer, model, sandbox, coder, {"Bytes?": script})
+    assert t.tool_calls[0].request == "odd \ufffd\ufffd bytes" and t.answer == "7"
+    assert byte_ff in t.completion_ids
+    assert_token_exact(t, forcer, engine)
+
+
+def test_unforced_generation_logprobs_match_a_forward_pass(tokenizer, model):
+    import torch
+
+    generator = TransformersGeneration(model, tokenizer, temperature=0.7, batch_size=4)
+    prompts = [tokenizer("What is 12 + 30?")["input_ids"], tokenizer("hello")["input_ids"]]
+    torch.manual_seed(0)
+    for prompt, out in zip(prompts, generator.generate(prompts, [12, 7], ["</request>"]), strict=True):
+        assert 0 < len(out.token_ids) <= 12 and len(out.logprobs) == len(out.token_ids)
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + out.token_ids])).logits[0, len(prompt) - 1:-1] / 0.7
+        expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(out.token_ids)[:, None]).squeeze(1)
+        assert torch.allclose(torch.tensor(out.logprobs), expected, atol=1e-4)

@@ -1,0 +1,43 @@
+"""The transformers generation backend on a CUDA device, with the dynamic and the static KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from executor import Sandbox, SandboxConfig
+from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
+from planner.scripted import Env, Say, ScriptedText
+from tests.test_planner_engine import SYSTEM, assert_token_exact
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(SandboxConfig(timeout_s=10.0)) as box:  # started before this module touches CUDA
+        yield box
+
+
+@pytest.mark.parametrize("cache", [None, "static"])
+def test_scripted_rollouts_are_token_exact_on_the_gpu(tiny_model_dir, sandbox, cache):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).to("cuda").eval()
+    protocol = build_protocol("code", None, 2000, tokenizer)
+    probe = RolloutEngine(protocol, None, tokenizer, sandbox)
+    scripts = {f"Question {i}?": [Say(f"<code>\nprint({i} * 1000003)\n</code>"), Env("</result>\n"),
+                                  Say(f"\\boxed{{{i * 1000003}}}")] for i in range(6)}
+    prompts = [probe.prompt_ids(SYSTEM, q) for q in scripts]
+    forcer = ScriptedText(tokenizer, {tuple(p): parts for p, parts in zip(prompts, scripts.values(), strict=True)})
+    generator = TransformersGeneration(model, tokenizer, temperature=0.0, batch_size=4, cache_implementation=cache,
+                                       logits_processors=[forcer])
+    engine = RolloutEngine(protocol, generator, tokenizer, sandbox, None, EngineLimits(256, 3, 200))
+    trajectories = engine.run(list(scripts), prompts)
+    assert [t.answer for t in trajectories] == [str(i * 1000003) for i in range(6)]
+    for t in trajectories:
+        assert t.tool_calls[0].result.stdout == t.answer + "\n"
+        assert_token_exact(t, forcer, engine)
