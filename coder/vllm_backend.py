@@ -12,11 +12,12 @@ from coder.config import CoderConfig
 from coder.core import BackendError, Conversation
 
 
-def import_vllm() -> Any:
+def import_vllm(what: str = "the 'vllm' coder backend") -> Any:
+    """vLLM, or an ImportError that says how to install it."""
     try:
         import vllm
     except ImportError as exc:
-        raise ImportError("the 'vllm' coder backend needs vLLM: pip install 'delegate-rl[vllm]'") from exc
+        raise ImportError(f"{what} needs vLLM: pip install 'delegate-rl[vllm]'") from exc
     return vllm
 
 

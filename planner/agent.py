@@ -71,12 +71,13 @@ class Agent:
     def _generator(self, model: Any, logits_processors: list[Any] | None) -> GenerationBackend:
         planner = self.config.planner
         if planner.backend == "vllm":
-            from planner.vllm_generation import VLLMGeneration, import_vllm
+            from coder.vllm_backend import import_vllm
+            from planner.vllm_generation import VLLMGeneration
 
             if planner.adapter:
                 raise ValueError("planner.adapter with the vllm backend: merge the adapter into the model first "
                                  "(peft's merge_and_unload) and point planner.model at the merged weights")
-            llm = import_vllm().LLM(model=planner.model, dtype=planner.dtype,
+            llm = import_vllm("the 'vllm' planner backend").LLM(model=planner.model, dtype=planner.dtype,
                                     gpu_memory_utilization=planner.gpu_memory_utilization)
             return VLLMGeneration(llm, planner.temperature, planner.top_p)
         if model is None:

@@ -58,24 +58,9 @@ class Trajectory:
         return cls(**{**data, "tool_calls": [ToolCall.from_dict(c) for c in data["tool_calls"]]})
 
 
-def last_boxed(text: str) -> str | None:
-    r"""The content of the last complete `\boxed{...}` in `text` (braces balanced), or None."""
-    start = text.rfind("\\boxed{")
-    while start != -1:
-        depth, i = 0, start + len("\\boxed")
-        for i in range(start + len("\\boxed"), len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start + len("\\boxed{"): i].strip()
-        start = text.rfind("\\boxed{", 0, start)  # unclosed: an earlier complete one still counts
-    return None
-
-
-def boxed_end(text: str) -> int | None:
-    r"""The index just past the first complete `\boxed{...}` in `text`, or None."""
+def _boxes(text: str) -> list[tuple[int, int]]:
+    r"""(start of the content, index of the closing brace) of every complete `\boxed{...}`, in order of start."""
+    spans = []
     start = text.find("\\boxed{")
     while start != -1:
         depth = 0
@@ -85,6 +70,19 @@ def boxed_end(text: str) -> int | None:
             elif text[i] == "}":
                 depth -= 1
                 if depth == 0:
-                    return i + 1
+                    spans.append((start + len("\\boxed{"), i))
+                    break
         start = text.find("\\boxed{", start + 1)
-    return None
+    return spans
+
+
+def last_boxed(text: str) -> str | None:
+    r"""The content of the last complete `\boxed{...}` in `text` (braces balanced), or None."""
+    spans = _boxes(text)
+    return text[spans[-1][0]: spans[-1][1]].strip() if spans else None
+
+
+def boxed_end(text: str) -> int | None:
+    r"""The index just past the first complete `\boxed{...}` in `text`, or None."""
+    spans = _boxes(text)
+    return min(end for _, end in spans) + 1 if spans else None

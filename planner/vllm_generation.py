@@ -11,20 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from coder.vllm_backend import import_vllm
 from planner.generation import Generated
-
-
-def import_vllm() -> Any:
-    try:
-        import vllm
-    except ImportError as exc:
-        raise ImportError("the 'vllm' planner backend needs vLLM: pip install 'delegate-rl[vllm]'") from exc
-    return vllm
 
 
 class VLLMGeneration:
     def __init__(self, llm: Any, temperature: float = 1.0, top_p: float = 1.0) -> None:
-        self.vllm = import_vllm()
+        self.vllm = import_vllm("the 'vllm' planner backend")
         self.llm = llm
         self.temperature = temperature
         self.top_p = top_p
