@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,6 @@ from planner.engine import EngineLimits, RolloutEngine
 from planner.generation import GenerationBackend, TransformersGeneration
 from planner.protocols import build_protocol
 from planner.trajectory import Trajectory
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

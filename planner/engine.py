@@ -7,9 +7,8 @@ results are tokenized on their own and appended with `env_mask` 0. Sampled token
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from executor import ExecutionResult
@@ -17,8 +16,6 @@ from planner.generation import Generated, GenerationBackend
 from planner.protocols import Call
 from planner.protocols import Protocol as ToolProtocol
 from planner.trajectory import ToolCall, Trajectory, boxed_end, last_boxed
-
-log = logging.getLogger(__name__)
 
 TOOL_LIMIT_NOTICE = "Tool limit reached: no more calls. Give your final answer now."
 
@@ -45,7 +42,6 @@ class _Rollout:
     segment_start: int = 0  # where in completion_ids the text since the last insertion begins
     over_limit: int = 0
     pending: Call | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 class RolloutEngine:
