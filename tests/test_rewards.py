@@ -1,0 +1,145 @@
+"""Reward functions on hand-written cases (TRL's signature, the fields our rollout function adds)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from training.rewards import (
+    WeightSchedule,
+    answers_match,
+    correctness,
+    format,
+    format_violations,
+    scheduled_rewards,
+    tool_use,
+)
+
+MATCH = [  # (reference, predicted, equal)
+    ("42", "42", True),
+    ("1234567890", "1234567890", True),
+    ("1234567890", "1234567891", False),  # a 10-digit answer off by one
+    ("121932631112635269", "121932631112635269", True),
+    ("121932631112635269", "121932631112635270", False),
+    ("1,234,567", "1234567", True),
+    ("1234567", "1,234,567", True),
+    ("0.1234567891", "0.1234567891", True),
+    ("0.1234567891", "0.1234567892", False),  # decimals are exact too, not rounded to 6 places
+    ("12.5", "12.50", True),
+    ("-7", "-7", True),
+    ("-7", "7", False),
+    ("\\frac{1}{2}", "0.5", True),  # fraction vs decimal
+    ("1/2", "\\frac{1}{2}", True),
+    ("\\frac{7}{2}", "3.5", True),
+    ("\\frac{1}{3}", "0.33", False),
+    ("3.5", "\\frac{7}{2}", True),
+    ("\\sqrt{2}", "\\sqrt{2}", True),
+    ("2\\sqrt{2}", "\\sqrt{8}", True),
+    ("x^2 + 1", "1 + x^2", True),
+    ("10\\%", "10\\%", True),
+    ("5", "", False),
+    ("5", "five", False),
+    ("5", None, False),
+]
+
+
+@pytest.mark.parametrize("reference, predicted, equal", MATCH)
+def test_answers_match(reference, predicted, equal):
+    assert answers_match(reference, predicted) is equal
+
+
+CORRECTNESS = [  # (completion text, reference, reward)
+    ("So the answer is \\boxed{42}.", "42", 1.0),
+    ("So the answer is \\boxed{43}.", "42", 0.0),
+    ("The answer is 42.", "42", 0.0),  # unboxed
+    ("First \\boxed{41}, no wait, \\boxed{42}", "42", 1.0),  # two boxes: the last counts
+    ("First \\boxed{42}, no wait, \\boxed{41}", "42", 0.0),
+    ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+    ("\\boxed{1234567891}", "1234567890", 0.0),
+    ("\\boxed{42", "42", 0.0),  # unclosed box
+    ("<result>\n42\n</result>", "42", 0.0),  # a result is not an answer
+]
+
+
+@pytest.mark.parametrize("text, reference, reward", CORRECTNESS)
+def test_correctness_reads_the_last_box_of_the_completion(text, reference, reward):
+    assert correctness([None], [text], answer=[reference]) == [reward]
+
+
+def test_correctness_prefers_the_rollouts_own_answer():
+    # The rollout function passes the box of the planner's own text, not of inserted results.
+    assert correctness([None], ["<result>\\boxed{42}</result>"], answer=["42"], predicted=[None]) == [0.0]
+    assert correctness([None, None], ["x", "y"], answer=["7", "8"], predicted=["7", "9"]) == [1.0, 0.0]
+
+
+def test_correctness_reads_conversational_completions():
+    completion = [{"role": "assistant", "content": "It is \\boxed{12}."}]
+    assert correctness([None], [completion], answer=["12"]) == [1.0]
+
+
+FORMAT = [  # (text, engine-seen violations, tags, reward, named problems)
+    ("<request>6 times 7</request><result>\n42\n</result>\nSo \\boxed{42}", [], False, 1.0, []),
+    ("no answer here", [], False, 0.5, ["no_answer"]),
+    ("\\boxed{1} \\boxed{2}", [], False, 0.9, ["several_answers"]),
+    ("<request>6 times", ["unclosed_call"], False, 0.2, ["unclosed_call", "no_answer"]),
+    ("<result>42</result> \\boxed{42}", ["planner_wrote_result"], False, 0.0, ["planner_wrote_result"]),
+    ("\\boxed{1}", ["nested_open"], False, 0.8, ["nested_open"]),
+    ("\\boxed{1}", ["empty_call", "empty_call"], False, 0.8, ["empty_call"]),  # named once
+    ("\\boxed{1}", ["invalid_json"], False, 0.8, ["invalid_json"]),
+    ("\\boxed{1}", ["over_tool_limit"], False, 0.8, ["over_tool_limit"]),
+    ("<think>plan</think> \\boxed{1}", [], True, 1.0, []),
+    ("\\boxed{1}", [], True, 0.8, ["missing_think_tags"]),
+    ("<think>a</think><answer>\\boxed{1}", [], True, 0.8, ["unclosed_answer_tag"]),
+]
+
+
+@pytest.mark.parametrize("text, seen, tags, reward, problems", FORMAT)
+def test_format_is_graded_and_names_the_problems(text, seen, tags, reward, problems):
+    assert format_violations(text, seen, tags) == problems
+    assert format([None], [text], violations=[seen], tags=tags) == [pytest.approx(reward)]
+
+
+def call(status: str) -> dict:
+    return {"request": "r", "code": "c", "result": {"status": status}, "cached": False}
+
+
+TOOL_USE = [  # (statuses of the calls, reward)
+    ([], 0.0),
+    (["ok"], 0.1),
+    (["ok", "ok"], 0.2),
+    (["ok"] * 10, 0.3),  # capped
+    (["error"], -0.1),
+    (["ok", "timeout"], 0.0),
+    (["crashed"] * 10, -0.3),  # capped below too
+]
+
+
+@pytest.mark.parametrize("statuses, reward", TOOL_USE)
+def test_tool_use_bonus_penalty_and_cap(statuses, reward):
+    assert tool_use([None], ["x"], tool_calls=[[call(s) for s in statuses]]) == [pytest.approx(reward)]
+
+
+def test_tool_use_options():
+    assert tool_use([None], ["x"], tool_calls=[[call("ok")] * 3], bonus=0.5, cap=1.0) == [pytest.approx(1.0)]
+
+
+def test_weight_schedule_follows_the_step():
+    schedule = WeightSchedule([(0, {"format": 2.0, "tool_use": 2.0, "correctness": 1.0}),
+                               (256, {"format": 1.0, "tool_use": 1.0, "correctness": 2.0})])
+    funcs = {f.__name__: f for f in scheduled_rewards(schedule)}
+    assert set(funcs) == {"format", "tool_use", "correctness"}
+    kwargs = {"answer": ["42"], "tool_calls": [[call("ok")]], "violations": [[]]}
+    early = {n: f([None], ["\\boxed{42}"], trainer_state=SimpleNamespace(global_step=10), **kwargs)
+             for n, f in funcs.items()}
+    late = {n: f([None], ["\\boxed{42}"], trainer_state=SimpleNamespace(global_step=256), **kwargs)
+            for n, f in funcs.items()}
+    assert early == {"format": [2.0], "tool_use": [pytest.approx(0.2)], "correctness": [1.0]}
+    assert late == {"format": [1.0], "tool_use": [pytest.approx(0.1)], "correctness": [2.0]}
+
+
+def test_schedule_errors_are_clear():
+    with pytest.raises(ValueError, match="starting at 0"):
+        WeightSchedule([(5, {"format": 1.0})])
+    with pytest.raises(ValueError, match="unknown reward 'speed'"):
+        scheduled_rewards(WeightSchedule([(0, {"speed": 1.0})]))
