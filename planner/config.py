@@ -43,6 +43,9 @@ class PlannerConfig(BaseModel):
         return self.prompt or f"prompts/planner_{self.protocol}.txt"
 
 
+TRAINING_SECTIONS = ("lora", "data", "rewards", "grpo")  # read by training.recipe.Recipe, not by the agent
+
+
 class AgentConfig(BaseModel):
     """What `Agent` needs: a recipe's planner, coder and executor sections."""
 
@@ -54,8 +57,9 @@ class AgentConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> AgentConfig:
-        """Load a recipe; a wrong or misspelled field fails here, naming it (e.g. `planner.temprature`)."""
+        """Load a recipe; a wrong or misspelled field fails here, naming it (e.g. `planner.temprature`).
+        A training recipe's own sections are left to `training.recipe.Recipe`."""
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a recipe is a mapping with planner, coder and executor sections")
-        return cls.model_validate(data)
+        return cls.model_validate({k: v for k, v in data.items() if k not in TRAINING_SECTIONS})

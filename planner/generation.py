@@ -142,7 +142,7 @@ class TransformersGeneration:
             max_new_tokens=max(budgets), do_sample=sampling, temperature=self.temperature if sampling else 1.0,
             top_p=self.top_p if sampling else 1.0, top_k=0 if sampling else None, repetition_penalty=1.0,
             pad_token_id=self.pad_id,
-            eos_token_id=self.eos_ids, cache_implementation=self.cache_implementation)
+            eos_token_id=self.eos_ids, cache_implementation=self.cache_implementation, use_cache=True)
         sequences = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
                                         logits_processor=LogitsProcessorList([*self.logits_processors, recorder]),
                                         stopping_criteria=StoppingCriteriaList([stops]))

@@ -31,7 +31,9 @@ class Env:
 
 
 class ScriptedText(LogitsProcessor):
-    def __init__(self, tokenizer, scripts: dict[tuple[int, ...], list]) -> None:
+    def __init__(self, tokenizer, scripts: dict[tuple[int, ...], list], then: str = "eos") -> None:
+        """`then`: after the script, force EOS ("eos") or let the model sample on its own ("free")."""
+        self.then = then
         self.tokenizer = tokenizer
         self.scripts = scripts  # prompt ids -> parts
         self.forced: dict[tuple[int, ...], list[int]] = {prompt: [] for prompt in scripts}
@@ -69,7 +71,7 @@ class ScriptedText(LogitsProcessor):
             if isinstance(part, Say):
                 return self.tokenizer(target[len(written):], add_special_tokens=False)["input_ids"][0]
             return next(part.ids[k] for k in range(len(part.ids)) if self._decode(part.ids[:k]) == written)
-        return self.eos
+        return self.eos if self.then == "eos" else -1
 
     def _decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
@@ -82,6 +84,9 @@ class ScriptedText(LogitsProcessor):
             token = None
             if not completion or completion[-1] not in (self.pad, self.eos):  # finished rows are padded
                 token = self.next_token(prompt, completion)
+            if token == -1:  # past the script, sampling is free: leave this row's scores alone
+                forced[row] = scores[row]
+                continue
             if token is None:
                 token = self.pad
             else:

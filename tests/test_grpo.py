@@ -1,0 +1,100 @@
+"""GRPO through training/grpo.py on the tiny model: LoRA trains, the base does not, inserted tokens are out of
+the loss, and the saved adapter loads into an Agent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from pydantic import ValidationError
+
+from planner import Agent, RolloutEngine
+from planner.scripted import Env, Say, ScriptedText
+from training import grpo
+from training.recipe import Recipe
+from training.rewards import REWARDS
+
+QUESTIONS = [f"What is {i} times 7?" for i in range(4)]
+
+
+def digits(prompts, completions, **kwargs):
+    """A reward that varies between free samples of a random model, so groups carry a signal."""
+    return [float(sum(ch.isdigit() for ch in c)) for c in completions]
+
+
+def write_recipe(tmp_path, tiny_model_dir, **grpo_fields):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "answer": str(7 * i)}) + "\n" for i, q in enumerate(QUESTIONS)))
+    recipe = {
+        "planner": {"model": str(tiny_model_dir), "device": "cpu", "protocol": "code", "temperature": 1.0,
+                    "max_completion_tokens": 40},
+        "coder": {"model": str(tiny_model_dir), "device": "cpu"},
+        "executor": {"timeout_s": 5.0, "workers": 2},
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "data": {"path": str(data)},
+        "rewards": {"schedule": [[0, {"digits": 1.0, "format": 0.1}]]},
+        "grpo": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "per_device_train_batch_size": 4,
+                 "num_generations": 4, "learning_rate": 0.01, "logging_steps": 1, "report_to": "none",
+                 "save_strategy": "no", "use_cpu": True, "beta": 0.0, "seed": 0, **grpo_fields},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_grpo_trains_lora_only_masks_inserted_tokens_and_saves_an_agent(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setitem(REWARDS, "digits", digits)
+    processors: list = []
+    run = grpo.build(Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir)), logits_processors=processors)
+    try:
+        rollout = run.rollout
+        probe = RolloutEngine(rollout.protocol, None, rollout.tokenizer, run.sandbox)
+        script = [Say("<code>\nprint(6 * 7)\n</code>"), Env("</result>\n")]  # then the model samples freely
+        processors.append(ScriptedText(rollout.tokenizer, {tuple(probe.prompt_ids(rollout.system_prompt, q)): script
+                                                           for q in QUESTIONS}, then="free"))
+        scored: list[dict] = []
+        original = run.trainer._generate_and_score_completions
+        monkeypatch.setattr(run.trainer, "_generate_and_score_completions",
+                            lambda inputs: scored.append(original(inputs)) or scored[-1])
+        model = run.trainer.model
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        out = grpo.train(run)
+        last = rollout.last
+    finally:
+        run.close()
+
+    after = dict(model.named_parameters())
+    lora = [n for n in before if "lora_" in n]
+    assert lora and any(not torch.equal(before[n], after[n]) for n in lora)
+    assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
+
+    # TRL's per-token loss weights are completion_mask * tool_mask: zero exactly where we inserted tokens.
+    batch = scored[-1]
+    weights = (batch["completion_mask"] * batch["tool_mask"]).tolist()
+    rows = {tuple(ids): i for i, ids in enumerate(batch["completion_ids"].tolist())}
+    for trajectory in last:
+        assert trajectory.tool_calls and trajectory.tool_calls[0].result.stdout == "42\n"
+        width = len(batch["completion_ids"][0])
+        row = rows[tuple((trajectory.completion_ids + [rollout.tokenizer.pad_token_id] * width)[:width])]
+        inserted = [i for i, mask in enumerate(trajectory.env_mask) if mask == 0]
+        assert inserted and all(weights[row][i] == 0 for i in inserted)
+        assert weights[row][: len(trajectory.env_mask)] == trajectory.env_mask  # sampled tokens all weigh 1
+
+    agent_recipe = yaml.safe_load((out / "agent.yaml").read_text())
+    assert agent_recipe["planner"]["adapter"] == str(out.resolve())
+    with Agent.from_config(out / "agent.yaml") as agent:
+        assert agent.solve("What is 2 times 7?").trajectory.finish_reason is not None
+
+
+def test_recipe_rejects_unknown_grpo_fields(tmp_path, tiny_model_dir):
+    with pytest.raises(ValidationError, match="not GRPOConfig fields: learnin_rate"):
+        Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir, learnin_rate=1e-6))
+
+
+def test_agent_reads_a_training_recipe(tmp_path, tiny_model_dir):
+    from planner import AgentConfig
+
+    config = AgentConfig.from_yaml(write_recipe(tmp_path, tiny_model_dir))
+    assert config.planner.protocol == "code"

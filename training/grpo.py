@@ -1,0 +1,130 @@
+"""Train the planner with GRPO: `accelerate launch training/grpo.py --config RECIPE.yaml` (or plain python).
+
+Reads top to bottom: the recipe; the sandbox (a fresh process, before any CUDA work); the tokenizer, protocol
+and coder; the dataset; the reward functions; the rollout function (our engine with the trainer's policy);
+TRL's `GRPOTrainer` with LoRA on the planner only; train; save the adapter and a recipe that loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the project importable from any working directory
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml
+
+from coder import build_coder
+from coder.config import resolve
+from executor import Sandbox
+from planner import EngineLimits, build_protocol
+from training.recipe import Recipe
+from training.rewards import WeightSchedule, scheduled_rewards
+from training.rollout import PlannerRollout
+
+log = logging.getLogger("training.grpo")
+
+
+def load_prompts(recipe: Recipe):
+    """The training set as a `datasets.Dataset` with `prompt` and `answer` columns."""
+    from datasets import load_dataset
+
+    data = recipe.data
+    local = Path(data.path)
+    if local.exists():
+        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(local.suffix)
+        if kind is None:
+            raise ValueError(f"data.path {data.path}: expected .json, .jsonl or .parquet")
+        dataset = load_dataset(kind, data_files=str(local), split="train")
+    else:
+        dataset = load_dataset(data.path, split=data.split)
+    missing = {data.question_field, data.answer_field} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"data.path {data.path} lacks {sorted(missing)}; columns: {dataset.column_names}")
+    dataset = dataset.map(lambda row: {"prompt": row[data.question_field], "answer": str(row[data.answer_field])},
+                          remove_columns=dataset.column_names)
+    return dataset.select(range(min(data.limit, len(dataset)))) if data.limit else dataset
+
+
+@dataclass
+class Run:
+    """A built training run: the trainer and what it holds open."""
+
+    recipe: Recipe
+    trainer: Any
+    rollout: PlannerRollout
+    sandbox: Sandbox
+    coder: Any
+
+    def close(self) -> None:
+        if self.coder is not None:
+            self.coder.close()
+        self.sandbox.close()
+
+
+def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
+    """Everything up to a ready `GRPOTrainer`. `logits_processors` reach the planner's generation (tests use them
+    to script tool calls into a tiny random model)."""
+    sandbox = Sandbox(recipe.executor).start()  # a fresh process, started before any CUDA work
+
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    planner = recipe.planner
+    tokenizer = AutoTokenizer.from_pretrained(planner.model)
+    protocol = build_protocol(planner.protocol, planner.markers, planner.max_request_chars, tokenizer)
+    coder = build_coder(recipe.coder) if protocol.uses_coder else None
+    dataset = load_prompts(recipe)
+    rewards = scheduled_rewards(WeightSchedule(recipe.rewards.schedule), recipe.rewards.options)
+    rollout = PlannerRollout(protocol, tokenizer, resolve(planner.prompt_file).read_text(), sandbox, coder,
+                             EngineLimits(planner.max_completion_tokens, planner.max_tool_calls,
+                                          planner.max_result_chars, planner.stop_at_answer),
+                             planner.temperature, planner.top_p, planner.batch_size, planner.cache_implementation,
+                             logits_processors)
+    config = GRPOConfig(**{"max_completion_length": planner.max_completion_tokens,
+                           "temperature": planner.temperature or 1.0, **recipe.grpo})
+    model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=torch.bfloat16 if config.bf16 else torch.float32)
+    lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+                      target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
+    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, rollout_func=rollout, peft_config=lora)
+    return Run(recipe, trainer, rollout, sandbox, coder)
+
+
+def train(run: Run) -> Path:
+    """Train, then save the adapter and an agent recipe (`agent.yaml`) that loads it."""
+    trainer, recipe = run.trainer, run.recipe
+    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    out = Path(trainer.args.output_dir)
+    trainer.save_model(str(out))
+    if trainer.accelerator.is_main_process:
+        planner = recipe.planner.model_dump(mode="json", exclude_none=True)
+        agent_recipe = {"planner": {**planner, "adapter": str(out.resolve())},
+                        "coder": recipe.coder.model_dump(mode="json", exclude_unset=True),
+                        "executor": recipe.executor.model_dump(mode="json", exclude_unset=True)}
+        (out / "agent.yaml").write_text(yaml.safe_dump(agent_recipe, sort_keys=False))
+        log.info("saved the adapter and %s", out / "agent.yaml")
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run = build(Recipe.from_yaml(args.config))
+    try:
+        return train(run)
+    finally:
+        run.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""A training recipe: the agent's sections plus LoRA, data, rewards and TRL's `GRPOConfig` fields.
+
+A wrong field fails when the recipe loads, naming it (`grpo` fields are checked by building the `GRPOConfig`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from coder import CoderConfig
+from executor import SandboxConfig
+from planner.config import PlannerConfig
+
+
+class LoraSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])
+
+
+class DataSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="a local JSON/JSONL/Parquet file, or a hub dataset id")
+    split: str = "train"
+    question_field: str = "prompt"
+    answer_field: str = "answer"
+    limit: int | None = Field(None, gt=0)
+
+
+class RewardsSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schedule: list[tuple[int, dict[str, float]]] = Field(
+        default_factory=lambda: [(0, {"correctness": 1.0, "format": 0.5, "tool_use": 0.5})],
+        description="[(from_step, {reward: weight})]; the seed: format and tool use double for 256 steps")
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="keyword options per reward")
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    coder: CoderConfig = Field(default_factory=CoderConfig)
+    executor: SandboxConfig = Field(default_factory=SandboxConfig)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    data: DataSection
+    rewards: RewardsSection = Field(default_factory=RewardsSection)
+    grpo: dict[str, Any] = Field(default_factory=dict, description="fields of trl.GRPOConfig")
+
+    @field_validator("grpo")
+    @classmethod
+    def _grpo_fields_exist(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from trl import GRPOConfig
+
+        known = set(GRPOConfig.__dataclass_fields__)
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"not GRPOConfig fields: {', '.join(unknown)}")
+        return value
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
