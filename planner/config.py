@@ -43,7 +43,7 @@ class PlannerConfig(BaseModel):
         return self.prompt or f"prompts/planner_{self.protocol}.txt"
 
 
-TRAINING_SECTIONS = ("lora", "data", "rewards", "grpo")  # read by training.recipe.Recipe, not by the agent
+TRAINING_SECTIONS = ("lora", "data", "rewards", "groups", "grpo")  # read by training.recipe.Recipe, not by the agent
 
 
 class AgentConfig(BaseModel):

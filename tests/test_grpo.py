@@ -88,6 +88,36 @@ def test_grpo_trains_lora_only_masks_inserted_tokens_and_saves_an_agent(tmp_path
         assert agent.solve("What is 2 times 7?").trajectory.finish_reason is not None
 
 
+def test_same_score_groups_are_removed_from_the_loss(tmp_path, tiny_model_dir, monkeypatch):
+    def half_flat(prompts, completions, **kwargs):  # groups of questions 0 and 1 score 0.0 whatever they say
+        return [0.0 if any(f"{i} times" in str(p) for i in (0, 1)) else float(len(c))
+                for p, c in zip(prompts, completions, strict=True)]
+
+    monkeypatch.setitem(REWARDS, "half_flat", half_flat)
+    recipe = Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir, max_steps=1, per_device_train_batch_size=16))
+    recipe = recipe.model_copy(update={"rewards": recipe.rewards.model_copy(
+        update={"schedule": [(0, {"half_flat": 1.0})]})})
+    run = grpo.build(recipe)
+    try:
+        scored: list[dict] = []
+        original = run.trainer._generate_and_score_completions
+        monkeypatch.setattr(run.trainer, "_generate_and_score_completions",
+                            lambda inputs: scored.append(original(inputs)) or scored[-1])
+        grpo.train(run)
+        flat = run.trainer._flat_rows.tolist()
+        logged = [entry["groups/removed_frac"] for entry in run.trainer.state.log_history
+                  if "groups/removed_frac" in entry]
+    finally:
+        run.close()
+    batch = scored[-1]
+    weights = batch["completion_mask"] * batch["tool_mask"] if "tool_mask" in batch else batch["completion_mask"]
+    assert sum(flat) == 8 and len(flat) == 16  # two of the four groups, four rows each
+    for row, is_flat in enumerate(flat):
+        assert (weights[row].sum().item() == 0) == is_flat
+    assert batch["num_items_in_batch"].item() == weights.sum().item()
+    assert logged == [0.5]
+
+
 def test_recipe_rejects_unknown_grpo_fields(tmp_path, tiny_model_dir):
     with pytest.raises(ValidationError, match="not GRPOConfig fields: learnin_rate"):
         Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir, learnin_rate=1e-6))

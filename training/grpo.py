@@ -77,6 +77,8 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
+    from training.filtering import FilteringGRPOTrainer
+
     planner = recipe.planner
     tokenizer = AutoTokenizer.from_pretrained(planner.model)
     protocol = build_protocol(planner.protocol, planner.markers, planner.max_request_chars, tokenizer)
@@ -93,7 +95,8 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=torch.bfloat16 if config.bf16 else torch.float32)
     lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                       target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
-    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
+    trainer_class = FilteringGRPOTrainer if recipe.groups.filter else GRPOTrainer
+    trainer = trainer_class(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                           processing_class=tokenizer, rollout_func=rollout, peft_config=lora)
     return Run(recipe, trainer, rollout, sandbox, coder)
 

@@ -45,6 +45,12 @@ class RewardsSection(BaseModel):
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="keyword options per reward")
 
 
+class GroupsSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    filter: bool = Field(True, description="remove groups whose rewards are all equal from the loss")
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -54,6 +60,7 @@ class Recipe(BaseModel):
     lora: LoraSection = Field(default_factory=LoraSection)
     data: DataSection
     rewards: RewardsSection = Field(default_factory=RewardsSection)
+    groups: GroupsSection = Field(default_factory=GroupsSection)
     grpo: dict[str, Any] = Field(default_factory=dict, description="fields of trl.GRPOConfig")
 
     @field_validator("grpo")
