@@ -1,0 +1,49 @@
+"""The curriculum: pass rates through the real engine, solved problems dropped, easiest first."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from planner import Agent, AgentConfig
+from planner.scripted import Env, Say, ScriptedText
+from training import curriculum
+from training.curriculum import Scored, order
+
+
+def test_order_drops_solved_and_sorts_easy_to_hard():
+    scored = [Scored("a", "1", 0.25), Scored("b", "2", 1.0), Scored("c", "3", 0.75), Scored("d", "4", 0.0),
+              Scored("e", "5", 0.75)]
+    assert [s.prompt for s in order(scored)] == ["c", "e", "a", "d"]  # ties keep their order
+    assert [s.prompt for s in order(scored, drop_unsolved=True)] == ["c", "e", "a"]
+
+
+def test_command_samples_with_the_engine_and_writes_the_order(tmp_path, tiny_model_dir):
+    problems = {"What is 6 times 7?": "42", "What is 2 plus 2?": "4", "What is 10 minus 3?": "7"}
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "answer": a}) + "\n" for q, a in problems.items()))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "planner": {"model": str(tiny_model_dir), "device": "cpu", "protocol": "code", "max_completion_tokens": 64},
+        "coder": {"model": str(tiny_model_dir), "device": "cpu"},
+        "executor": {"timeout_s": 5.0, "workers": 2},
+        "data": {"path": str(data)},
+        "grpo": {"output_dir": str(tmp_path / "out")},
+    }))
+    # A scripted planner: computes the first problem right, the second wrong, and never answers the third.
+    scripts = {"What is 6 times 7?": [Say("<code>\nprint(6 * 7)\n</code>"), Env("</result>\n"), Say("\\boxed{42}")],
+               "What is 2 plus 2?": [Say("\\boxed{5}")],
+               "What is 10 minus 3?": [Say("I do not know.")]}
+    config = AgentConfig.from_yaml(recipe)
+    with Agent(config) as probe:
+        prompts = {tuple(probe.engine.prompt_ids(probe.system_prompt, q)): s for q, s in scripts.items()}
+        tokenizer = probe.tokenizer
+    out = curriculum.main(["--config", str(recipe), "--out", str(tmp_path / "curriculum.jsonl"), "--samples", "2"],
+                          logits_processors=[ScriptedText(tokenizer, prompts)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == [{"prompt": "What is 2 plus 2?", "answer": "4", "pass_rate": 0.0},
+                    {"prompt": "What is 10 minus 3?", "answer": "7", "pass_rate": 0.0}]  # 6 x 7 always solved
+    dropped = curriculum.main(["--config", str(recipe), "--out", str(tmp_path / "c2.jsonl"), "--samples", "2",
+                               "--drop-unsolved"], logits_processors=[ScriptedText(tokenizer, prompts)])
+    assert dropped.read_text() == ""

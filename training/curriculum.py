@@ -1,0 +1,87 @@
+"""The curriculum: each training problem's pass rate under the starting policy, easiest first.
+
+    python -m training.curriculum --config RECIPE.yaml --out runs/curriculum.jsonl [--samples 8] [--drop-unsolved]
+
+Samples `--samples` answers per problem through the same engine and sandbox as training (the recipe's planner,
+at its temperature), drops the problems every sample solved (they teach nothing), optionally those none solved,
+and writes the rest from the highest pass rate to the lowest, with a `pass_rate` column. Point the recipe's
+`data.path` at the file and keep `grpo.shuffle_dataset: false`: training then follows that order, and a resumed
+run continues it where it stopped (the trainer skips the batches it has already seen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from planner import Agent, AgentConfig
+from training.recipe import Recipe
+from training.rewards import answers_match
+
+log = logging.getLogger("training.curriculum")
+
+
+@dataclass(frozen=True)
+class Scored:
+    prompt: str
+    answer: str
+    pass_rate: float
+
+
+def pass_rates(agent: Agent, problems: list[dict[str, str]], samples: int, batch: int = 64) -> list[Scored]:
+    """Each problem's share of `samples` solutions whose answer matches the reference."""
+    flat = [p for p in problems for _ in range(samples)]
+    solved: list[bool] = []
+    for start in range(0, len(flat), batch):
+        chunk = flat[start:start + batch]
+        solutions = agent.solve_many([p["prompt"] for p in chunk])
+        solved += [answers_match(p["answer"], s.answer) for p, s in zip(chunk, solutions, strict=True)]
+        log.info("curriculum: %d / %d samples", len(solved), len(flat))
+    return [Scored(p["prompt"], p["answer"], sum(solved[i * samples:(i + 1) * samples]) / samples)
+            for i, p in enumerate(problems)]
+
+
+def order(scored: list[Scored], drop_unsolved: bool = False) -> list[Scored]:
+    """Solved-by-all dropped (and unsolved, if asked); the rest from easy (high pass rate) to hard; ties keep the
+    original order."""
+    kept = [s for s in scored if s.pass_rate < 1.0 and (s.pass_rate > 0.0 or not drop_unsolved)]
+    return sorted(kept, key=lambda s: -s.pass_rate)
+
+
+def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--drop-unsolved", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from training.grpo import load_prompts
+
+    recipe = Recipe.from_yaml(args.config)
+    problems = list(load_prompts(recipe))
+    agent_config = AgentConfig(planner=recipe.planner, coder=recipe.coder, executor=recipe.executor)
+    with Agent(agent_config, **agent_kwargs) as agent:
+        scored = pass_rates(agent, problems, args.samples, recipe.planner.batch_size)
+    ordered = order(scored, args.drop_unsolved)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        for s in ordered:
+            f.write(json.dumps({"prompt": s.prompt, "answer": s.answer, "pass_rate": s.pass_rate}) + "\n")
+    log.info("curriculum: kept %d of %d problems (%d solved by every sample) -> %s", len(ordered), len(scored),
+             sum(s.pass_rate == 1.0 for s in scored), out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
