@@ -43,7 +43,8 @@ class PlannerConfig(BaseModel):
         return self.prompt or f"prompts/planner_{self.protocol}.txt"
 
 
-TRAINING_SECTIONS = ("lora", "data", "rewards", "groups", "grpo")  # read by training.recipe.Recipe, not by the agent
+# A training recipe's own sections: training.recipe.Recipe reads them; the agent skips them.
+TRAINING_SECTIONS = ("lora", "data", "rewards", "groups", "logging", "grpo")
 
 
 class AgentConfig(BaseModel):

@@ -38,6 +38,7 @@ def write_recipe(tmp_path, tiny_model_dir, **grpo_fields):
         "grpo": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "per_device_train_batch_size": 4,
                  "num_generations": 4, "learning_rate": 0.01, "logging_steps": 1, "report_to": "none",
                  "save_strategy": "no", "use_cpu": True, "beta": 0.0, "seed": 0, **grpo_fields},
+        "logging": {"sample_every": 1, "samples_per_step": 2},
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -81,6 +82,12 @@ def test_grpo_trains_lora_only_masks_inserted_tokens_and_saves_an_agent(tmp_path
         inserted = [i for i, mask in enumerate(trajectory.env_mask) if mask == 0]
         assert inserted and all(weights[row][i] == 0 for i in inserted)
         assert weights[row][: len(trajectory.env_mask)] == trajectory.env_mask  # sampled tokens all weigh 1
+
+    logged = {key for entry in run.trainer.state.log_history for key in entry}
+    assert {"tools/calls_per_rollout", "tools/error_rate", "tools/status_ok", "rollout/mean_rounds",
+            "rollout/inserted_token_frac", "groups/removed_frac"} <= logged
+    samples = sorted((out / "samples").glob("step-*.jsonl"))
+    assert samples and json.loads(samples[0].read_text().splitlines()[0])["tool_calls"][0]["code"]
 
     agent_recipe = yaml.safe_load((out / "agent.yaml").read_text())
     assert agent_recipe["planner"]["adapter"] == str(out.resolve())

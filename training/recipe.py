@@ -51,6 +51,13 @@ class GroupsSection(BaseModel):
     filter: bool = Field(True, description="remove groups whose rewards are all equal from the loss")
 
 
+class LoggingSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample_every: int = Field(10, ge=0, description="write trajectory samples every N steps (0: never)")
+    samples_per_step: int = Field(8, gt=0)
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,6 +68,7 @@ class Recipe(BaseModel):
     data: DataSection
     rewards: RewardsSection = Field(default_factory=RewardsSection)
     groups: GroupsSection = Field(default_factory=GroupsSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
     grpo: dict[str, Any] = Field(default_factory=dict, description="fields of trl.GRPOConfig")
 
     @field_validator("grpo")

@@ -8,6 +8,9 @@ functions read: `predicted`, `tool_calls`, `finish_reason`, `violations`.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +34,8 @@ def question_of(prompt: Any) -> str:
 class PlannerRollout:
     def __init__(self, protocol: Protocol, tokenizer: Any, system_prompt: str, sandbox: Sandbox, coder: Coder | None,
                  limits: EngineLimits, temperature: float, top_p: float = 1.0, batch_size: int = 64,
-                 cache_implementation: str | None = None, logits_processors: list[Any] | None = None) -> None:
+                 cache_implementation: str | None = None, logits_processors: list[Any] | None = None,
+                 sample_every: int = 10, samples_per_step: int = 8) -> None:
         self.protocol = protocol
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
@@ -41,6 +45,8 @@ class PlannerRollout:
         self.sampling = dict(temperature=temperature, top_p=top_p, batch_size=batch_size,
                              cache_implementation=cache_implementation, logits_processors=logits_processors)
         self.last: list[Trajectory] = []  # the latest batch, for logging and samples
+        self.sample_every = sample_every
+        self.samples_per_step = samples_per_step
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
         from trl.models import unwrap_model_for_generation
@@ -56,12 +62,51 @@ class PlannerRollout:
                 self.last = self.run(model, questions)
             finally:
                 model.train(was_training)
+        mode = "train" if was_training else "eval"
+        for name, value in rollout_metrics(self.last, self.coder).items():
+            trainer._metrics[mode][name].append(value)
+        step = trainer.state.global_step
+        if mode == "train" and self.sample_every and step % self.sample_every == 0 and \
+                trainer.accelerator.is_main_process:
+            write_samples(Path(trainer.args.output_dir) / "samples" / f"step-{step:06d}.jsonl",
+                          self.last[: self.samples_per_step])
         return to_trl(self.last, self.tokenizer.eos_token_id)
 
     def run(self, model: Any, questions: list[str]) -> list[Trajectory]:
         generator = TransformersGeneration(model, self.tokenizer, **self.sampling)
         engine = RolloutEngine(self.protocol, generator, self.tokenizer, self.sandbox, self.coder, self.limits)
         return engine.run(questions, [engine.prompt_ids(self.system_prompt, q) for q in questions])
+
+
+def rollout_metrics(trajectories: list[Trajectory], coder: Coder | None) -> dict[str, float]:
+    """What TRL does not log: tool use, tool errors by executor status, format violations by kind, rounds, the
+    share of inserted tokens, and the coder's cache hit rate (so far)."""
+    n = max(len(trajectories), 1)
+    calls = [call for t in trajectories for call in t.tool_calls]
+    statuses = Counter(call.result.status for call in calls)
+    violations = Counter(v for t in trajectories for v in t.violations)
+    tokens = sum(len(t.env_mask) for t in trajectories)
+    metrics = {
+        "tools/calls_per_rollout": len(calls) / n,
+        "tools/error_rate": (len(calls) - statuses["ok"]) / len(calls) if calls else 0.0,
+        "rollout/mean_rounds": sum(t.rounds for t in trajectories) / n,
+        "rollout/inserted_token_frac": sum(t.inserted_tokens for t in trajectories) / tokens if tokens else 0.0,
+        "rollout/answered": sum(t.answer is not None for t in trajectories) / n,
+    }
+    metrics |= {f"tools/status_{status}": count / n for status, count in statuses.items()}
+    metrics |= {f"format/{kind}": count / n for kind, count in violations.items()}
+    metrics |= {f"finish/{reason}": sum(t.finish_reason == reason for t in trajectories) / n
+                for reason in {t.finish_reason for t in trajectories}}
+    if coder is not None:
+        metrics["coder/cache_hit_rate"] = coder.stats.hit_rate
+    return metrics
+
+
+def write_samples(path: Path, trajectories: list[Trajectory]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for t in trajectories:
+            f.write(json.dumps(t.to_dict()) + "\n")
 
 
 def to_trl(trajectories: list[Trajectory], eos_id: int) -> dict[str, list[Any]]:
