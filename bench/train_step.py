@@ -1,0 +1,105 @@
+"""GRPO step time: our rollout function (through training/grpo.py's build) against TRL's own generation, on the
+same model, prompts and completion lengths, with no tool calls. Side by side in one run.
+
+    python bench/train_step.py [--steps 6] [--completion-tokens 64] [--model DIR] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from training import grpo
+from training.recipe import Recipe
+from training.rewards import REWARDS
+from training.tiny import build_tiny
+
+
+def length(prompts, completions, **kwargs):
+    """Varies between samples, so every group carries a gradient in both trainers."""
+    return [float(len(c if isinstance(c, str) else c[-1]["content"])) for c in completions]
+
+
+def step_times(trainer) -> tuple[float, float]:
+    """Median seconds per step (the first, warm-up step left out) and mean completion length."""
+    logs = [entry for entry in trainer.state.log_history if "step_time" in entry]
+    return (statistics.median(float(e["step_time"]) for e in logs[1:]),
+            statistics.mean(float(e["completions/mean_length"]) for e in logs[1:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--completion-tokens", type=int, default=64)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--model", default=None, help="a local model directory (default: a tiny one built now)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="delegate-bench-step-"))
+    model = args.model or str(build_tiny(work / "model"))
+    data = work / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} * {i + 3}?", "answer": str(i * (i + 3))})
+                            + "\n" for i in range(64)))
+    REWARDS["length"] = length
+    grpo_fields = {"max_steps": args.steps, "per_device_train_batch_size": args.group, "num_generations": args.group,
+                   "learning_rate": 1e-4, "beta": 0.0, "logging_steps": 1, "report_to": "none",
+                   "save_strategy": "no", "use_cpu": args.device == "cpu", "bf16": args.device != "cpu",
+                   "max_completion_length": args.completion_tokens, "temperature": 1.0}
+    recipe = Recipe.model_validate({
+        "planner": {"model": model, "device": args.device, "protocol": "code", "temperature": 1.0,
+                    "max_completion_tokens": args.completion_tokens, "max_tool_calls": 0},
+        "coder": {"model": model, "device": args.device},
+        "data": {"path": str(data)},
+        "rewards": {"schedule": [(0, {"length": 1.0})]},
+        "groups": {"filter": False},
+        "logging": {"sample_every": 0},
+        "grpo": {"output_dir": str(work / "ours"), **grpo_fields},
+    })
+    print("measuring: our rollout function ...", file=sys.stderr, flush=True)
+    run = grpo.build(recipe)
+    try:
+        run.trainer.train()
+        ours = step_times(run.trainer)
+    finally:
+        run.close()
+
+    print("measuring: TRL's own generation ...", file=sys.stderr, flush=True)
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from coder.config import resolve
+
+    system = resolve(recipe.planner.prompt_file).read_text()
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    dataset = Dataset.from_list([{"prompt": [{"role": "system", "content": system},
+                                             {"role": "user", "content": r["prompt"]}]} for r in rows])
+    lora = recipe.lora
+    trl_trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model), reward_funcs=[length],
+        args=GRPOConfig(output_dir=str(work / "trl"), **grpo_fields), train_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(model),
+        peft_config=LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                               target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    trl_trainer.train()
+    theirs = step_times(trl_trainer)
+
+    header = f"{'generation':<28} {'s/step':>8} {'mean completion tokens':>23}"
+    print(f"\nGRPO step time ({args.device}, group {args.group}, {args.completion_tokens} new tokens, "
+          f"median of {args.steps - 1} steps)\n")
+    print(header)
+    print("-" * len(header))
+    print(f"{'ours (rollout_func, engine)':<28} {ours[0]:8.3f} {ours[1]:23.1f}")
+    print(f"{'TRL generate (no tools)':<28} {theirs[0]:8.3f} {theirs[1]:23.1f}")
+    print(f"\nours / TRL: {ours[0] / theirs[0]:.2f}x (target <= 1.15x)")
+
+
+if __name__ == "__main__":
+    main()
