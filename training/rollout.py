@@ -52,6 +52,9 @@ class PlannerRollout:
         from trl.models import unwrap_model_for_generation
 
         questions = [question_of(p) for p in prompts]
+        if getattr(trainer.args, "use_vllm", False):
+            self.last = self.run_vllm(trainer, questions)
+            return self._finish(trainer, "train" if trainer.model.training else "eval")
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                          gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
                                          gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs
@@ -62,7 +65,22 @@ class PlannerRollout:
                 self.last = self.run(model, questions)
             finally:
                 model.train(was_training)
-        mode = "train" if was_training else "eval"
+        return self._finish(trainer, "train" if was_training else "eval")
+
+    def run_vllm(self, trainer: Any, questions: list[str]) -> list[Trajectory]:
+        """Generation on TRL's colocated vLLM engine (TRL pushes the current weights to it before calling us).
+        Not run on our machines: vLLM is too large for them; this follows vLLM's and TRL's documented APIs."""
+        from planner.vllm_generation import VLLMGeneration
+
+        vllm = trainer.vllm_generation
+        if vllm.mode != "colocate":
+            raise NotImplementedError("vllm_mode='server' with Delegate's multi-round rollouts needs every rank to "
+                                      "take the same number of rounds; use vllm_mode='colocate' for now")
+        if getattr(vllm, "enable_sleep_mode", False):
+            raise NotImplementedError("vllm_enable_sleep_mode with Delegate's rollouts: turn it off for now")
+        return self._roll(VLLMGeneration(vllm.llm, self.sampling["temperature"], self.sampling["top_p"]), questions)
+
+    def _finish(self, trainer: Any, mode: str) -> dict[str, list[Any]]:
         for name, value in rollout_metrics(self.last, self.coder).items():
             trainer._metrics[mode][name].append(value)
         step = trainer.state.global_step
@@ -73,7 +91,9 @@ class PlannerRollout:
         return to_trl(self.last, self.tokenizer.eos_token_id)
 
     def run(self, model: Any, questions: list[str]) -> list[Trajectory]:
-        generator = TransformersGeneration(model, self.tokenizer, **self.sampling)
+        return self._roll(TransformersGeneration(model, self.tokenizer, **self.sampling), questions)
+
+    def _roll(self, generator: Any, questions: list[str]) -> list[Trajectory]:
         engine = RolloutEngine(self.protocol, generator, self.tokenizer, self.sandbox, self.coder, self.limits)
         return engine.run(questions, [engine.prompt_ids(self.system_prompt, q) for q in questions])
 
