@@ -1,10 +1,11 @@
 # Two entry points that work on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
-# Each creates .venv and installs what it needs. On a machine without a GPU, set TORCH_INDEX to PyTorch's CPU
-# wheel index to avoid the CUDA build, e.g. make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Each creates .venv and installs what it needs, PyTorch first: a wheel already on the machine if pip's
+# configuration offers one, else PyTorch's CPU build on a machine without an NVIDIA GPU (so that pip does not
+# fetch several GB of CUDA packages), else the default build. TORCH_INDEX overrides the index.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-TORCH_INDEX ?=
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
@@ -32,7 +33,8 @@ $(BIN)/python:
 
 # Torch first, so that nothing later pulls a different build.
 $(VENV)/.torch: | $(BIN)/python
-	$(PIP) install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	( $(PIP) install -q --no-index --no-deps $(TORCH) 2>/dev/null && $(PIP) install -q $(TORCH) ) || \
+	  $(PIP) install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
