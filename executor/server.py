@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +160,7 @@ class Server:
         err_r, err_w = os.pipe()
         report_r, report_w = os.pipe()
         workdir = None if self.namespaced else tempfile.mkdtemp(dir=self.jobs_dir)
-        setup = self.setup if workdir is None else JobSetup(**{**self.setup.__dict__, "workdir": workdir})
+        setup = self.setup if workdir is None else replace(self.setup, workdir=workdir)
         pid = -1
         try:
             if self.namespaced:
