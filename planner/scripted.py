@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor
 
+FREE = -1  # next_token's answer once the script is over and `then="free"`: the model samples on its own
+
 
 @dataclass(frozen=True)
 class Say:
@@ -52,7 +54,7 @@ class ScriptedText(LogitsProcessor):
 
     def next_token(self, prompt: tuple[int, ...], completion: list[int]) -> int | None:
         """The token the script wants next; None when the row waits for the environment (it has just stopped
-        at a call; generate pads it from here on)."""
+        at a call; generate pads it from here on); `FREE` when the script is over and sampling is left free."""
         text = self.tokenizer.decode(completion, skip_special_tokens=False)
         pos = 0
         for part in self.scripts[prompt]:
@@ -71,7 +73,7 @@ class ScriptedText(LogitsProcessor):
             if isinstance(part, Say):
                 return self.tokenizer(target[len(written):], add_special_tokens=False)["input_ids"][0]
             return next(part.ids[k] for k in range(len(part.ids)) if self._decode(part.ids[:k]) == written)
-        return self.eos if self.then == "eos" else -1
+        return self.eos if self.then == "eos" else FREE
 
     def _decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
@@ -84,7 +86,7 @@ class ScriptedText(LogitsProcessor):
             token = None
             if not completion or completion[-1] not in (self.pad, self.eos):  # finished rows are padded
                 token = self.next_token(prompt, completion)
-            if token == -1:  # past the script, sampling is free: leave this row's scores alone
+            if token == FREE:  # leave this row's scores alone
                 forced[row] = scores[row]
                 continue
             if token is None:
