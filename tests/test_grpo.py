@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from planner import Agent, RolloutEngine
 from planner.scripted import Env, Say, ScriptedText
 from training import grpo
-from training.recipe import Recipe
+from training.filtering import replace_rows
+from training.recipe import GroupsSection, Recipe
 from training.rewards import REWARDS
 
 QUESTIONS = [f"What is {i} times 7?" for i in range(4)]
@@ -135,3 +136,56 @@ def test_agent_reads_a_training_recipe(tmp_path, tiny_model_dir):
 
     config = AgentConfig.from_yaml(write_recipe(tmp_path, tiny_model_dir))
     assert config.planner.protocol == "code"
+
+def test_refill_replaces_removed_groups_with_fresh_prompts(tmp_path, tiny_model_dir, monkeypatch):
+    def half_flat(prompts, completions, **kwargs):  # groups of questions 0 and 1 score 0.0 whatever they say
+        return [0.0 if any(f"{i} times" in str(p) for i in (0, 1)) else float(len(c))
+                for p, c in zip(prompts, completions, strict=True)]
+
+    monkeypatch.setitem(REWARDS, "half_flat", half_flat)
+    recipe = Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir, max_steps=1, per_device_train_batch_size=16))
+    recipe = recipe.model_copy(update={
+        "rewards": recipe.rewards.model_copy(update={"schedule": [(0, {"half_flat": 1.0})]}),
+        "groups": recipe.groups.model_copy(update={"refill": True, "refill_max_rounds": 4})})
+    run = grpo.build(recipe)
+    try:
+        scored: list[dict] = []
+        original = run.trainer._generate_and_score_completions
+        monkeypatch.setattr(run.trainer, "_generate_and_score_completions",
+                            lambda inputs: scored.append(original(inputs)) or scored[-1])
+        grpo.train(run)
+        logged = next(entry for entry in run.trainer.state.log_history if "groups/refilled_frac" in entry)
+    finally:
+        run.close()
+    batch = scored[-1]
+    weights = batch["completion_mask"] * batch["tool_mask"] if "tool_mask" in batch else batch["completion_mask"]
+    tokenizer = run.rollout.tokenizer
+    questions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in batch["prompt_ids"].tolist()]
+    flat_rows = [any(f"What is {i} times" in q for i in (0, 1)) for q in questions]
+    assert logged["groups/removed_frac"] == 0.5  # before refill: two of four groups
+    assert logged["groups/refilled_frac"] == 0.5 and logged["groups/removed_after_refill_frac"] == 0.0
+    assert 1 <= logged["groups/refill_rounds"] <= 4
+    assert not any(flat_rows)  # every row now holds a question whose group carries a signal
+    assert all(weights[row].sum().item() > 0 for row in range(16))
+    assert batch["num_items_in_batch"].item() == weights.sum().item()
+    assert torch.isfinite(batch["advantages"]).all() and (batch["advantages"] != 0).any()
+
+
+def test_refill_needs_filter():
+    with pytest.raises(ValidationError, match=r"refill needs groups\.filter"):
+        GroupsSection(filter=False, refill=True)
+
+
+def test_replace_rows_pads_prompts_left_and_completions_right():
+    output = {"prompt_ids": torch.tensor([[9, 1], [9, 2]]), "completion_ids": torch.tensor([[5], [6]]),
+              "completion_mask": torch.tensor([[1], [1]]), "advantages": torch.tensor([0.0, 0.0]),
+              "num_items_in_batch": torch.tensor(2)}
+    fresh = {"prompt_ids": torch.tensor([[7, 7, 3], [7, 7, 4]]), "completion_ids": torch.tensor([[8, 8], [8, 9]]),
+             "completion_mask": torch.tensor([[1, 1], [1, 0]]), "advantages": torch.tensor([1.0, -1.0]),
+             "num_items_in_batch": torch.tensor(3)}
+    replace_rows(output, fresh, torch.tensor([1]), torch.tensor([0]), pad_token_id=0)
+    assert output["prompt_ids"].tolist() == [[0, 9, 1], [7, 7, 3]]
+    assert output["completion_ids"].tolist() == [[5, 0], [8, 8]]
+    assert output["completion_mask"].tolist() == [[1, 0], [1, 1]]
+    assert output["advantages"].tolist() == [0.0, 1.0]
+    assert output["num_items_in_batch"].item() == 2  # not a per-row tensor: left alone

@@ -1,9 +1,15 @@
-"""Same-score groups carry no signal: a `GRPOTrainer` that removes them from the loss.
+"""Same-score groups carry no signal: a `GRPOTrainer` that removes them from the loss, and can refill them.
 
 TRL only logs `frac_reward_zero_std`. Here a group whose combined (weighted) rewards are all equal has its rows'
 completion mask zeroed, so it adds nothing to the loss, the KL term or the token count, and `num_items_in_batch`
 (which TRL computes before the rewards exist) is recomputed from the remaining tokens. The fraction removed is
 logged as `groups/removed_frac`.
+
+With `refill` (dynamic sampling, as in DAPO) the removed groups are replaced, in the same step, by groups of fresh
+prompts drawn from the training set: a refill round generates and scores one more generation batch through TRL's
+own path and takes its groups that do carry signal, until no removed group is left or `max_rounds` is reached.
+Every process runs the same number of rounds (one collective decides), because generation and scoring gather
+across processes. Refill works per process, so a process's generation batch must hold whole groups.
 """
 
 from __future__ import annotations
@@ -22,7 +28,50 @@ def flat_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, group_siz
     return flat.repeat_interleave(group_size)
 
 
+def _pad_to(tensor: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+    missing = width - tensor.shape[1]
+    if missing <= 0:
+        return tensor
+    pad = torch.full((tensor.shape[0], missing, *tensor.shape[2:]), value, dtype=tensor.dtype, device=tensor.device)
+    return torch.cat([pad, tensor] if left else [tensor, pad], dim=1)
+
+
+def replace_rows(output: dict[str, Any], fresh: dict[str, Any], rows: torch.Tensor, fresh_rows: torch.Tensor,
+                 pad_token_id: int) -> None:
+    """Copy `fresh`'s rows `fresh_rows` into `output`'s rows `rows`, padding sequences to a common width (prompts
+    on the left, completions on the right, as TRL pads them)."""
+    size = len(output["advantages"])
+    for key, value in output.items():
+        if not (isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size):
+            continue
+        new = fresh[key]
+        if value.dim() >= 2:
+            width = max(value.shape[1], new.shape[1])
+            left = key.startswith("prompt")
+            fill = pad_token_id if key.endswith("_ids") else 0
+            value, new = _pad_to(value, width, fill, left), _pad_to(new, width, fill, left)
+        value = value.clone()
+        value[rows] = new[fresh_rows].to(value.dtype)
+        output[key] = value
+
+
 class FilteringGRPOTrainer(GRPOTrainer):
+    """`refill`: replace removed groups with fresh ones, for at most `refill_max_rounds` extra generation batches
+    per step (set them with `configure_refill`)."""
+
+    refill: bool = False
+    refill_max_rounds: int = 2
+
+    def configure_refill(self, refill: bool, max_rounds: int) -> None:
+        if refill:
+            local = self.args.per_device_train_batch_size * self.args.steps_per_generation
+            if local % self.num_generations:
+                raise ValueError(f"groups.refill needs whole groups on each process: per_device_train_batch_size x "
+                                 f"steps_per_generation = {local} is not a multiple of num_generations = "
+                                 f"{self.num_generations}")
+        self.refill, self.refill_max_rounds = refill, max_rounds
+        self._refill_generator = torch.Generator().manual_seed(self.args.seed + 7919 * self.accelerator.process_index)
+
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         group_size = self.num_generations if self.model.training else self.num_generations_eval
@@ -30,14 +79,55 @@ class FilteringGRPOTrainer(GRPOTrainer):
         self._group_size = group_size
         return rewards
 
+    def _local_flat(self, count: int) -> torch.Tensor:
+        start = self.accelerator.process_index * count
+        return self._flat_rows[start:start + count].cpu()
+
     def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
-        local = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))
-        keep = (~self._flat_rows[local]).to(output["completion_mask"].dtype)
+        mode = "train" if self.model.training else "eval"
+        flat = self._local_flat(len(inputs))
+        removed = self._flat_rows.view(-1, self._group_size)[:, 0].float().mean().item()
+        self._metrics[mode]["groups/removed_frac"].append(removed)
+        if self.refill and mode == "train":
+            flat = self._refill(output, inputs, flat)
+        keep = (~flat).to(output["completion_mask"].device, output["completion_mask"].dtype)
         output["completion_mask"] = output["completion_mask"] * keep.unsqueeze(1)
         loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-        mode = "train" if self.model.training else "eval"
-        removed = self._flat_rows.view(-1, self._group_size)[:, 0].float().mean().item()
-        self._metrics[mode]["groups/removed_frac"].append(removed)
         return output
+
+    def _fresh_inputs(self, count: int) -> list[dict[str, Any]]:
+        """`count` rows: fresh prompts from the training set, each repeated `num_generations` times."""
+        dataset = self.train_dataset
+        picks = torch.randint(len(dataset), (count // self.num_generations,), generator=self._refill_generator)
+        return [dataset[int(i)] for i in picks for _ in range(self.num_generations)]
+
+    def _refill(self, output: dict[str, Any], inputs: list[Any], flat: torch.Tensor) -> torch.Tensor:
+        size, group = len(inputs), self.num_generations
+        removed = flat.view(-1, group)[:, 0].nonzero().flatten().tolist()  # this process's removed groups
+        refilled = rounds = 0
+        device = self.accelerator.device
+        while rounds < self.refill_max_rounds:
+            need = torch.tensor([len(removed)], device=device)
+            if self.accelerator.gather(need).max().item() == 0:  # the same decision on every process
+                break
+            rounds += 1
+            fresh = super()._generate_and_score_completions(self._fresh_inputs(size))
+            good = (~self._local_flat(size)).view(-1, group)[:, 0].nonzero().flatten().tolist()
+            pairs = list(zip(removed, good, strict=False))  # as many as both have
+            if pairs:
+                rows = torch.tensor([g * group + k for g, _ in pairs for k in range(group)])
+                fresh_rows = torch.tensor([g * group + k for _, g in pairs for k in range(group)])
+                replace_rows(output, fresh, rows.to(device), fresh_rows.to(device), self.processing_class.pad_token_id)
+                for g, _ in pairs:
+                    flat[g * group:(g + 1) * group] = False
+                removed = removed[len(pairs):]
+                refilled += len(pairs)
+        total = torch.tensor([refilled, len(flat) // group], device=device, dtype=torch.float)
+        refilled_all, groups_all = self.accelerator.gather(total).view(-1, 2).sum(0).tolist()
+        self._metrics["train"]["groups/refilled_frac"].append(refilled_all / groups_all)
+        self._metrics["train"]["groups/refill_rounds"].append(float(rounds))
+        self._metrics["train"]["groups/removed_after_refill_frac"].append(
+            self.accelerator.gather(flat.view(-1, group)[:, 0].float().to(device)).mean().item())
+        return flat

@@ -98,6 +98,8 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     trainer_class = FilteringGRPOTrainer if recipe.groups.filter else GRPOTrainer
     trainer = trainer_class(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                           processing_class=tokenizer, rollout_func=rollout, peft_config=lora)
+    if recipe.groups.filter:
+        trainer.configure_refill(recipe.groups.refill, recipe.groups.refill_max_rounds)
     return Run(recipe, trainer, rollout, sandbox, coder)
 
 

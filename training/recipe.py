@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from coder import CoderConfig
 from executor import SandboxConfig
@@ -49,6 +49,14 @@ class GroupsSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     filter: bool = Field(True, description="remove groups whose rewards are all equal from the loss")
+    refill: bool = Field(False, description="refill removed groups with fresh prompts in the same step")
+    refill_max_rounds: int = Field(2, ge=1, description="extra generation batches per step, at most, for refill")
+
+    @model_validator(mode="after")
+    def _refill_needs_filter(self) -> GroupsSection:
+        if self.refill and not self.filter:
+            raise ValueError("groups.refill needs groups.filter: true")
+        return self
 
 
 class LoggingSection(BaseModel):
