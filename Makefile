@@ -11,8 +11,9 @@ PIP := $(BIN)/python -m pip
 
 .PHONY: demo test lint system-deps install install-dev clean
 
+# The toy world: copy pre-training, SFT, curriculum, GRPO and evaluation on CPU; prints a before/after table.
 demo: install system-deps
-	$(BIN)/python bench/executor.py
+	$(BIN)/python -m training.toy.demo
 
 test: install-dev system-deps
 	$(BIN)/ruff check .

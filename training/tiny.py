@@ -12,8 +12,9 @@ python -m training.tiny OUT_DIR            # tokenizer + a random tiny model, lo
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 CHAT_TEMPLATE = (Path(__file__).with_name("chatml_tools.jinja")).read_text()
@@ -52,8 +53,9 @@ def _corpus(seed: int = 0, lines: int = 4000) -> Iterator[str]:
                f"The answer is \\boxed{{{number}}}.")
 
 
-def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
-    """A trained byte-level BPE tokenizer as a `PreTrainedTokenizerFast`, in a second or two."""
+def build_tokenizer(vocab_size: int = 1024, seed: int = 0, extra: Iterable[str] = ()):
+    """A trained byte-level BPE tokenizer as a `PreTrainedTokenizerFast`, in a second or two. `extra` text joins
+    the training corpus (the toy world adds its stories and prompts, so their words become single tokens)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -65,7 +67,7 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(_corpus(seed), trainer)
+    backend.train_from_iterator(itertools.chain(_corpus(seed), extra), trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
                                         pad_token="<|endoftext|>", additional_special_tokens=SPECIAL_TOKENS[1:],
                                         padding_side="left", clean_up_tokenization_spaces=False)

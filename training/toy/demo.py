@@ -1,0 +1,287 @@
+"""The toy world end to end, on CPU: `python -m training.toy.demo` (what `make demo` runs).
+
+1. Problems: big-number word problems, a training pool and a held-out split that shares none of them.
+2. A tokenizer trained on the toy text; a coder and a planner per mode (Qwen2-shaped, about a million
+   parameters each) warmed up with TRL's `SFTTrainer` (training.toy.sft).
+3. The real pipeline, unchanged: the curriculum (`training.curriculum`), then `training/grpo.py` with
+   `training/recipes/toy-<mode>.yaml`, and evaluation on the held-out split before and after.
+4. A before/after table (printed, and in `<out>/results.md`), `<out>/results.json` and `<out>/curves.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from coder.config import PROJECT_ROOT
+from training.toy import sft
+from training.toy.tasks import Problem, generate, split, write_jsonl
+
+log = logging.getLogger("toy")
+RECIPES = PROJECT_ROOT / "training" / "recipes"
+DEFAULT_OUT = "runs/toy"  # the recipes' paths start with it; another --out rebases them
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    out: Path = Path(DEFAULT_OUT)
+    modes: tuple[str, ...] = ("request", "code")
+    seed: int = 0
+    sft_problems: int = 6000
+    rl_problems: int = 256
+    eval_problems: int = 200
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    layers: int = 4
+    copy_examples: int = 24000  # copy pre-training of the base model that every toy model starts from
+    copy_learning_rate: float = 1e-3
+    sft_epochs: float = 1.0
+    sft_learning_rate: float = 1e-3
+    sft_batch_size: int = 16
+    delegate_share: float = 0.3  # of the planner's SFT transcripts; the rest answer from the planner's head
+    curriculum_samples: int = 4
+    grpo_steps: int | None = None  # None: the recipe's max_steps
+
+
+QUICK = dict(copy_examples=16000, sft_problems=1500, rl_problems=64, eval_problems=64, curriculum_samples=2,
+             grpo_steps=4)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    n: int
+    accuracy: float
+    accuracy_ci95: float
+    tool_call_rate: float
+    calls_per_answer: float
+    tool_error_rate: float
+
+
+def evaluate(agent: Any, problems: list[Problem]) -> Metrics:
+    """Held-out accuracy (exact, via the `correctness` reward), the share of problems with a tool call, calls per
+    problem, and the share of calls that failed (coder or executor)."""
+    from training.rewards import answers_match
+
+    solutions = agent.solve_many([p.question for p in problems])
+    correct = [s.answer is not None and answers_match(s.answer, p.answer) for s, p in zip(solutions, problems,
+                                                                                            strict=True)]
+    calls = [c for s in solutions for c in s.trajectory.tool_calls]
+    failed = [c for c in calls if c.result.status != "ok" or c.coder_failure]
+    n = len(problems)
+    accuracy = sum(correct) / n
+    return Metrics(n, accuracy, 1.96 * math.sqrt(accuracy * (1 - accuracy) / n),
+                   sum(bool(s.trajectory.tool_calls) for s in solutions) / n, len(calls) / n,
+                   len(failed) / len(calls) if calls else 0.0)
+
+
+def _rebase(value: str, out: Path) -> str:
+    return str(out / value[len(DEFAULT_OUT) + 1:]) if value.startswith(DEFAULT_OUT + "/") else value
+
+
+def load_recipe(mode: str, out: Path, **overrides: Any) -> dict[str, Any]:
+    """`training/recipes/toy-<mode>.yaml` as a dict, its `runs/toy/...` paths moved under `out`."""
+    recipe = yaml.safe_load((RECIPES / f"toy-{mode}.yaml").read_text())
+    recipe["planner"]["model"] = _rebase(recipe["planner"]["model"], out)
+    recipe["coder"]["model"] = _rebase(recipe["coder"]["model"], out)
+    recipe["data"]["path"] = _rebase(recipe["data"]["path"], out)
+    recipe["grpo"]["output_dir"] = _rebase(recipe["grpo"]["output_dir"], out)
+    for section, values in overrides.items():
+        recipe[section] = {**recipe[section], **values}
+    return recipe
+
+
+class World:
+    def __init__(self, config: WorldConfig) -> None:
+        self.config = config
+        self.out = config.out
+        self.started = time.monotonic()
+        pool = generate(int(1.4 * (config.sft_problems + config.rl_problems)) + 6 * config.eval_problems,
+                        seed=config.seed)  # 20 % of it is held out
+        train, test = split(pool)
+        self.sft_problems = train[: config.sft_problems]
+        self.rl_problems = train[config.sft_problems: config.sft_problems + config.rl_problems]
+        self.test = test[: config.eval_problems]
+        if len(self.rl_problems) < config.rl_problems or len(self.test) < config.eval_problems:
+            raise ValueError("the problem pool is too small for the requested splits")
+
+    def stage(self, what: str) -> None:
+        log.info("[%5.0fs] %s", time.monotonic() - self.started, what)
+
+    def build_tokenizer(self) -> Any:
+        from training.tiny import build_tokenizer
+
+        prompts = [(PROJECT_ROOT / "prompts" / f"toy_{name}.txt").read_text()
+                   for name in ("planner_request", "planner_code", "coder")]
+        text = [p.question for p in self.sft_problems] + [sft.program(p.expression) for p in self.sft_problems]
+        return build_tokenizer(self.config.vocab_size, seed=self.config.seed,
+                               extra=text + prompts * 50 + ["system user assistant"] * 200)
+
+    def train_base(self, tokenizer: Any) -> Path:
+        """A random Qwen2-shaped model pre-trained to copy numbers (`sft.copy_examples`)."""
+        from training.tiny import build_model
+
+        c = self.config
+        self.stage(f"copy pre-training of the base model on {c.copy_examples} short examples")
+        model = build_model(tokenizer, hidden_size=c.hidden_size, layers=c.layers, heads=4, kv_heads=2,
+                            intermediate_size=3 * c.hidden_size, init_std=0.02, seed=c.seed)
+        words = sorted({w for p in self.sft_problems for w in p.question.split() if w.isalpha()})
+        examples = sft.copy_examples(tokenizer, words, c.copy_examples, seed=c.seed)
+        self.base = sft.train(model, tokenizer, examples, self.out / "base", epochs=1.0,
+                              learning_rate=c.copy_learning_rate, batch_size=32, seed=c.seed)
+        return self.base
+
+    def new_model(self) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.base)
+
+    def train_coder(self, tokenizer: Any) -> Path:
+        self.stage(f"SFT of the coder on {len(self.sft_problems)} (request -> program) pairs")
+        prompt = (PROJECT_ROOT / "prompts" / "toy_coder.txt").read_text()
+        examples = [sft.coder_example(tokenizer, prompt, p.expression) for p in self.sft_problems]
+        c = self.config
+        return sft.train(self.new_model(), tokenizer, examples, self.out / "coder",
+                         epochs=c.sft_epochs, learning_rate=c.sft_learning_rate, batch_size=c.sft_batch_size)
+
+    def train_planner(self, tokenizer: Any, mode: str, recipe: dict[str, Any]) -> Path:
+        from planner.protocols import build_protocol
+
+        self.stage(f"SFT of the {mode} planner ({self.config.delegate_share:.0%} of transcripts delegate)")
+        protocol = build_protocol(mode, None, 2000, tokenizer)
+        prompt = (PROJECT_ROOT / recipe["planner"]["prompt"]).read_text()
+        examples = sft.planner_examples(tokenizer, protocol, prompt, self.sft_problems, self.config.delegate_share,
+                                        seed=self.config.seed)
+        c = self.config
+        return sft.train(self.new_model(), tokenizer, examples, recipe["planner"]["model"],
+                         epochs=c.sft_epochs, learning_rate=c.sft_learning_rate, batch_size=c.sft_batch_size)
+
+    def evaluate_agent(self, recipe: dict[str, Any], adapter: str | None, sandbox: Any) -> dict[str, Metrics]:
+        """Sampled at the training temperature, and greedy."""
+        from planner import Agent, AgentConfig
+
+        results = {}
+        for name, temperature in (("sampled", recipe["planner"]["temperature"]), ("greedy", 0.0)):
+            planner = {**recipe["planner"], "adapter": adapter, "temperature": temperature}
+            config = AgentConfig.model_validate({"planner": planner, "coder": recipe["coder"],
+                                                 "executor": recipe["executor"]})
+            with Agent(config, sandbox=sandbox) as agent:
+                results[name] = evaluate(agent, self.test)
+        return results
+
+    def run_mode(self, mode: str, tokenizer: Any, sandbox: Any) -> dict[str, Any]:
+        from training import curriculum, grpo
+        from training.recipe import Recipe
+
+        c = self.config
+        recipe = load_recipe(mode, self.out, **({"grpo": {"max_steps": c.grpo_steps}} if c.grpo_steps else {}))
+        self.train_planner(tokenizer, mode, recipe)
+        self.stage(f"{mode}: evaluating the SFT planner on {len(self.test)} held-out problems")
+        before = self.evaluate_agent(recipe, None, sandbox)
+        self.stage(f"{mode}: before GRPO {before['sampled']}")
+
+        problems = write_jsonl(self.rl_problems, self.out / f"rl-problems-{mode}.jsonl")
+        scoring = self.out / f"curriculum-input-{mode}.yaml"
+        scoring.write_text(yaml.safe_dump({**recipe, "data": {"path": str(problems)}}))
+        self.stage(f"{mode}: curriculum, {c.curriculum_samples} samples of {len(self.rl_problems)} problems")
+        curriculum.main(["--config", str(scoring), "--out", recipe["data"]["path"],
+                         "--samples", str(c.curriculum_samples)], sandbox=sandbox)
+
+        self.stage(f"{mode}: GRPO, {recipe['grpo']['max_steps']} steps")
+        run = grpo.build(Recipe.model_validate(recipe))
+        try:
+            grpo.train(run)
+            history = run.trainer.state.log_history
+        finally:
+            run.close()
+        after = self.evaluate_agent(recipe, recipe["grpo"]["output_dir"], sandbox)
+        self.stage(f"{mode}: after GRPO {after['sampled']}")
+        return {"before": before, "after": after, "history": history}
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["| mode | decoding | policy | accuracy | tool-call rate | calls/answer | tool error rate |",
+             "|---|---|---|---|---|---|---|"]
+    for mode, result in results.items():
+        for decoding in ("sampled", "greedy"):
+            for policy in ("before", "after"):
+                m = result[policy][decoding]
+                lines.append(f"| {mode} | {decoding} | {'SFT' if policy == 'before' else 'SFT + GRPO'} | "
+                             f"{m.accuracy:.1%} ± {m.accuracy_ci95:.1%} | {m.tool_call_rate:.1%} | "
+                             f"{m.calls_per_answer:.2f} | {m.tool_error_rate:.1%} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("reward", "reward (weighted sum)"), ("rewards/correctness/mean", "correctness (training samples)"),
+            ("tools/calls_per_rollout", "tool calls per rollout")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
+    for mode, result in results.items():
+        for ax, (key, title) in zip(axes, keys, strict=True):
+            points = [(e["step"], e[key]) for e in result["history"] if key in e]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=mode)
+            ax.set_title(title)
+            ax.set_xlabel("GRPO step")
+    for mode, result in results.items():
+        for policy, style in (("before", ":"), ("after", "--")):
+            axes[1].axhline(result[policy]["sampled"].accuracy, linestyle=style, linewidth=1,
+                            label=f"{mode} held-out accuracy {policy}")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run(config: WorldConfig) -> dict[str, Any]:
+    from executor import Sandbox, SandboxConfig
+
+    world = World(config)
+    config.out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(world.test, config.out / "held-out.jsonl")
+    with Sandbox(SandboxConfig(timeout_s=5.0)) as sandbox:
+        world.stage("tokenizer")
+        tokenizer = world.build_tokenizer()
+        world.train_base(tokenizer)
+        if "request" in config.modes:
+            world.train_coder(tokenizer)
+        results = {mode: world.run_mode(mode, tokenizer, sandbox) for mode in config.modes}
+    report = table(results)
+    (config.out / "results.md").write_text(report + "\n")
+    (config.out / "results.json").write_text(json.dumps(
+        {mode: {p: {d: asdict(m) for d, m in r[p].items()} for p in ("before", "after")}
+         for mode, r in results.items()} | {"config": {**asdict(config), "out": str(config.out)},
+                                             "seconds": time.monotonic() - world.started}, indent=2))
+    plot(results, config.out / "curves.png")
+    world.stage(f"done: {config.out / 'results.md'}, {config.out / 'curves.png'}")
+    print(report)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT))
+    parser.add_argument("--modes", nargs="+", choices=["request", "code"], default=["request", "code"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a reduced world that runs in a few minutes")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = WorldConfig(out=args.out, modes=tuple(args.modes), seed=args.seed)
+    return run(replace(config, **QUICK) if args.quick else config)
+
+
+if __name__ == "__main__":
+    main()

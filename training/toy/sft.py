@@ -1,0 +1,132 @@
+"""Warm-up data and SFT for the toy world's coder and planner.
+
+The transcripts are built from the same pieces the engine uses at run time (the protocol's chat prompt and
+markers, the sandbox result's rendering), each piece tokenized on its own as the engine does, so SFT teaches the
+token sequences that rollouts will produce. The loss covers only what the model itself writes: the coder's reply;
+the planner's calls and answer, never the prompt nor the inserted results (as in GRPO).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from executor import ExecutionResult
+from planner.protocols import Protocol
+from training.toy.tasks import Problem
+
+log = logging.getLogger(__name__)
+_DECIMAL_LITERAL = re.compile(r"\d+\.\d+")
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    completion_mask: list[int]  # 1 where the token is in the loss
+
+
+def program(expression: str) -> str:
+    """The program the toy coder is taught to write: exact decimals through `Decimal`."""
+    if _DECIMAL_LITERAL.search(expression):
+        wrapped = _DECIMAL_LITERAL.sub(lambda m: f"D('{m.group()}')", expression)
+        return f"from decimal import Decimal as D\nprint({wrapped})"
+    return f"print({expression})"
+
+
+def printed(expression: str) -> str:
+    """What `program(expression)` prints (our own generated arithmetic, evaluated here without a sandbox)."""
+    wrapped = _DECIMAL_LITERAL.sub(lambda m: f"D('{m.group()}')", expression)
+    return str(eval(wrapped, {"__builtins__": {}, "D": Decimal}))
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def coder_example(tokenizer: Any, system_prompt: str, expression: str) -> Example:
+    """One (request -> program) pair in the coder's chat format; the loss covers the reply and its end token."""
+    conversation = [{"role": "system", "content": system_prompt}, {"role": "user", "content": expression}]
+    prompt = encode(tokenizer, tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
+                                                             tokenize=False))
+    reply = [*encode(tokenizer, f"```python\n{program(expression)}\n```"), tokenizer.eos_token_id]
+    return Example(prompt + reply, [0] * len(prompt) + [1] * len(reply))
+
+
+def planner_example(tokenizer: Any, protocol: Protocol, system_prompt: str, problem: Problem,
+                    delegate: bool, max_result_chars: int = 1000) -> Example:
+    """A transcript that delegates (call, inserted result, the result copied into the box) or answers from its
+    head. Inserted result tokens are out of the loss."""
+    ids = encode(tokenizer, protocol.prompt_text(tokenizer, system_prompt, problem.question))
+    mask = [0] * len(ids)
+
+    def add(text: str, trained: bool) -> None:
+        piece = encode(tokenizer, text)
+        ids.extend(piece)
+        mask.extend([int(trained)] * len(piece))
+
+    m = protocol.markers
+    answer = problem.answer
+    if delegate:
+        body = problem.expression if protocol.name == "request" else f"\n{program(problem.expression)}\n"
+        add(f"{m.open}{body}{m.close}", trained=True)
+        answer = printed(problem.expression)
+        rendered = ExecutionResult(status="ok", stdout=answer + "\n").render(max_result_chars)
+        add(protocol.render_result(rendered), trained=False)
+    add(f"\\boxed{{{answer}}}", trained=True)
+    ids.append(tokenizer.eos_token_id)
+    mask.append(1)
+    return Example(ids, mask)
+
+
+def planner_examples(tokenizer: Any, protocol: Protocol, system_prompt: str, problems: list[Problem],
+                     delegate_share: float, seed: int = 0) -> list[Example]:
+    rng = random.Random(seed)
+    return [planner_example(tokenizer, protocol, system_prompt, p, rng.random() < delegate_share) for p in problems]
+
+
+def copy_examples(tokenizer: Any, words: list[str], n: int, seed: int = 0) -> list[Example]:
+    """Pre-training for copying, the skill every toy model needs and tiny models are slow to find in the real
+    transcripts: a few words with one to three numbers among them (digits one per token, some decimals), then
+    `=` and the numbers again, in order. Short sequences, so a copy mechanism forms in a few hundred steps."""
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(n):
+        numbers = []
+        for _ in range(rng.randint(1, 3)):
+            digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(6, 12)))
+            if rng.random() < 0.25:
+                cut = rng.randint(1, len(digits) - 1)
+                digits = f"{digits[:cut]}.{digits[cut:]}"
+            numbers.append(digits)
+        source = " ".join(" ".join(rng.choices(words, k=rng.randint(1, 4))) + f" {number}" for number in numbers)
+        prompt, target = encode(tokenizer, f"{source} ="), encode(tokenizer, " " + " ".join(numbers))
+        examples.append(Example(prompt + target, [0] * len(prompt) + [1] * len(target)))
+    return examples
+
+
+def train(model: Any, tokenizer: Any, examples: list[Example], out_dir: str | Path, *, epochs: float,
+          learning_rate: float, batch_size: int = 32, seed: int = 0) -> Path:
+    """Supervised warm-up with TRL's `SFTTrainer` on pre-tokenized examples; `completion_mask` becomes the labels
+    (`completion_only_loss`). Saves the model and tokenizer to `out_dir`."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    dataset = Dataset.from_dict({"input_ids": [e.input_ids for e in examples],
+                                 "completion_mask": [e.completion_mask for e in examples]})
+    config = SFTConfig(output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=learning_rate,
+                       per_device_train_batch_size=batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
+                       weight_decay=0.0, completion_only_loss=True, max_length=None, logging_steps=25,
+                       save_strategy="no", report_to="none", use_cpu=True, seed=seed)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    log.info("SFT %s: loss %.3f -> %.3f over %d steps", out_dir, losses[0] if losses else float("nan"),
+             losses[-1] if losses else float("nan"), trainer.state.global_step)
+    return Path(out_dir)
