@@ -106,10 +106,16 @@ def test_sft_trainer_labels_follow_the_mask(tokenizer, tmp_path):
         assert [label != -100 for label in row["labels"]] == [bool(m) for m in example.completion_mask]
 
 
-def test_copy_examples_ask_for_the_numbers_in_order(tokenizer):
-    for example in sft.copy_examples(tokenizer, ["the", "farm", "holds"], 20, seed=1):
+def test_copy_examples_ask_for_the_numbers_or_the_expression_again(tokenizer):
+    kinds = set()
+    for example in sft.copy_examples(tokenizer, ["the", "farm", "holds"], 40, seed=1):
         text = tokenizer.decode(example.input_ids)
-        source, target = text.split(" =")
-        assert target.split() == re.findall(r"\d+(?:\.\d+)?", source)
-        assert tokenizer.decode([t for t, m in zip(example.input_ids, example.completion_mask, strict=True)
-                                 if m]) == target
+        target = tokenizer.decode([t for t, m in zip(example.input_ids, example.completion_mask, strict=True) if m])
+        if "\n" not in text:
+            source = text.split(" =")[0]
+            assert target.split() == re.findall(r"\d+(?:\.\d+)?", source)
+            kinds.add("numbers")
+        else:
+            assert text.startswith(target + "\n") and text.endswith(target)
+            kinds.add("verbatim")
+    assert kinds == {"numbers", "verbatim"}

@@ -35,18 +35,19 @@ class WorldConfig:
     out: Path = Path(DEFAULT_OUT)
     modes: tuple[str, ...] = ("request", "code")
     seed: int = 0
-    sft_problems: int = 6000
+    sft_problems: int = 5000
     rl_problems: int = 256
     eval_problems: int = 200
     vocab_size: int = 2048
     hidden_size: int = 128
     layers: int = 4
-    copy_examples: int = 24000  # copy pre-training of the base model that every toy model starts from
+    copy_examples: int = 28000  # copy pre-training of the base model that every toy model starts from
     copy_learning_rate: float = 1e-3
-    sft_epochs: float = 1.0
+    coder_epochs: float = 2.0
+    planner_epochs: float = 4.0  # the planner's copying (story -> expression, result -> box) is the slow skill
     sft_learning_rate: float = 1e-3
     sft_batch_size: int = 16
-    delegate_share: float = 0.3  # of the planner's SFT transcripts; the rest answer from the planner's head
+    delegate_share: float = 0.4  # of the planner's SFT transcripts; the rest answer from the planner's head
     curriculum_samples: int = 4
     grpo_steps: int | None = None  # None: the recipe's max_steps
 
@@ -149,7 +150,7 @@ class World:
         examples = [sft.coder_example(tokenizer, prompt, p.expression) for p in self.sft_problems]
         c = self.config
         return sft.train(self.new_model(), tokenizer, examples, self.out / "coder",
-                         epochs=c.sft_epochs, learning_rate=c.sft_learning_rate, batch_size=c.sft_batch_size)
+                         epochs=c.coder_epochs, learning_rate=c.sft_learning_rate, batch_size=c.sft_batch_size)
 
     def train_planner(self, tokenizer: Any, mode: str, recipe: dict[str, Any]) -> Path:
         from planner.protocols import build_protocol
@@ -161,7 +162,7 @@ class World:
                                         seed=self.config.seed)
         c = self.config
         return sft.train(self.new_model(), tokenizer, examples, recipe["planner"]["model"],
-                         epochs=c.sft_epochs, learning_rate=c.sft_learning_rate, batch_size=c.sft_batch_size)
+                         epochs=c.planner_epochs, learning_rate=c.sft_learning_rate, batch_size=c.sft_batch_size)
 
     def evaluate_agent(self, recipe: dict[str, Any], adapter: str | None, sandbox: Any) -> dict[str, Metrics]:
         """Sampled at the training temperature, and greedy."""

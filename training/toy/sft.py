@@ -21,7 +21,7 @@ from planner.protocols import Protocol
 from training.toy.tasks import Problem
 
 log = logging.getLogger(__name__)
-_DECIMAL_LITERAL = re.compile(r"\d+\.\d+")
+_NUMBER = re.compile(r"[0-9.]+")
 
 
 @dataclass(frozen=True)
@@ -30,18 +30,23 @@ class Example:
     completion_mask: list[int]  # 1 where the token is in the loss
 
 
+# The toy coder's program: the request copied verbatim into a fixed frame that evaluates it exactly (every number
+# literal becomes a `Decimal`, whose 28 digits hold every toy answer). Copying verbatim is what a tiny model can
+# learn quickly; rewriting each literal is not.
+PROGRAM = """from decimal import Decimal
+import re
+print(eval(re.sub(r"[0-9.]+", lambda m: "Decimal('" + m[0] + "')", "{expression}")))"""
+
+
 def program(expression: str) -> str:
-    """The program the toy coder is taught to write: exact decimals through `Decimal`."""
-    if _DECIMAL_LITERAL.search(expression):
-        wrapped = _DECIMAL_LITERAL.sub(lambda m: f"D('{m.group()}')", expression)
-        return f"from decimal import Decimal as D\nprint({wrapped})"
-    return f"print({expression})"
+    """The program the toy coder is taught to write for `expression`."""
+    return PROGRAM.format(expression=expression)
 
 
 def printed(expression: str) -> str:
-    """What `program(expression)` prints (our own generated arithmetic, evaluated here without a sandbox)."""
-    wrapped = _DECIMAL_LITERAL.sub(lambda m: f"D('{m.group()}')", expression)
-    return str(eval(wrapped, {"__builtins__": {}, "D": Decimal}))
+    """What `program(expression)` prints: the same evaluation, here (our own generated arithmetic, no sandbox)."""
+    literals = _NUMBER.sub(lambda m: f"Decimal('{m[0]}')", expression)
+    return str(eval(literals, {"__builtins__": {}, "Decimal": Decimal}))
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -89,23 +94,40 @@ def planner_examples(tokenizer: Any, protocol: Protocol, system_prompt: str, pro
     return [planner_example(tokenizer, protocol, system_prompt, p, rng.random() < delegate_share) for p in problems]
 
 
+_PREFIXES = ["print(", '"', "x = ", "<request>", "(", ""]
+
+
+def _number(rng: random.Random) -> str:
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(6, 12)))
+    if rng.random() < 0.25:
+        cut = rng.randint(1, len(digits) - 1)
+        digits = f"{digits[:cut]}.{digits[cut:]}"
+    return digits
+
+
 def copy_examples(tokenizer: Any, words: list[str], n: int, seed: int = 0) -> list[Example]:
     """Pre-training for copying, the skill every toy model needs and tiny models are slow to find in the real
-    transcripts: a few words with one to three numbers among them (digits one per token, some decimals), then
-    `=` and the numbers again, in order. Short sequences, so a copy mechanism forms in a few hundred steps."""
+    transcripts. Half the examples are a few words with one to three numbers among them (digits one per token,
+    some decimals), then `=` and the numbers again, in order; half are an expression (numbers, operators,
+    parentheses), then a short code-like prefix and the expression verbatim. Short sequences, so a copy mechanism
+    forms in a few hundred steps."""
     rng = random.Random(seed)
     examples = []
     for _ in range(n):
-        numbers = []
-        for _ in range(rng.randint(1, 3)):
-            digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(6, 12)))
-            if rng.random() < 0.25:
-                cut = rng.randint(1, len(digits) - 1)
-                digits = f"{digits[:cut]}.{digits[cut:]}"
-            numbers.append(digits)
-        source = " ".join(" ".join(rng.choices(words, k=rng.randint(1, 4))) + f" {number}" for number in numbers)
-        prompt, target = encode(tokenizer, f"{source} ="), encode(tokenizer, " " + " ".join(numbers))
-        examples.append(Example(prompt + target, [0] * len(prompt) + [1] * len(target)))
+        if rng.random() < 0.5:
+            numbers = [_number(rng) for _ in range(rng.randint(1, 3))]
+            source = " ".join(" ".join(rng.choices(words, k=rng.randint(1, 4))) + f" {x}" for x in numbers)
+            prompt, target = f"{source} =", " " + " ".join(numbers)
+        else:
+            expression = _number(rng)
+            for _ in range(rng.randint(0, 3)):
+                op = rng.choice(["+", "-", "*", "//"])
+                expression = f"({expression}) {op} {_number(rng)}" if rng.random() < 0.3 else \
+                    f"{expression} {op} {_number(rng)}"
+            prompt = expression + "\n" + rng.choice(_PREFIXES)
+            target = expression
+        prompt_ids, target_ids = encode(tokenizer, prompt), encode(tokenizer, target)
+        examples.append(Example(prompt_ids + target_ids, [0] * len(prompt_ids) + [1] * len(target_ids)))
     return examples
 
 
