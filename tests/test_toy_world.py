@@ -1,26 +1,25 @@
-"""The toy world, reduced, end to end: copy pre-training, SFT, curriculum, GRPO through training/grpo.py, and the
-held-out evaluation before and after. Learning must show: accuracy after GRPO beats accuracy before by a margin
-well above the run-to-run noise (see training/toy/README or the issue's closing note for the measured spread)."""
+"""The toy world in request mode (the demo without its code-mode half), end to end: copy pre-training, SFT,
+curriculum, GRPO through training/grpo.py, and the held-out evaluation before and after. About 12 minutes on 2
+cores. Learning must show: one run measured +25 points sampled and +40 greedy on 200 held-out problems, where the
+sampling noise of a difference is about 4 points (one standard deviation); the margins are 15 and 20 points."""
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import pytest
 
 from planner import Agent
 from training.toy import demo
 
-MARGIN = 0.15
+SAMPLED_MARGIN, GREEDY_MARGIN = 0.15, 0.20
 
 
 @pytest.mark.slow
 def test_reduced_toy_world_learns_to_delegate(tmp_path):
-    config = replace(demo.WorldConfig(out=tmp_path, modes=("request",)), **demo.QUICK)
-    results = demo.run(config)["request"]
+    results = demo.run(demo.WorldConfig(out=tmp_path, modes=("request",)))["request"]
     before, after = results["before"]["sampled"], results["after"]["sampled"]
-    assert after.accuracy >= before.accuracy + MARGIN, (before, after)
-    assert after.tool_call_rate > before.tool_call_rate
+    assert after.accuracy >= before.accuracy + SAMPLED_MARGIN, (before, after)
+    assert results["after"]["greedy"].accuracy >= results["before"]["greedy"].accuracy + GREEDY_MARGIN, results
+    assert before.tool_call_rate < 0.6 and after.tool_call_rate >= 0.9, (before, after)
     assert (tmp_path / "results.md").read_text().count("| request |") == 4
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     with Agent.from_config(tmp_path / "grpo-request" / "agent.yaml") as agent:

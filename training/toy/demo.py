@@ -43,6 +43,7 @@ class WorldConfig:
     layers: int = 4
     copy_examples: int = 28000  # copy pre-training of the base model that every toy model starts from
     copy_learning_rate: float = 1e-3
+    copy_batch_size: int = 32
     coder_epochs: float = 2.0
     planner_epochs: float = 4.0  # the planner's copying (story -> expression, result -> box) is the slow skill
     sft_learning_rate: float = 1e-3
@@ -50,10 +51,14 @@ class WorldConfig:
     delegate_share: float = 0.4  # of the planner's SFT transcripts; the rest answer from the planner's head
     curriculum_samples: int = 4
     grpo_steps: int | None = None  # None: the recipe's max_steps
+    grpo_batch_size: int | None = None  # None: the recipe's per_device_train_batch_size
+    device: str = "cpu"  # "cuda" for the GPU-sized variant
 
 
-QUICK = dict(copy_examples=16000, sft_problems=1500, rl_problems=64, eval_problems=64, curriculum_samples=2,
-             grpo_steps=4)
+# The GPU-sized variant (--gpu): models four times the parameters, more data, larger batches, more GRPO steps.
+GPU = dict(device="cuda", hidden_size=256, layers=6, copy_examples=64000, copy_batch_size=64, sft_problems=12000,
+           sft_batch_size=64, sft_learning_rate=2e-3, planner_epochs=5.0, rl_problems=512, eval_problems=400,
+           curriculum_samples=2, grpo_steps=50, grpo_batch_size=64)
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,8 @@ class World:
         words = sorted({w for p in self.sft_problems for w in p.question.split() if w.isalpha()})
         examples = sft.copy_examples(tokenizer, words, c.copy_examples, seed=c.seed)
         self.base = sft.train(model, tokenizer, examples, self.out / "base", epochs=1.0,
-                              learning_rate=c.copy_learning_rate, batch_size=32, seed=c.seed)
+                              learning_rate=c.copy_learning_rate, batch_size=c.copy_batch_size, seed=c.seed,
+                              use_cpu=c.device == "cpu")
         return self.base
 
     def new_model(self) -> Any:
@@ -150,7 +156,8 @@ class World:
         examples = [sft.coder_example(tokenizer, prompt, p.expression) for p in self.sft_problems]
         c = self.config
         return sft.train(self.new_model(), tokenizer, examples, self.out / "coder",
-                         epochs=c.coder_epochs, learning_rate=c.sft_learning_rate, batch_size=c.sft_batch_size)
+                         epochs=c.coder_epochs, learning_rate=c.sft_learning_rate, batch_size=c.sft_batch_size,
+                         use_cpu=c.device == "cpu")
 
     def train_planner(self, tokenizer: Any, mode: str, recipe: dict[str, Any]) -> Path:
         from planner.protocols import build_protocol
@@ -162,7 +169,8 @@ class World:
                                         seed=self.config.seed)
         c = self.config
         return sft.train(self.new_model(), tokenizer, examples, recipe["planner"]["model"],
-                         epochs=c.planner_epochs, learning_rate=c.sft_learning_rate, batch_size=c.sft_batch_size)
+                         epochs=c.planner_epochs, learning_rate=c.sft_learning_rate, batch_size=c.sft_batch_size,
+                         use_cpu=c.device == "cpu")
 
     def evaluate_agent(self, recipe: dict[str, Any], adapter: str | None, sandbox: Any) -> dict[str, Metrics]:
         """Sampled at the training temperature, and greedy."""
@@ -182,7 +190,13 @@ class World:
         from training.recipe import Recipe
 
         c = self.config
-        recipe = load_recipe(mode, self.out, **({"grpo": {"max_steps": c.grpo_steps}} if c.grpo_steps else {}))
+        fields = {"max_steps": c.grpo_steps} if c.grpo_steps else {}
+        fields |= {"per_device_train_batch_size": c.grpo_batch_size} if c.grpo_batch_size else {}
+        overrides: dict[str, dict[str, Any]] = {"grpo": fields}
+        if c.device != "cpu":
+            overrides |= {"planner": {"device": c.device}, "coder": {"device": c.device},
+                          "grpo": {**fields, "use_cpu": False}}
+        recipe = load_recipe(mode, self.out, **overrides)
         self.train_planner(tokenizer, mode, recipe)
         self.stage(f"{mode}: evaluating the SFT planner on {len(self.test)} held-out problems")
         before = self.evaluate_agent(recipe, None, sandbox)
@@ -226,20 +240,21 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [("reward", "reward (weighted sum)"), ("rewards/correctness/mean", "correctness (training samples)"),
+    keys = [("reward", "reward (weighted sum)"),
+            ("rewards/correctness/mean", "correctness (training samples, easiest first)"),
             ("tools/calls_per_rollout", "tool calls per rollout")]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
-    for mode, result in results.items():
+    for index, (mode, result) in enumerate(results.items()):
+        color = f"C{index}"
         for ax, (key, title) in zip(axes, keys, strict=True):
             points = [(e["step"], e[key]) for e in result["history"] if key in e]
             if points:
-                ax.plot(*zip(*points, strict=True), marker=".", label=mode)
+                ax.plot(*zip(*points, strict=True), marker=".", color=color, label=mode)
             ax.set_title(title)
             ax.set_xlabel("GRPO step")
-    for mode, result in results.items():
         for policy, style in (("before", ":"), ("after", "--")):
-            axes[1].axhline(result[policy]["sampled"].accuracy, linestyle=style, linewidth=1,
-                            label=f"{mode} held-out accuracy {policy}")
+            axes[1].axhline(result[policy]["sampled"].accuracy, color=color, linestyle=style, linewidth=1.2,
+                            label=f"{mode}: held-out accuracy {policy}")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -262,10 +277,11 @@ def run(config: WorldConfig) -> dict[str, Any]:
         results = {mode: world.run_mode(mode, tokenizer, sandbox) for mode in config.modes}
     report = table(results)
     (config.out / "results.md").write_text(report + "\n")
-    (config.out / "results.json").write_text(json.dumps(
-        {mode: {p: {d: asdict(m) for d, m in r[p].items()} for p in ("before", "after")}
-         for mode, r in results.items()} | {"config": {**asdict(config), "out": str(config.out)},
-                                             "seconds": time.monotonic() - world.started}, indent=2))
+    summary: dict[str, Any] = {mode: {**{p: {d: asdict(m) for d, m in r[p].items()} for p in ("before", "after")},
+                                      "history": r["history"]} for mode, r in results.items()}
+    summary["config"] = {**asdict(config), "out": str(config.out)}
+    summary["seconds"] = time.monotonic() - world.started
+    (config.out / "results.json").write_text(json.dumps(summary, indent=2))
     plot(results, config.out / "curves.png")
     world.stage(f"done: {config.out / 'results.md'}, {config.out / 'curves.png'}")
     print(report)
@@ -277,11 +293,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT))
     parser.add_argument("--modes", nargs="+", choices=["request", "code"], default=["request", "code"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="a reduced world that runs in a few minutes")
+    parser.add_argument("--gpu", action="store_true", help="the GPU-sized variant (larger models, more steps)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = WorldConfig(out=args.out, modes=tuple(args.modes), seed=args.seed)
-    return run(replace(config, **QUICK) if args.quick else config)
+    if args.gpu:
+        config = replace(config, **GPU)
+    return run(config)
 
 
 if __name__ == "__main__":

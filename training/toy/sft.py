@@ -132,7 +132,7 @@ def copy_examples(tokenizer: Any, words: list[str], n: int, seed: int = 0) -> li
 
 
 def train(model: Any, tokenizer: Any, examples: list[Example], out_dir: str | Path, *, epochs: float,
-          learning_rate: float, batch_size: int = 32, seed: int = 0) -> Path:
+          learning_rate: float, batch_size: int = 32, seed: int = 0, use_cpu: bool = True) -> Path:
     """Supervised warm-up with TRL's `SFTTrainer` on pre-tokenized examples; `completion_mask` becomes the labels
     (`completion_only_loss`). Saves the model and tokenizer to `out_dir`."""
     from datasets import Dataset
@@ -143,7 +143,7 @@ def train(model: Any, tokenizer: Any, examples: list[Example], out_dir: str | Pa
     config = SFTConfig(output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=learning_rate,
                        per_device_train_batch_size=batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
                        weight_decay=0.0, completion_only_loss=True, max_length=None, logging_steps=25,
-                       save_strategy="no", report_to="none", use_cpu=True, seed=seed)
+                       save_strategy="no", report_to="none", use_cpu=use_cpu, seed=seed)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     trainer.save_model(str(out_dir))
