@@ -55,7 +55,7 @@ class WorldConfig:
     device: str = "cpu"  # "cuda" for the GPU-sized variant
 
 
-# The GPU-sized variant (--gpu): models four times the parameters, more data, larger batches, more GRPO steps.
+# The GPU-sized variant (--gpu): models of about six times the parameters, more data, larger batches.
 GPU = dict(device="cuda", hidden_size=256, layers=6, copy_examples=64000, copy_batch_size=64, sft_problems=12000,
            sft_batch_size=64, sft_learning_rate=2e-3, planner_epochs=5.0, rl_problems=512, eval_problems=400,
            curriculum_samples=2, grpo_steps=50, grpo_batch_size=64)
