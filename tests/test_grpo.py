@@ -96,15 +96,22 @@ def test_grpo_trains_lora_only_masks_inserted_tokens_and_saves_an_agent(tmp_path
         assert agent.solve("What is 2 times 7?").trajectory.finish_reason is not None
 
 
-def test_same_score_groups_are_removed_from_the_loss(tmp_path, tiny_model_dir, monkeypatch):
-    def half_flat(prompts, completions, **kwargs):  # groups of questions 0 and 1 score 0.0 whatever they say
-        return [0.0 if any(f"{i} times" in str(p) for i in (0, 1)) else float(len(c))
-                for p, c in zip(prompts, completions, strict=True)]
+def half_flat(prompts, completions, **kwargs):
+    """Groups of questions 0 and 1 score 0.0 whatever they say; the others vary with the completion's length."""
+    return [0.0 if any(f"{i} times" in str(p) for i in (0, 1)) else float(len(c))
+            for p, c in zip(prompts, completions, strict=True)]
 
+
+def half_flat_recipe(tmp_path, tiny_model_dir, monkeypatch) -> Recipe:
+    """One step of four groups of four, rewarded by `half_flat` alone."""
     monkeypatch.setitem(REWARDS, "half_flat", half_flat)
     recipe = Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir, max_steps=1, per_device_train_batch_size=16))
-    recipe = recipe.model_copy(update={"rewards": recipe.rewards.model_copy(
+    return recipe.model_copy(update={"rewards": recipe.rewards.model_copy(
         update={"schedule": [(0, {"half_flat": 1.0})]})})
+
+
+def test_same_score_groups_are_removed_from_the_loss(tmp_path, tiny_model_dir, monkeypatch):
+    recipe = half_flat_recipe(tmp_path, tiny_model_dir, monkeypatch)
     run = grpo.build(recipe)
     try:
         scored: list[dict] = []
@@ -138,15 +145,9 @@ def test_agent_reads_a_training_recipe(tmp_path, tiny_model_dir):
     assert config.planner.protocol == "code"
 
 def test_refill_replaces_removed_groups_with_fresh_prompts(tmp_path, tiny_model_dir, monkeypatch):
-    def half_flat(prompts, completions, **kwargs):  # groups of questions 0 and 1 score 0.0 whatever they say
-        return [0.0 if any(f"{i} times" in str(p) for i in (0, 1)) else float(len(c))
-                for p, c in zip(prompts, completions, strict=True)]
-
-    monkeypatch.setitem(REWARDS, "half_flat", half_flat)
-    recipe = Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir, max_steps=1, per_device_train_batch_size=16))
-    recipe = recipe.model_copy(update={
-        "rewards": recipe.rewards.model_copy(update={"schedule": [(0, {"half_flat": 1.0})]}),
-        "groups": recipe.groups.model_copy(update={"refill": True, "refill_max_rounds": 4})})
+    recipe = half_flat_recipe(tmp_path, tiny_model_dir, monkeypatch)
+    recipe = recipe.model_copy(update={"groups": recipe.groups.model_copy(update={"refill": True,
+                                                                                  "refill_max_rounds": 4})})
     run = grpo.build(recipe)
     try:
         scored: list[dict] = []

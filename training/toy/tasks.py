@@ -94,8 +94,7 @@ def _story(b: _Builder, ops: int) -> Problem:
     value, text = b.quantity()
     expression = text
     sentences = [f"A {place} holds {text} {unit}{noun}."]
-    question = f"How many {unit.split(' ')[0] or noun} of {noun} does the {place} hold now?" if unit else \
-        f"How many {noun} does the {place} hold now?"
+    question = f"How many {unit}{noun} does the {place} hold now?"
     for step in range(ops):
         last = step == ops - 1
         kinds = ["add", "remove", "times"] + (["share"] if last and not b.decimal else [])
