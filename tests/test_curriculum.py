@@ -42,8 +42,9 @@ def test_command_samples_with_the_engine_and_writes_the_order(tmp_path, tiny_mod
     out = curriculum.main(["--config", str(recipe), "--out", str(tmp_path / "curriculum.jsonl"), "--samples", "2"],
                           logits_processors=[ScriptedText(tokenizer, prompts)])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows == [{"prompt": "What is 2 plus 2?", "answer": "4", "pass_rate": 0.0},
-                    {"prompt": "What is 10 minus 3?", "answer": "7", "pass_rate": 0.0}]  # 6 x 7 always solved
+    assert rows == [{"prompt": "What is 2 plus 2?", "answer": "4", "pass_rate": 0.0, "source": "data"},
+                    {"prompt": "What is 10 minus 3?", "answer": "7", "pass_rate": 0.0, "source": "data"}]  # 6 x 7
+    # is always solved; the source is the file's name, as the data loader labels a file without a source column
     dropped = curriculum.main(["--config", str(recipe), "--out", str(tmp_path / "c2.jsonl"), "--samples", "2",
                                "--drop-unsolved"], logits_processors=[ScriptedText(tokenizer, prompts)])
     assert dropped.read_text() == ""

@@ -15,7 +15,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ class Scored:
     prompt: str
     answer: str
     pass_rate: float
+    source: str = ""
 
 
 def pass_rates(agent: Agent, problems: list[dict[str, str]], samples: int, batch: int = 64) -> list[Scored]:
@@ -45,8 +46,8 @@ def pass_rates(agent: Agent, problems: list[dict[str, str]], samples: int, batch
         solutions = agent.solve_many([p["prompt"] for p in chunk])
         solved += [answers_match(p["answer"], s.answer) for p, s in zip(chunk, solutions, strict=True)]
         log.info("curriculum: %d / %d samples", len(solved), len(flat))
-    return [Scored(p["prompt"], p["answer"], sum(solved[i * samples:(i + 1) * samples]) / samples)
-            for i, p in enumerate(problems)]
+    return [Scored(p["prompt"], p["answer"], sum(solved[i * samples:(i + 1) * samples]) / samples,
+                   p.get("source") or "") for i, p in enumerate(problems)]
 
 
 def order(scored: list[Scored], drop_unsolved: bool = False) -> list[Scored]:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
         for s in ordered:
-            f.write(json.dumps({"prompt": s.prompt, "answer": s.answer, "pass_rate": s.pass_rate}) + "\n")
+            f.write(json.dumps(asdict(s)) + "\n")
     log.info("curriculum: kept %d of %d problems (%d solved by every sample) -> %s", len(ordered), len(scored),
              sum(s.pass_rate == 1.0 for s in scored), out)
     return out

@@ -56,11 +56,14 @@ def replace_rows(output: dict[str, Any], fresh: dict[str, Any], rows: torch.Tens
 
 
 class FilteringGRPOTrainer(GRPOTrainer):
-    """`refill`: replace removed groups with fresh ones, for at most `refill_max_rounds` extra generation batches
-    per step (set them with `configure_refill`)."""
+    """`filter_groups`: remove same-score groups from the loss. `refill`: replace them with fresh ones, for at most
+    `refill_max_rounds` extra generation batches per step (set them with `configure_refill`). `samples`: a
+    `SampleWriter` that records sampled steps' rollouts with their rewards."""
 
+    filter_groups: bool = True
     refill: bool = False
     refill_max_rounds: int = 2
+    samples: Any = None
 
     def configure_refill(self, refill: bool, max_rounds: int) -> None:
         if refill:
@@ -74,6 +77,11 @@ class FilteringGRPOTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        step = self.state.global_step
+        if self.samples is not None and self.model.training and self.accelerator.is_main_process and \
+                self.samples.due(step):
+            start = self.accelerator.process_index * len(inputs)
+            self.samples.write(step, inputs, rewards[start:start + len(inputs)].tolist(), list(self.reward_func_names))
         group_size = self.num_generations if self.model.training else self.num_generations_eval
         self._flat_rows = flat_groups(rewards, self.reward_weights, group_size)  # over all processes
         self._group_size = group_size
@@ -85,6 +93,8 @@ class FilteringGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
+        if not self.filter_groups:
+            return output
         mode = "train" if self.model.training else "eval"
         flat = self._local_flat(len(inputs))
         removed = self._flat_rows.view(-1, self._group_size)[:, 0].float().mean().item()

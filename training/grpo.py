@@ -23,32 +23,20 @@ from coder import build_coder
 from coder.config import resolve
 from executor import Sandbox
 from planner import EngineLimits, build_protocol
+from training.data import load_problems
 from training.recipe import Recipe
 from training.rewards import WeightSchedule, scheduled_rewards
 from training.rollout import PlannerRollout
+from training.samples import SampleWriter
 
 log = logging.getLogger("training.grpo")
 
 
 def load_prompts(recipe: Recipe):
-    """The training set as a `datasets.Dataset` with `prompt` and `answer` columns."""
-    from datasets import load_dataset
-
+    """The training set as a `datasets.Dataset` with `prompt`, `answer` and `source` columns."""
     data = recipe.data
-    local = Path(data.path)
-    if local.exists():
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(local.suffix)
-        if kind is None:
-            raise ValueError(f"data.path {data.path}: expected .json, .jsonl or .parquet")
-        dataset = load_dataset(kind, data_files=str(local), split="train")
-    else:
-        dataset = load_dataset(data.path, split=data.split)
-    missing = {data.question_field, data.answer_field} - set(dataset.column_names)
-    if missing:
-        raise ValueError(f"data.path {data.path} lacks {sorted(missing)}; columns: {dataset.column_names}")
-    dataset = dataset.map(lambda row: {"prompt": row[data.question_field], "answer": str(row[data.answer_field])},
-                          remove_columns=dataset.column_names)
-    return dataset.select(range(min(data.limit, len(dataset)))) if data.limit else dataset
+    return load_problems(data.path, schema=data.schema_, split=data.split, levels=data.levels, limit=data.limit,
+                         filters=data.filters, question_field=data.question_field, answer_field=data.answer_field)
 
 
 @dataclass
@@ -75,7 +63,7 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     from training.filtering import FilteringGRPOTrainer
 
@@ -89,17 +77,18 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
                              EngineLimits(planner.max_completion_tokens, planner.max_tool_calls,
                                           planner.max_result_chars, planner.stop_at_answer),
                              planner.temperature, planner.top_p, planner.batch_size, planner.cache_implementation,
-                             logits_processors, recipe.logging.sample_every, recipe.logging.samples_per_step)
+                             logits_processors)
     config = GRPOConfig(**{"max_completion_length": planner.max_completion_tokens,
                            "temperature": planner.temperature or 1.0, **recipe.grpo})
     model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=torch.bfloat16 if config.bf16 else torch.float32)
     lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                       target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
-    trainer_class = FilteringGRPOTrainer if recipe.groups.filter else GRPOTrainer
-    trainer = trainer_class(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, rollout_func=rollout, peft_config=lora)
-    if recipe.groups.filter:
-        trainer.configure_refill(recipe.groups.refill, recipe.groups.refill_max_rounds)
+    trainer = FilteringGRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
+                                   processing_class=tokenizer, rollout_func=rollout, peft_config=lora)
+    trainer.filter_groups = recipe.groups.filter
+    trainer.configure_refill(recipe.groups.refill, recipe.groups.refill_max_rounds)
+    trainer.samples = SampleWriter(rollout, tokenizer, config.output_dir, recipe.logging.sample_every,
+                                   recipe.logging.samples_per_step)
     return Run(recipe, trainer, rollout, sandbox, coder)
 
 

@@ -27,12 +27,20 @@ class LoraSection(BaseModel):
 
 
 class DataSection(BaseModel):
+    """Where the problems come from (`training.data.load_problems`)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(description="a local JSON/JSONL/Parquet file, or a hub dataset id")
+    path: str = Field(description="a source name (gsm8k, math, big-value-gsm, numinamath, openthoughts), a hub "
+                                  "dataset id, or a local JSON/JSONL/Parquet file")
+    schema_: str | None = Field(None, alias="schema", description="the source whose schema a local file has "
+                                                                   "(detected from its columns when left out)")
     split: str = "train"
-    question_field: str = "prompt"
-    answer_field: str = "answer"
+    levels: list[int] | None = Field(None, description="MATH levels to keep, e.g. [3, 4, 5]")
+    question_field: str | None = Field(None, description="the question column of any other schema")
+    answer_field: str | None = Field(None, description="the answer column of any other schema")
+    filters: bool = Field(True, description="drop multiple-choice, proof and concept questions, and unverifiable "
+                                            "answers")
     limit: int | None = Field(None, gt=0)
 
 

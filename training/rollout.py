@@ -8,9 +8,7 @@ functions read: `predicted`, `tool_calls`, `finish_reason`, `violations`.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,8 +32,7 @@ def question_of(prompt: Any) -> str:
 class PlannerRollout:
     def __init__(self, protocol: Protocol, tokenizer: Any, system_prompt: str, sandbox: Sandbox, coder: Coder | None,
                  limits: EngineLimits, temperature: float, top_p: float = 1.0, batch_size: int = 64,
-                 cache_implementation: str | None = None, logits_processors: list[Any] | None = None,
-                 sample_every: int = 10, samples_per_step: int = 8) -> None:
+                 cache_implementation: str | None = None, logits_processors: list[Any] | None = None) -> None:
         self.protocol = protocol
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
@@ -44,9 +41,7 @@ class PlannerRollout:
         self.limits = limits
         self.sampling = dict(temperature=temperature, top_p=top_p, batch_size=batch_size,
                              cache_implementation=cache_implementation, logits_processors=logits_processors)
-        self.last: list[Trajectory] = []  # the latest batch, for logging and samples
-        self.sample_every = sample_every
-        self.samples_per_step = samples_per_step
+        self.last: list[Trajectory] = []  # the latest batch, for logging and the trainer's samples
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
         from trl.models import unwrap_model_for_generation
@@ -83,11 +78,6 @@ class PlannerRollout:
     def _finish(self, trainer: Any, mode: str) -> dict[str, list[Any]]:
         for name, value in rollout_metrics(self.last, self.coder).items():
             trainer._metrics[mode][name].append(value)
-        step = trainer.state.global_step
-        if mode == "train" and self.sample_every and step % self.sample_every == 0 and \
-                trainer.accelerator.is_main_process:
-            write_samples(Path(trainer.args.output_dir) / "samples" / f"step-{step:06d}.jsonl",
-                          self.last[: self.samples_per_step])
         return to_trl(self.last, self.tokenizer.eos_token_id)
 
     def run(self, model: Any, questions: list[str]) -> list[Trajectory]:
@@ -120,13 +110,6 @@ def rollout_metrics(trajectories: list[Trajectory], coder: Coder | None) -> dict
     if coder is not None:
         metrics["coder/cache_hit_rate"] = coder.stats.hit_rate
     return metrics
-
-
-def write_samples(path: Path, trajectories: list[Trajectory]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for t in trajectories:
-            f.write(json.dumps(t.to_dict()) + "\n")
 
 
 def to_trl(trajectories: list[Trajectory], eos_id: int) -> dict[str, list[Any]]:
