@@ -9,13 +9,13 @@ TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test lint system-deps install install-dev clean
+.PHONY: demo test lint system-deps test-deps install install-dev clean
 
 # The toy world: copy pre-training, SFT, curriculum, GRPO and evaluation on CPU; prints a before/after table.
 demo: install system-deps
 	$(BIN)/python -m training.toy.demo
 
-test: install-dev system-deps
+test: install-dev system-deps test-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not gpu"
 
@@ -28,6 +28,13 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
 	  else echo "note: install bubblewrap (apt-get install bubblewrap) for full sandbox isolation"; fi; }
+
+# Debian's Chromium and its driver: the viewer's test opens the HTML report in a real headless browser.
+test-deps:
+	@command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "note: install chromium and chromium-driver for the viewer's browser test"; fi; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

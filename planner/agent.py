@@ -53,7 +53,8 @@ class Agent:
         self.generator = generator or self._generator(model, logits_processors)
         self.system_prompt = resolve(planner.prompt_file).read_text()
         self.engine = RolloutEngine(self.protocol, self.generator, tokenizer, self.sandbox, self.coder,
-                                    EngineLimits(planner.max_completion_tokens, planner.max_tool_calls,
+                                    EngineLimits(planner.max_completion_tokens,
+                                                 planner.max_tool_calls if planner.tools else 0,
                                                  planner.max_result_chars, planner.stop_at_answer))
 
     @classmethod
@@ -76,11 +77,15 @@ class Agent:
                                  "(peft's merge_and_unload) and point planner.model at the merged weights")
             llm = import_vllm("the 'vllm' planner backend").LLM(model=planner.model, dtype=planner.dtype,
                                     gpu_memory_utilization=planner.gpu_memory_utilization)
-            return VLLMGeneration(llm, planner.temperature, planner.top_p)
+            return VLLMGeneration(llm, planner.temperature, planner.top_p,
+                                  None if planner.tools else [self.protocol.markers.open])
         if model is None:
             model = load_planner_model(planner.model, planner.adapter, planner.device, planner.dtype)
+        processors = list(logits_processors or [])
+        if not planner.tools:
+            processors.append(ban_text(self.tokenizer, self.protocol.markers.open))
         return TransformersGeneration(model, self.tokenizer, planner.temperature, planner.top_p, planner.batch_size,
-                                      planner.cache_implementation, logits_processors)
+                                      planner.cache_implementation, processors)
 
     def solve(self, question: str) -> Solution:
         return self.solve_many([question])[0]
@@ -100,6 +105,20 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def ban_text(tokenizer: Any, text: str) -> Any:
+    """A logits processor that keeps the planner from writing `text` (its call marker, with the tool disabled) as
+    the tokenizer spells it alone, after a space or after a newline. Another spelling can slip through; the engine
+    then refuses the call (`max_tool_calls` is 0)."""
+    from transformers import NoBadWordsLogitsProcessor
+
+    spellings = set()
+    for before in ("", " ", "\n"):
+        ids = tokenizer.encode(before + text, add_special_tokens=False)
+        lead = tokenizer.encode(before, add_special_tokens=False) if before else []
+        spellings.add(tuple(ids[len(lead):] if ids[:len(lead)] == lead else ids))
+    return NoBadWordsLogitsProcessor([list(s) for s in spellings if s], eos_token_id=tokenizer.eos_token_id)
 
 
 def load_planner_model(name: str, adapter: str | None, device: str, dtype: str) -> Any:

@@ -30,6 +30,8 @@ class PlannerConfig(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_completion_tokens: int = Field(2048, gt=0, description="the whole completion, inserted tokens included")
     max_tool_calls: int = Field(4, ge=0, description="per rollout")
+    tools: bool = Field(True, description="false: the same planner with its tool disabled (the call marker is "
+                                          "banned from generation and a call that slips through is refused)")
     max_result_chars: int = Field(1000, gt=0, description="of each rendered tool result")
     max_request_chars: int = Field(2000, gt=0, description="longer calls are refused with a tool error")
     stop_at_answer: bool = Field(True, description="a complete \\boxed{} ends the rollout")

@@ -16,17 +16,20 @@ from planner.generation import Generated
 
 
 class VLLMGeneration:
-    def __init__(self, llm: Any, temperature: float = 1.0, top_p: float = 1.0) -> None:
+    def __init__(self, llm: Any, temperature: float = 1.0, top_p: float = 1.0,
+                 bad_words: list[str] | None = None) -> None:
         self.vllm = import_vllm("the 'vllm' planner backend")
         self.llm = llm
         self.temperature = temperature
         self.top_p = top_p
+        self.bad_words = bad_words or None  # SamplingParams(bad_words=...): text the planner may not write
 
     def generate(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str]) -> list[Generated]:
         from vllm.inputs import TokensPrompt
 
         params = [self.vllm.SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=budget,
-                                           stop=stop_strings, include_stop_str_in_output=True, logprobs=0)
+                                           stop=stop_strings, include_stop_str_in_output=True, logprobs=0,
+                                           bad_words=self.bad_words)
                   for budget in budgets]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         results = []

@@ -92,7 +92,7 @@ def test_grpo_trains_lora_only_masks_inserted_tokens_and_saves_an_agent(tmp_path
     assert sample["tool_calls"][0]["code"] and sample["step"] == 0 and set(sample["rewards"]) == {"digits", "format"}
     assert sample["reference"] is not None and sample["source"] == "data"
     assert sample["rewards"]["digits"] == sum(ch.isdigit() for ch in sample["text"])  # its own row's rewards
-    assert [s["text"] for s in sample["segments"] if not s["trained"]][0].startswith("<result>\n42")
+    assert next(s["text"] for s in sample["segments"] if not s["trained"]).startswith("<result>\n42")
     assert sum(s["tokens"] for s in sample["segments"]) == len(sample["completion_ids"])
 
     agent_recipe = yaml.safe_load((out / "agent.yaml").read_text())

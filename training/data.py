@@ -41,10 +41,13 @@ ANSWER_FIELDS = ("answer", "final_answer", "ground_truth", "target", "label", "o
 
 
 def read_table(path_or_id: str, split: str = "train", config: str | None = None) -> Any:
-    """A local JSON/JSONL/Parquet file, or a hub dataset (`config` is the hub's subset name)."""
+    """A local JSON/JSONL/Parquet file, a hub dataset (`config` is the hub's subset name), or a local folder laid
+    out as a hub dataset repository (a clone, or a copy made offline)."""
     from datasets import load_dataset
 
     local = Path(path_or_id)
+    if local.is_dir():
+        return load_dataset(str(local), config, split=split)
     if local.exists():
         kind = _LOCAL_KINDS.get(local.suffix)
         if kind is None:

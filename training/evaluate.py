@@ -1,0 +1,286 @@
+"""Evaluate an agent on a problem set: accuracy, and how it uses its tools.
+
+    python -m training.evaluate --config RECIPE.yaml --data gsm8k [--split test] [--limit N] [--no-tools] [--out DIR]
+    python -m training.evaluate --compare runs/eval/with-tools runs/eval/no-tools [--out DIR]
+
+Runs `Agent.solve_many` over the set in batches (with a progress bar) and writes, in `--out`:
+- `trajectories.jsonl`: every rollout as a trajectory record (`training.records`), appended batch by batch, so an
+  interrupted run keeps what it did; `python -m training.view` turns it into an HTML report;
+- `metrics.json`: accuracy with a 95 % (Wilson) interval, overall and by source; the share of problems with a
+  tool call; calls per answer; tool errors by executor status (and coder failures, refused calls); format
+  violations by kind; mean tokens (sampled and inserted); seconds per problem;
+- `report.md` with `accuracy_by_source.png` and `calls_per_answer.png`.
+
+`--no-tools` runs the same planner with its tool disabled (`planner.tools: false`), so the gain from delegating is
+one `--compare` away. `--compare A B` writes `comparison.md` and `comparison.png` from two runs' `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+log = logging.getLogger("training.evaluate")
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (sound at 0 % and 100 %, unlike the normal approximation)."""
+    if n == 0:
+        return 0.0, 0.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _accuracy(records: list[dict[str, Any]]) -> dict[str, Any]:
+    right = sum(bool(r["correct"]) for r in records)
+    return {"n": len(records), "accuracy": right / len(records) if records else 0.0,
+            "accuracy_ci95": list(wilson(right, len(records)))}
+
+
+def summarize(records: list[dict[str, Any]], seconds: float | None = None) -> dict[str, Any]:
+    """The metrics of a set of trajectory records (what `metrics.json` holds)."""
+    from training.rewards import format_violations
+
+    n = len(records)
+    calls = [c for r in records for c in r["tool_calls"]]
+    outcome = Counter("refused" if c.get("error") else "coder_failure" if c.get("coder_failure")
+                      else c["result"]["status"] for c in calls)
+    violations = Counter(v for r in records for v in format_violations(r["text"], r["violations"]))
+    sources = sorted({r.get("source") or "" for r in records})
+    metrics = {
+        **_accuracy(records),
+        "answered_rate": sum(r["answer"] is not None for r in records) / n if n else 0.0,
+        "tool_call_rate": sum(bool(r["tool_calls"]) for r in records) / n if n else 0.0,
+        "calls_per_answer": len(calls) / n if n else 0.0,
+        "calls_histogram": dict(sorted(Counter(len(r["tool_calls"]) for r in records).items())),
+        "tool_error_rate": (len(calls) - outcome["ok"]) / len(calls) if calls else 0.0,
+        "tool_outcomes": {k: v / len(calls) for k, v in sorted(outcome.items())} if calls else {},
+        "format_violation_rate": sum(bool(format_violations(r["text"], r["violations"])) for r in records) / n
+        if n else 0.0,
+        "format_violations": {k: v / n for k, v in sorted(violations.items())},
+        "finish_reasons": {k: v / n for k, v in sorted(Counter(r["finish_reason"] for r in records).items())},
+        "mean_sampled_tokens": sum(sum(r["env_mask"]) for r in records) / n if n else 0.0,
+        "mean_inserted_tokens": sum(len(r["env_mask"]) - sum(r["env_mask"]) for r in records) / n if n else 0.0,
+        "by_source": {s: _accuracy([r for r in records if (r.get("source") or "") == s]) for s in sources},
+    }
+    if seconds is not None:
+        metrics["seconds"] = seconds
+        metrics["seconds_per_problem"] = seconds / n if n else 0.0
+    return metrics
+
+
+def run(agent: Any, problems: list[dict[str, Any]], out: Path, batch_size: int) -> dict[str, Any]:
+    """Solve every problem, appending records to `out/trajectories.jsonl` batch by batch; the metrics."""
+    from tqdm.auto import tqdm
+
+    from training.records import record, write_records
+
+    path = out / "trajectories.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    records: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with tqdm(total=len(problems), desc="evaluate", unit="problem") as bar:
+        for start in range(0, len(problems), batch_size):
+            chunk = problems[start:start + batch_size]
+            solutions = agent.solve_many([p["prompt"] for p in chunk])
+            rows = [record(s.trajectory, agent.tokenizer, reference=p["answer"], source=p.get("source"))
+                    for p, s in zip(chunk, solutions, strict=True)]
+            write_records(path, rows, append=True)
+            records += rows
+            bar.update(len(chunk))
+            bar.set_postfix(accuracy=f"{sum(bool(r['correct']) for r in records) / len(records):.1%}")
+    return summarize(records, time.monotonic() - started)
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def metrics_table(named: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table with one column per run."""
+    rows = [("problems", lambda m: str(m["n"])),
+            ("accuracy", lambda m: f"{percent(m['accuracy'])} [{percent(m['accuracy_ci95'][0])}, "
+                                   f"{percent(m['accuracy_ci95'][1])}]"),
+            ("answered", lambda m: percent(m["answered_rate"])),
+            ("tool-call rate", lambda m: percent(m["tool_call_rate"])),
+            ("calls per answer", lambda m: f"{m['calls_per_answer']:.2f}"),
+            ("tool error rate", lambda m: percent(m["tool_error_rate"])),
+            ("format violations", lambda m: percent(m["format_violation_rate"])),
+            ("sampled tokens (mean)", lambda m: f"{m['mean_sampled_tokens']:.1f}"),
+            ("inserted tokens (mean)", lambda m: f"{m['mean_inserted_tokens']:.1f}"),
+            ("seconds per problem", lambda m: f"{m.get('seconds_per_problem', float('nan')):.2f}")]
+    lines = ["| metric | " + " | ".join(named) + " |", "|---|" + "---|" * len(named)]
+    lines += [f"| {label} | " + " | ".join(cell(m) for m in named.values()) + " |" for label, cell in rows]
+    return "\n".join(lines)
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_by_source(named: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Accuracy by source with 95 % intervals, one bar per run and source."""
+    plt = _plt()
+    sources = sorted({s for m in named.values() for s in m["by_source"]})
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(sources) * len(named) + 2), 3.5))
+    width = 0.8 / len(named)
+    for k, (name, m) in enumerate(named.items()):
+        xs = [i + k * width for i in range(len(sources))]
+        cells = [m["by_source"].get(s, {"accuracy": 0.0, "accuracy_ci95": [0.0, 0.0]}) for s in sources]
+        acc = [c["accuracy"] for c in cells]
+        errors = [[c["accuracy"] - c["accuracy_ci95"][0] for c in cells],
+                  [c["accuracy_ci95"][1] - c["accuracy"] for c in cells]]
+        ax.bar(xs, acc, width, yerr=errors, capsize=3, label=name)
+    ax.set_xticks([i + width * (len(named) - 1) / 2 for i in range(len(sources))], sources, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (95% interval)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_calls(named: dict[str, dict[str, Any]], path: Path) -> Path:
+    """The histogram of tool calls per answer, one bar group per run."""
+    plt = _plt()
+    counts = sorted({int(c) for m in named.values() for c in m["calls_histogram"]})
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    width = 0.8 / len(named)
+    for k, (name, m) in enumerate(named.items()):
+        hist = {int(c): v for c, v in m["calls_histogram"].items()}
+        ax.bar([c + k * width for c in counts], [hist.get(c, 0) / m["n"] for c in counts], width, label=name)
+    ax.set_xticks([c + width * (len(named) - 1) / 2 for c in counts], [str(c) for c in counts])
+    ax.set_xlabel("tool calls in the answer")
+    ax.set_ylabel("share of problems")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(out: Path, name: str, metrics: dict[str, Any], about: str) -> Path:
+    named = {name: metrics}
+    plot_by_source(named, out / "accuracy_by_source.png")
+    plot_calls(named, out / "calls_per_answer.png")
+    outcomes = ", ".join(f"{k} {percent(v)}" for k, v in metrics["tool_outcomes"].items()) or "no calls"
+    kinds = ", ".join(f"{k} {percent(v)}" for k, v in metrics["format_violations"].items()) or "none"
+    by_source = "\n".join(f"| {s} | {m['n']} | {percent(m['accuracy'])} [{percent(m['accuracy_ci95'][0])}, "
+                          f"{percent(m['accuracy_ci95'][1])}] |" for s, m in metrics["by_source"].items())
+    text = (f"# Evaluation: {name}\n\n{about}\n\n{metrics_table(named)}\n\nTool calls by outcome: {outcomes}.\n\n"
+            f"Format violations (share of problems): {kinds}.\n\n| source | problems | accuracy |\n|---|---|---|\n"
+            f"{by_source}\n\n![accuracy by source](accuracy_by_source.png)\n\n"
+            f"![calls per answer](calls_per_answer.png)\n\nTrajectories: `trajectories.jsonl` "
+            f"(`python -m training.view {out / 'trajectories.jsonl'} -o {out / 'report.html'}`).\n")
+    path = out / "report.md"
+    path.write_text(text)
+    return path
+
+
+def compare(runs: list[Path], out: Path) -> Path:
+    """`comparison.md` and `comparison.png` from the runs' `metrics.json` (named by their directories)."""
+    named = {}
+    for run_dir in runs:
+        metrics_path = run_dir / "metrics.json"
+        if not metrics_path.exists():
+            raise FileNotFoundError(f"{metrics_path} not found: is {run_dir} an evaluation's --out directory?")
+        named[run_dir.name if run_dir.name not in named else str(run_dir)] = json.loads(metrics_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    plot_by_source(named, out / "comparison.png")
+    plot_calls(named, out / "comparison_calls.png")
+    names = list(named)
+    first, second = named[names[0]], named[names[-1]]
+    delta = second["accuracy"] - first["accuracy"]
+    # The difference of two independent proportions: its normal 95 % interval.
+    spread = 1.96 * math.sqrt(first["accuracy"] * (1 - first["accuracy"]) / max(first["n"], 1)
+                              + second["accuracy"] * (1 - second["accuracy"]) / max(second["n"], 1))
+    text = (f"# Comparison\n\n{metrics_table(named)}\n\nAccuracy of {names[-1]} minus {names[0]}: "
+            f"{100 * delta:+.1f} points (95% interval {100 * (delta - spread):+.1f} to {100 * (delta + spread):+.1f})."
+            f"\n\n![accuracy by source](comparison.png)\n\n![calls per answer](comparison_calls.png)\n")
+    path = out / "comparison.md"
+    path.write_text(text)
+    return path
+
+
+def load_set(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from training.data import load_problems
+
+    dataset = load_problems(args.data, schema=args.schema, split=args.split, levels=args.levels, limit=args.limit,
+                            filters=not args.no_filters)
+    return [dict(row) for row in dataset]
+
+
+def evaluate(config: str | Path, problems: list[dict[str, Any]], out: Path, *, no_tools: bool = False,
+             batch_size: int | None = None, **agent_kwargs: Any) -> dict[str, Any]:
+    """Evaluate the agent of `config` on `problems` (dicts with `prompt`, `answer`, `source`); write the run's
+    files in `out`; the metrics."""
+    from planner import Agent, AgentConfig
+
+    agent_config = AgentConfig.from_yaml(config)
+    if no_tools:
+        agent_config = agent_config.model_copy(update={"planner": agent_config.planner.model_copy(
+            update={"tools": False})})
+    with Agent(agent_config, **agent_kwargs) as agent:
+        metrics = run(agent, problems, out, batch_size or agent_config.planner.batch_size)
+    metrics["config"] = str(config)
+    metrics["tools"] = not no_tools
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    about = f"Agent: `{config}`{' with its tool disabled (`--no-tools`)' if no_tools else ''}."
+    write_report(out, out.name, metrics, about)
+    log.info("accuracy %.1f%% on %d problems, tool-call rate %.1f%%, report %s", 100 * metrics["accuracy"],
+             metrics["n"], 100 * metrics["tool_call_rate"], out / "report.md")
+    return metrics
+
+
+def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="a recipe (its planner, coder and executor sections)")
+    parser.add_argument("--data", help="a source name (gsm8k, math, ...), a hub id, or a local JSON/JSONL/Parquet")
+    parser.add_argument("--schema", help="the source whose schema a local file has (detected when left out)")
+    parser.add_argument("--split", default="test", help="the hub split (default: test)")
+    parser.add_argument("--levels", type=int, nargs="+", help="MATH levels to keep, e.g. 3 4 5")
+    parser.add_argument("--limit", type=int, help="the first N problems")
+    parser.add_argument("--no-filters", action="store_true", help="keep multiple-choice, proofs and the rest")
+    parser.add_argument("--no-tools", action="store_true", help="the same planner with its tool disabled")
+    parser.add_argument("--batch-size", type=int, help="problems per solve_many call (default: planner.batch_size)")
+    parser.add_argument("--out", type=Path, help="the run's directory (default: runs/eval/<recipe>-<data>)")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("RUN_A", "RUN_B"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.compare:
+        path = compare(args.compare, args.out or args.compare[1].parent)
+        print(path.read_text())
+        return path
+    if not (args.config and args.data):
+        parser.error("--config and --data are needed (or --compare RUN_A RUN_B)")
+    out = args.out or Path("runs/eval") / f"{Path(args.config).stem}-{Path(args.data).stem}" \
+        f"{'-no-tools' if args.no_tools else ''}"
+    problems = load_set(args)
+    if not problems:
+        parser.error(f"{args.data}: no problems left to evaluate")
+    evaluate(args.config, problems, out, no_tools=args.no_tools, batch_size=args.batch_size, **agent_kwargs)
+    print((out / "report.md").read_text())
+    return out
+
+
+if __name__ == "__main__":
+    main()
