@@ -127,20 +127,18 @@ def metrics_table(named: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _plt() -> Any:
-    import matplotlib
+def _figure(width: float, height: float) -> tuple[Any, Any]:
+    """A figure and its axes outside pyplot: no global backend switch, so notebooks keep theirs."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
 
 
 def plot_by_source(named: dict[str, dict[str, Any]], path: Path) -> Path:
     """Accuracy by source with 95 % intervals, one bar per run and source."""
-    plt = _plt()
     sources = sorted({s for m in named.values() for s in m["by_source"]})
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(sources) * len(named) + 2), 3.5))
+    fig, ax = _figure(max(4.0, 1.2 * len(sources) * len(named) + 2), 3.5)
     width = 0.8 / len(named)
     for k, (name, m) in enumerate(named.items()):
         xs = [i + k * width for i in range(len(sources))]
@@ -155,15 +153,13 @@ def plot_by_source(named: dict[str, dict[str, Any]], path: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_calls(named: dict[str, dict[str, Any]], path: Path) -> Path:
     """The histogram of tool calls per answer, one bar group per run."""
-    plt = _plt()
     counts = sorted({int(c) for m in named.values() for c in m["calls_histogram"]})
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = _figure(5, 3.2)
     width = 0.8 / len(named)
     for k, (name, m) in enumerate(named.items()):
         hist = {int(c): v for c, v in m["calls_histogram"].items()}
@@ -174,7 +170,6 @@ def plot_calls(named: dict[str, dict[str, Any]], path: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

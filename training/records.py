@@ -5,7 +5,8 @@ answer, violations) plus what a reader wants next to it:
 - `segments`: the completion cut where `env_mask` changes, each run decoded on its own, `trained` true for the
   planner's sampled tokens and false for what the environment inserted (the tokens out of the loss);
 - `reference`, `source`, `correct` (the `correctness` reward's verdict);
-- `rewards` (each reward function's raw value, training only) and `step` (the training step), when known.
+- `rewards` (each reward function's value as the trainer summed it, the schedule's weight applied; training
+  only) and `step` (the training step), when known.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ class SampleWriter:
         return bool(self.every) and step % self.every == 0 and step not in self.written
 
     def write(self, step: int, inputs: list[dict[str, Any]], rewards: list[list[float]], names: list[str]) -> Path:
-        """`inputs` (the dataset rows, `answer` and `source`) and `rewards` (one row of raw reward values per
-        rollout, in `names` order) are this process's, aligned with `rollout.last`."""
+        """`inputs` (the dataset rows, `answer` and `source`) and `rewards` (one row of reward values per rollout,
+        in `names` order, weighted as the trainer sums them) are this process's, aligned with `rollout.last`."""
         self.written.add(step)
         rows = []
         for trajectory, row, values in list(zip(self.rollout.last, inputs, rewards, strict=True))[: self.per_step]:

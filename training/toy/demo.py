@@ -221,6 +221,37 @@ class World:
         return {"before": before, "after": after, "history": history}
 
 
+# A world small enough for the notebooks and their tests (a minute or two on 2 cores). Its models copy poorly:
+# they show the machinery, not the learning that the full demo measures.
+QUICK = dict(sft_problems=800, rl_problems=64, eval_problems=40, vocab_size=1024, hidden_size=128, layers=4,
+             copy_examples=2000, coder_epochs=2.0, planner_epochs=3.0, delegate_share=0.7, curriculum_samples=2)
+
+
+def prepare(out: Path, quick: bool = True, seed: int = 0) -> dict[str, Path]:
+    """The toy world's models without GRPO (tokenizer, coder, and an SFT planner per mode) and its problem files,
+    under `out`; reused when already there. Returns the paths the notebooks use: `recipe-request`,
+    `recipe-code` (training recipes rebased to `out`), `held-out` and `rl-problems` (JSONL)."""
+    out = Path(out)
+    config = replace(WorldConfig(out=out, seed=seed), **(QUICK if quick else {}))
+    paths = {f"recipe-{mode}": out / f"toy-{mode}.yaml" for mode in config.modes}
+    paths |= {"held-out": out / "held-out.jsonl", "rl-problems": out / "rl-problems.jsonl"}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    world = World(config)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(world.test, paths["held-out"])
+    write_jsonl(world.rl_problems, paths["rl-problems"])
+    tokenizer = world.build_tokenizer()
+    world.train_base(tokenizer)
+    world.train_coder(tokenizer)
+    for mode in config.modes:
+        recipe = load_recipe(mode, out, data={"path": str(paths["rl-problems"])})
+        world.train_planner(tokenizer, mode, recipe)
+        paths[f"recipe-{mode}"].write_text(yaml.safe_dump(recipe, sort_keys=False))
+    world.stage(f"toy world ready in {out}")
+    return paths
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = ["| mode | decoding | policy | accuracy | tool-call rate | calls/answer | tool error rate |",
              "|---|---|---|---|---|---|---|"]
