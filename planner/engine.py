@@ -15,6 +15,7 @@ from executor import ExecutionResult
 from planner.generation import Generated, GenerationBackend
 from planner.protocols import Call
 from planner.protocols import Protocol as ToolProtocol
+from planner.sync import RankSync
 from planner.trajectory import ToolCall, Trajectory, boxed_end, last_boxed
 
 TOOL_LIMIT_NOTICE = "Tool limit reached: no more calls. Give your final answer now."
@@ -46,7 +47,9 @@ class _Rollout:
 
 class RolloutEngine:
     def __init__(self, protocol: ToolProtocol, generator: GenerationBackend, tokenizer: Any,
-                 executor: ExecutorLike, coder: CoderLike | None = None, limits: EngineLimits | None = None) -> None:
+                 executor: ExecutorLike, coder: CoderLike | None = None, limits: EngineLimits | None = None,
+                 sync: RankSync | None = None) -> None:
+        """`sync`: with several processes, keeps every rank making the same rounds (see `planner.sync`)."""
         if protocol.uses_coder and coder is None:
             raise ValueError(f"the {protocol.name!r} protocol needs a coder")
         self.protocol = protocol
@@ -55,6 +58,9 @@ class RolloutEngine:
         self.executor = executor
         self.coder = coder
         self.limits = limits or EngineLimits()
+        self.sync = sync
+        self.rounds = 0  # of the last run: rounds made, and rounds this rank had nothing to generate (synced)
+        self.idle_rounds = 0
 
     def prompt_ids(self, system_prompt: str, question: str) -> list[int]:
         text = self.protocol.prompt_text(self.tokenizer, system_prompt, question)
@@ -64,7 +70,13 @@ class RolloutEngine:
         """Roll out one trajectory per (question, prompt ids) pair; order kept."""
         rollouts = [_Rollout(Trajectory(question=q, prompt_ids=list(p))) for q, p in zip(questions, prompt_ids,
                                                                                           strict=True)]
-        while live := [r for r in rollouts if r.trajectory.finish_reason is None]:
+        self.rounds = self.idle_rounds = 0
+        while True:
+            live = [r for r in rollouts if r.trajectory.finish_reason is None]
+            if not (live if self.sync is None else self.sync.max(len(live))):
+                break
+            self.rounds += 1
+            self.idle_rounds += not live  # other ranks still generate: this one keeps step with an empty call
             budgets = [self.limits.max_completion_tokens - len(r.trajectory.completion_ids) for r in live]
             generated = self.generator.generate([r.trajectory.prompt_ids + r.trajectory.completion_ids for r in live],
                                                 budgets, self.protocol.stop_strings)

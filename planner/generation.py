@@ -21,6 +21,8 @@ from transformers import (
     StopStringCriteria,
 )
 
+from planner.sync import RankSync
+
 StopReason = Literal["eos", "stop", "length"]
 
 
@@ -96,11 +98,14 @@ class TransformersGeneration:
 
     `logits_processors` run before the log-probability recorder (tests use one to force a scripted text).
     `cache_implementation="static"` pre-allocates the KV cache, which is faster on the GPU.
+    `sync` (several processes whose forward passes are collectives, as under ZeRO-3 without gathering the weights
+    for generation): every rank makes the same number of `generate` calls (a rank with fewer micro-batches, or
+    none, pads with a one-token prompt) and each call runs with `synced_gpus`, so ranks step together.
     """
 
     def __init__(self, model: Any, tokenizer: Any, temperature: float = 1.0, top_p: float = 1.0,
                  batch_size: int = 64, cache_implementation: str | None = None,
-                 logits_processors: list[LogitsProcessor] | None = None) -> None:
+                 logits_processors: list[LogitsProcessor] | None = None, sync: RankSync | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.temperature = temperature
@@ -108,6 +113,7 @@ class TransformersGeneration:
         self.batch_size = batch_size
         self.cache_implementation = cache_implementation
         self.logits_processors = list(logits_processors or [])
+        self.sync = sync
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = sorted(_eos_ids(model, tokenizer))
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
@@ -115,12 +121,16 @@ class TransformersGeneration:
     def generate(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str]) -> list[Generated]:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[Generated | None] = [None] * len(prompts)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+        chunks = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        # Agreed before any generation: every call below is a collective when synced.
+        calls = self.sync.max(len(chunks)) if self.sync is not None else len(chunks)
+        for chunk in chunks:
             for index, generated in zip(chunk, self._generate([prompts[i] for i in chunk],
                                                                [budgets[i] for i in chunk], stop_strings),
                                         strict=True):
                 results[index] = generated
+        for _ in range(calls - len(chunks)):  # keep step with ranks that have more micro-batches
+            self._generate([[self.pad_id]], [1], stop_strings, padding=True)
         return [r for r in results if r is not None]
 
     def _criteria(self, stop_strings: list[str]) -> StopStringCriteria | None:
@@ -129,8 +139,16 @@ class TransformersGeneration:
             self._stop_criteria[key] = StopStringCriteria(self.tokenizer, list(key))
         return self._stop_criteria.get(key)
 
-    @torch.inference_mode()
-    def _generate(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str]) -> list[Generated]:
+    def _generate(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str],
+                  padding: bool = False) -> list[Generated]:
+        """`padding`: a call made only to keep step with other ranks (the caller's logits processors skip it).
+        Synced (ZeRO-3 fetching shards in each forward pass), `no_grad` rather than `inference_mode`: parameters
+        gathered under inference mode cannot take part in the training step's backward pass afterwards."""
+        with torch.no_grad() if self.sync is not None else torch.inference_mode():
+            return self._generate_unguarded(prompts, budgets, stop_strings, padding)
+
+    def _generate_unguarded(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str],
+                            padding: bool) -> list[Generated]:
         device = self.model.device
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)
@@ -143,9 +161,11 @@ class TransformersGeneration:
             top_p=self.top_p if sampling else 1.0, top_k=0 if sampling else None, repetition_penalty=1.0,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids, cache_implementation=self.cache_implementation, use_cache=True)
+        processors = [*([] if padding else self.logits_processors), recorder]
         sequences = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                                        logits_processor=LogitsProcessorList([*self.logits_processors, recorder]),
-                                        stopping_criteria=StoppingCriteriaList([stops]))
+                                        logits_processor=LogitsProcessorList(processors),
+                                        stopping_criteria=StoppingCriteriaList([stops]),
+                                        synced_gpus=self.sync is not None)
         logprobs = recorder.finish(sequences[:, -1]).T.cpu().tolist()  # (batch, steps)
         new_tokens = sequences[:, width:].cpu().tolist()
         out = []

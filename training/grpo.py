@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> Path:
         return train(run)
     finally:
         run.close()
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # several processes: leave the group cleanly (gloo aborts at exit otherwise)
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -9,14 +9,17 @@ functions read: `predicted`, `tool_calls`, `finish_reason`, `violations`.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from coder import Coder
 from executor import Sandbox
+from executor.result import STATUSES
 from planner import EngineLimits, RolloutEngine, Trajectory, TransformersGeneration
 from planner.protocols import Protocol
+from planner.sync import RankSync, TorchDistributedSync
+from planner.trajectory import FinishReason
 
 
 def question_of(prompt: Any) -> str:
@@ -42,73 +45,128 @@ class PlannerRollout:
         self.sampling = dict(temperature=temperature, top_p=top_p, batch_size=batch_size,
                              cache_implementation=cache_implementation, logits_processors=logits_processors)
         self.last: list[Trajectory] = []  # the latest batch, for logging and the trainer's samples
+        self.rounds = self.idle_rounds = 0  # of the latest batch: generation rounds, and those this rank sat out
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
         from trl.models import unwrap_model_for_generation
 
         questions = [question_of(p) for p in prompts]
+        sync = self.rank_sync(trainer)
         if getattr(trainer.args, "use_vllm", False):
-            self.last = self.run_vllm(trainer, questions)
+            self.last = self.run_vllm(trainer, questions, sync)
             return self._finish(trainer, "train" if trainer.model.training else "eval")
+        gather = trainer.args.ds3_gather_for_generation
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
-                                         gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                                         gather_deepspeed3_params=gather,
                                          gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs
                                          ) as model, torch.no_grad():
             was_training = model.training
             model.eval()
             try:
-                self.last = self.run(model, questions)
+                # ZeRO-3 without gathered weights: every forward pass is a collective, so ranks generate in step.
+                lockstep = sync if zero_stage(trainer) == 3 and not gather else None
+                self.last = self.run(model, questions, sync, lockstep)
             finally:
                 model.train(was_training)
         return self._finish(trainer, "train" if was_training else "eval")
 
-    def run_vllm(self, trainer: Any, questions: list[str]) -> list[Trajectory]:
-        """Generation on TRL's colocated vLLM engine (TRL pushes the current weights to it before calling us).
+    @staticmethod
+    def rank_sync(trainer: Any) -> RankSync | None:
+        """With several processes: the collective that keeps every rank making the same generation rounds."""
+        accelerator = trainer.accelerator
+        return TorchDistributedSync(accelerator.device) if accelerator.num_processes > 1 else None
+
+    def run_vllm(self, trainer: Any, questions: list[str], sync: RankSync | None = None) -> list[Trajectory]:
+        """Generation on TRL's vLLM engine: colocated (each rank drives its own `vllm.LLM`) or a server (prompts
+        gathered to the main process; `training.vllm_server`). TRL pushes the current weights before calling us.
         Not run on our machines: vLLM is too large for them; this follows vLLM's and TRL's documented APIs."""
         from planner.vllm_generation import VLLMGeneration
+        from training.vllm_server import ServerGeneration
 
         vllm = trainer.vllm_generation
-        if vllm.mode != "colocate":
-            raise NotImplementedError("vllm_mode='server' with Delegate's multi-round rollouts needs every rank to "
-                                      "take the same number of rounds; use vllm_mode='colocate' for now")
         if getattr(vllm, "enable_sleep_mode", False):
             raise NotImplementedError("vllm_enable_sleep_mode with Delegate's rollouts: turn it off for now")
-        return self._roll(VLLMGeneration(vllm.llm, self.sampling["temperature"], self.sampling["top_p"]), questions)
+        temperature, top_p = self.sampling["temperature"], self.sampling["top_p"]
+        if vllm.mode == "server":
+            eos = {self.tokenizer.eos_token_id} - {None}
+            return self._roll(ServerGeneration(vllm.vllm_client, trainer.accelerator, eos, temperature, top_p),
+                              questions, sync)
+        return self._roll(VLLMGeneration(vllm.llm, temperature, top_p), questions, sync)
 
     def _finish(self, trainer: Any, mode: str) -> dict[str, list[Any]]:
-        for name, value in rollout_metrics(self.last, self.coder).items():
+        counts = rollout_counts(self.last, self.coder)
+        accelerator = trainer.accelerator
+        if accelerator.num_processes > 1:  # every process's rollouts, as TRL gathers its own metrics
+            local = torch.tensor([*counts.values(), self.rounds, self.idle_rounds], dtype=torch.float64,
+                                 device=accelerator.device)
+            everything = accelerator.gather(local.unsqueeze(0))
+            summed = everything.sum(0).tolist()
+            counts = dict(zip(counts, summed[: len(counts)], strict=True))
+            trainer._metrics[mode]["sync/rounds"].append(everything[:, -2].max().item())
+            trainer._metrics[mode]["sync/idle_rounds_max"].append(everything[:, -1].max().item())
+        for name, value in metrics_from_counts(counts, self.coder is not None).items():
             trainer._metrics[mode][name].append(value)
         return to_trl(self.last, self.tokenizer.eos_token_id)
 
-    def run(self, model: Any, questions: list[str]) -> list[Trajectory]:
-        return self._roll(TransformersGeneration(model, self.tokenizer, **self.sampling), questions)
+    def run(self, model: Any, questions: list[str], sync: RankSync | None = None,
+            lockstep: RankSync | None = None) -> list[Trajectory]:
+        return self._roll(TransformersGeneration(model, self.tokenizer, **self.sampling, sync=lockstep), questions,
+                          sync)
 
-    def _roll(self, generator: Any, questions: list[str]) -> list[Trajectory]:
-        engine = RolloutEngine(self.protocol, generator, self.tokenizer, self.sandbox, self.coder, self.limits)
-        return engine.run(questions, [engine.prompt_ids(self.system_prompt, q) for q in questions])
+    def _roll(self, generator: Any, questions: list[str], sync: RankSync | None = None) -> list[Trajectory]:
+        engine = RolloutEngine(self.protocol, generator, self.tokenizer, self.sandbox, self.coder, self.limits,
+                               sync)
+        trajectories = engine.run(questions, [engine.prompt_ids(self.system_prompt, q) for q in questions])
+        self.rounds, self.idle_rounds = engine.rounds, engine.idle_rounds
+        return trajectories
 
 
-def rollout_metrics(trajectories: list[Trajectory], coder: Coder | None) -> dict[str, float]:
-    """What TRL does not log: tool use, tool errors by executor status, format violations by kind, rounds, the
-    share of inserted tokens, and the coder's cache hit rate (so far)."""
-    n = max(len(trajectories), 1)
+def zero_stage(trainer: Any) -> int | None:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return getattr(plugin, "zero_stage", None) if plugin is not None else None
+
+
+FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)
+ENGINE_VIOLATIONS = ("planner_wrote_result", "unclosed_call", "nested_open", "empty_call", "call_too_long",
+                     "invalid_json", "unknown_tool", "bad_arguments", "over_tool_limit")
+
+
+def rollout_counts(trajectories: list[Trajectory], coder: Coder | None) -> dict[str, float]:
+    """Sums over this process's rollouts, under keys that are the same on every process (so they can be summed
+    across processes in one collective)."""
     calls = [call for t in trajectories for call in t.tool_calls]
     statuses = Counter(call.result.status for call in calls)
-    violations = Counter(v for t in trajectories for v in t.violations)
-    tokens = sum(len(t.env_mask) for t in trajectories)
+    violations = Counter(v if v in ENGINE_VIOLATIONS else "other" for t in trajectories for v in t.violations)
+    finishes = Counter(t.finish_reason for t in trajectories)
+    counts = {"rollouts": len(trajectories), "calls": len(calls), "rounds": sum(t.rounds for t in trajectories),
+              "inserted": sum(t.inserted_tokens for t in trajectories),
+              "tokens": sum(len(t.env_mask) for t in trajectories),
+              "answered": sum(t.answer is not None for t in trajectories),
+              "coder_requests": coder.stats.requests if coder is not None else 0,
+              "coder_served": coder.stats.cache_hits + coder.stats.deduplicated if coder is not None else 0}
+    counts |= {f"status_{s}": statuses[s] for s in STATUSES}
+    counts |= {f"format_{v}": violations[v] for v in (*ENGINE_VIOLATIONS, "other")}
+    counts |= {f"finish_{r}": finishes[r] for r in FINISH_REASONS}
+    return {key: float(value) for key, value in counts.items()}
+
+
+def metrics_from_counts(c: dict[str, float], has_coder: bool) -> dict[str, float]:
+    """What TRL does not log: tool use, tool errors by executor status, format violations by kind, rounds, the
+    share of inserted tokens, and the coder's cache hit rate (so far), from `rollout_counts` (summed over
+    processes)."""
+    n = max(c["rollouts"], 1.0)
     metrics = {
-        "tools/calls_per_rollout": len(calls) / n,
-        "tools/error_rate": (len(calls) - statuses["ok"]) / len(calls) if calls else 0.0,
-        "rollout/mean_rounds": sum(t.rounds for t in trajectories) / n,
-        "rollout/inserted_token_frac": sum(t.inserted_tokens for t in trajectories) / tokens if tokens else 0.0,
-        "rollout/answered": sum(t.answer is not None for t in trajectories) / n,
+        "tools/calls_per_rollout": c["calls"] / n,
+        "tools/error_rate": (c["calls"] - c["status_ok"]) / c["calls"] if c["calls"] else 0.0,
+        "rollout/mean_rounds": c["rounds"] / n,
+        "rollout/inserted_token_frac": c["inserted"] / c["tokens"] if c["tokens"] else 0.0,
+        "rollout/answered": c["answered"] / n,
     }
-    metrics |= {f"tools/status_{status}": count / n for status, count in statuses.items()}
-    metrics |= {f"format/{kind}": count / n for kind, count in violations.items()}
-    metrics |= {f"finish/{reason}": sum(t.finish_reason == reason for t in trajectories) / n
-                for reason in {t.finish_reason for t in trajectories}}
-    if coder is not None:
-        metrics["coder/cache_hit_rate"] = coder.stats.hit_rate
+    metrics |= {f"tools/status_{s}": c[f"status_{s}"] / n for s in STATUSES if c[f"status_{s}"]}
+    metrics |= {f"format/{v}": c[f"format_{v}"] / n for v in (*ENGINE_VIOLATIONS, "other") if c[f"format_{v}"]}
+    metrics |= {f"finish/{r}": c[f"finish_{r}"] / n for r in FINISH_REASONS if c[f"finish_{r}"]}
+    if has_coder:
+        metrics["coder/cache_hit_rate"] = c["coder_served"] / c["coder_requests"] if c["coder_requests"] else 0.0
     return metrics
 
 
