@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--completion-tokens", type=int, default=64)
     parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=None, help="completions per step (default: one group)")
     parser.add_argument("--model", default=None, help="a local model directory (default: a tiny one built now)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -47,7 +48,8 @@ def main() -> None:
     data.write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} * {i + 3}?", "answer": str(i * (i + 3))})
                             + "\n" for i in range(64)))
     REWARDS["length"] = length
-    grpo_fields = {"max_steps": args.steps, "per_device_train_batch_size": args.group, "num_generations": args.group,
+    grpo_fields = {"max_steps": args.steps, "per_device_train_batch_size": args.batch or args.group,
+                   "num_generations": args.group,
                    "learning_rate": 1e-4, "beta": 0.0, "logging_steps": 1, "report_to": "none",
                    "save_strategy": "no", "use_cpu": args.device == "cpu", "bf16": args.device != "cpu",
                    "max_completion_length": args.completion_tokens, "temperature": 1.0}
@@ -92,7 +94,8 @@ def main() -> None:
     theirs = step_times(trl_trainer)
 
     header = f"{'generation':<28} {'s/step':>8} {'mean completion tokens':>23}"
-    print(f"\nGRPO step time ({args.device}, group {args.group}, {args.completion_tokens} new tokens, "
+    print(f"\nGRPO step time ({args.device}, {args.batch or args.group} completions in groups of {args.group}, "
+          f"{args.completion_tokens} new tokens, "
           f"median of {args.steps - 1} steps)\n")
     print(header)
     print("-" * len(header))

@@ -95,3 +95,49 @@ class ScriptedText(LogitsProcessor):
                 self.forced[prompt].append(token)
             forced[row, token] = 0.0
         return forced
+
+
+class PlannedScript(LogitsProcessor):
+    """A fast forcer for benchmarks: each prompt's script is a list of token lists, one per generation round (the
+    planner writes list k in its k-th round, then EOS once the last is written). The rows' plan is built once
+    per `generate` call (Python per row); every decoding step is then one gather and one scatter on the GPU, so a
+    benchmark measures the model and the engine, not the forcer (`ScriptedText` decodes each row every step)."""
+
+    def __init__(self, tokenizer, scripts: dict[tuple[int, ...], list[list[int]]]) -> None:
+        self.scripts = scripts
+        self.pad = tokenizer.pad_token_id
+        self.eos = tokenizer.eos_token_id
+        self.lengths = sorted({len(p) for p in scripts})
+        self.reset()
+
+    def reset(self) -> None:
+        self.rounds: dict[tuple[int, ...], int] = dict.fromkeys(self.scripts, 0)
+        self._width = self._batch = -1
+        self._targets: torch.Tensor | None = None
+
+    def _plan(self, input_ids: torch.Tensor) -> None:
+        rows = []
+        for ids in input_ids.tolist():
+            start = next((i for i, token in enumerate(ids) if token != self.pad), len(ids))
+            prompt = next(tuple(ids[start:start + n]) for n in self.lengths if tuple(ids[start:start + n])
+                          in self.scripts)
+            segments = self.scripts[prompt]
+            k = self.rounds[prompt]
+            self.rounds[prompt] += 1
+            rows.append(segments[k] + [self.eos] if k == len(segments) - 1 else segments[k] if k < len(segments)
+                        else [self.eos])
+        width = max(len(r) for r in rows) + 1
+        self._targets = torch.tensor([r + [self.eos if r[-1] == self.eos else self.pad] * (width - len(r))
+                                      for r in rows], device=input_ids.device)
+        self._start = input_ids.shape[1]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        batch, width = input_ids.shape
+        if not (width == self._width + 1 and batch == self._batch):  # a new generate call
+            self._plan(input_ids)
+        self._width, self._batch = width, batch
+        assert self._targets is not None
+        step = min(width - self._start, self._targets.shape[1] - 1)
+        forced = torch.full_like(scores, float("-inf"))
+        forced.scatter_(1, self._targets[:, step: step + 1], 0.0)
+        return forced

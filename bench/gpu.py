@@ -1,0 +1,280 @@
+"""GPU benchmark (the lent H200): rollouts with tool calls, GRPO step time, and the 7B + 7B memory peak, each
+printed as a table with its ratios measured side by side in the same run.
+
+    python bench/gpu.py rollout [--shape 7b] [--rollouts 256] [--compare-rollouts 64]
+    python bench/gpu.py step    [--shape 1.5b] [--batch 64] [--group 8] [--completion-tokens 256]
+    python bench/gpu.py memory  [--completion-tokens 2048]
+
+Models are random Qwen2.5 shapes (speed and memory do not depend on the weights' values) with Qwen's vocabulary
+size, built on the GPU in bf16; the tokenizer is the local one. No weights are downloaded.
+
+- `rollout`: our engine with 2 tool calls per rollout (forced by `PlannedScript`, one tensor op per step), the same
+  planner tokens with no tool calls (the tool overhead), and the tool calls made one rollout at a time, the coder
+  at batch 1 and the sandbox one job at a time: the pattern of TRL's built-in `tools=` loop, which calls each
+  rollout's tools in turn (DESIGN.md). This emulates that loop inside our engine; it is not TRL's own code.
+- `step`: seconds per GRPO step through `training/grpo.py` (our rollout function) against TRL's vanilla GRPO on
+  the same model, prompts and completion lengths, no tool calls (`bench/train_step.py`).
+- `memory`: the 7B request recipe (`training/recipes/qwen2.5-7b-request.yaml`: LoRA, gradient checkpointing,
+  group 8) with a 7B planner and a 7B coder in bf16 on one card, one GRPO step; the peak allocated memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+QWEN = {  # Qwen2.5 configurations (vocabulary 151,936 rows in 0.5B/1.5B, 152,064 in 7B); "tiny" for a CPU smoke run
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=True),
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+SYSTEM = "Solve the problem. Delegate computation."
+
+
+def random_model(shape: str, tokenizer, device: str = "cuda"):
+    """A random Qwen2.5-shaped model, initialised directly on `device` in bf16."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(**{**QWEN[shape], "vocab_size": max(QWEN[shape]["vocab_size"], len(tokenizer))},
+                         max_position_embeddings=32768, rope_theta=1e6,
+                         bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # no float32 copy of 7B parameters on the way
+    try:
+        with torch.device(device):
+            model = Qwen2ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def saved_model(shape: str, where: Path) -> Path:
+    """The random model and the local tokenizer written to `where` (for code that loads from a path)."""
+    from training.tiny import build_tokenizer
+
+    if (where / "config.json").exists():
+        return where
+    tokenizer = build_tokenizer()
+    model = random_model(shape, tokenizer)
+    model.save_pretrained(where)
+    tokenizer.save_pretrained(where)
+    del model
+    return where
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths,
+                                                                                           strict=True)))
+    out = [f"\n{title}\n", line, "-" * len(line)]
+    out += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+            for r in rows]
+    return "\n".join(out)
+
+
+# --- rollout ----------------------------------------------------------------------------------------------------
+
+class OneAtATime:
+    """Tools called one rollout after another, the coder at batch 1 (the pattern of TRL's `tools=` loop)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def write_programs(self, requests, contexts=None):
+        return [self.inner.write_programs([r], None if contexts is None else [c])[0]
+                for r, c in zip(requests, contexts or [None] * len(requests), strict=True)]
+
+    def run_many(self, codes):
+        return [self.inner.run_many([code])[0] for code in codes]
+
+
+def rollout(args: argparse.Namespace) -> str:
+    import torch
+
+    from coder import CoderConfig, build_coder
+    from executor import Sandbox, SandboxConfig
+    from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
+    from planner.scripted import PlannedScript
+    from training.tiny import build_tokenizer
+
+    sandbox = Sandbox(SandboxConfig(timeout_s=10.0)).start()  # before any CUDA work
+    tokenizer = build_tokenizer()
+    model = random_model(args.shape, tokenizer, args.device)
+    coder = build_coder(CoderConfig(model=f"random {args.shape}", device=args.device, max_new_tokens=args.coder_tokens,
+                                    cache_size=0, batch_size=args.rollouts), model=model, tokenizer=tokenizer)
+    protocol = build_protocol("request", None, 2000, tokenizer)
+    probe = RolloutEngine(protocol, None, tokenizer, sandbox, coder)
+
+    def words(i: int, n: int) -> list[int]:
+        """About n tokens of planner text for rollout i (no markers in it)."""
+        text = " ".join(f"step {i} then {k} more," for k in range(n))
+        return tokenizer.encode(text, add_special_tokens=False)[:n]
+
+    def scripts(count: int, tools: bool) -> tuple[list[str], list[list[int]], dict]:
+        questions = [f"Question {i}: a farm holds {10**9 + 7 * i} eggs and sells {3 * i + 1} boxes of "
+                     f"{12 + i % 5}. " + "How many eggs are left? " * 8 for i in range(count)]
+        prompts = [probe.prompt_ids(SYSTEM, q) for q in questions]
+        planned = {}
+        for i, p in enumerate(prompts):
+            ask = [tokenizer.encode(f"<request>{1000 + i} times {2000 + i + k}</request>", add_special_tokens=False)
+                   for k in range(2)]
+            think = [words(i, args.segment_tokens - len(a)) for a in ask]
+            end = tokenizer.encode(f"\\boxed{{{(1000 + i) * (2000 + i)}}}", add_special_tokens=False)
+            last = words(i + 7, args.segment_tokens - len(end)) + end
+            segments = [think[0] + ask[0], think[1] + ask[1], last]
+            if not tools:  # the same planner tokens in one round, markers spelt so that nothing stops
+                flat = [t for s in segments for t in s]
+                plain = tokenizer.encode(tokenizer.decode(flat).replace("<request>", "[ask]")
+                                         .replace("</request>", "[/ask]"), add_special_tokens=False)
+                segments = [plain[: len(flat) - len(end)] + end]
+            planned[tuple(p)] = segments
+        return questions, prompts, planned
+
+    def run(count: int, tools: bool, coder_like, sandbox_like, cache: str | None) -> tuple[float, int, int]:
+        questions, prompts, planned = scripts(count, tools)
+        forcer = PlannedScript(tokenizer, planned)
+        generator = TransformersGeneration(model, tokenizer, temperature=1.0, batch_size=count,
+                                           cache_implementation=cache, logits_processors=[forcer])
+        engine = RolloutEngine(protocol, generator, tokenizer, sandbox_like, coder_like,
+                               EngineLimits(4 * args.segment_tokens + 64, 4, 500))
+        best = float("inf")
+        for _ in range(args.repeats):
+            forcer.reset()
+            sync()
+            start = time.perf_counter()
+            trajectories = engine.run(questions, prompts)
+            sync()
+            best = min(best, time.perf_counter() - start)
+        tokens = sum(sum(t.env_mask) for t in trajectories)
+        calls = sum(len(t.tool_calls) for t in trajectories)
+        return best, tokens, calls
+
+    def sync() -> None:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    rows, measured = [], {}
+    plan = [("engine, batched tool calls", args.rollouts, True, coder, sandbox, None),
+            ("same tokens, no tool calls", args.rollouts, False, coder, sandbox, None),
+            ("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, None),
+            ("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts, True, OneAtATime(coder),
+             OneAtATime(sandbox), None)]
+    for name, count, tools, coder_like, sandbox_like, cache in plan:
+        print(f"measuring: {name}, {count} rollouts ...", file=sys.stderr, flush=True)
+        seconds, tokens, calls = run(count, tools, coder_like, sandbox_like, cache)
+        measured[(name, count)] = seconds
+        rows.append([name, str(count), f"{seconds:.2f}", f"{tokens / seconds:,.0f}", str(tokens), str(calls)])
+    sandbox.close()
+    overhead = measured[("engine, batched tool calls", args.rollouts)] / measured[("same tokens, no tool calls",
+                                                                                   args.rollouts)]
+    speedup = measured[("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts)] / \
+        measured[("engine, batched tool calls", args.compare_rollouts)]
+    text = table(f"Rollouts ({args.shape} planner and coder, one model object, bf16, dynamic KV cache, "
+                 f"{args.segment_tokens} planner tokens per round, coder {args.coder_tokens} new tokens, "
+                 f"torch {torch.__version__}, "
+                 f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'})",
+                 ["mode", "rollouts", "seconds", "planner tokens/s", "planner tokens", "tool calls"], rows)
+    return text + (f"\n\ntool overhead (batched tools / no tools, {args.rollouts} rollouts): {overhead:.2f}x "
+                   f"(target <= 1.25x)\nbatched vs one rollout at a time ({args.compare_rollouts} rollouts): "
+                   f"{speedup:.2f}x (target >= 4x)")
+
+
+# --- step ---------------------------------------------------------------------------------------------------------
+
+def step(args: argparse.Namespace) -> str:
+    model = saved_model(args.shape, Path(args.work) / f"random-{args.shape}")
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("train_step.py")), "--model", str(model),
+                           "--device", "cuda", "--steps", str(args.steps), "--group", str(args.group),
+                           "--batch", str(args.batch), "--completion-tokens", str(args.completion_tokens)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return f"\nGRPO step ({args.shape} shape, LoRA, {args.batch} completions x {args.completion_tokens} tokens)" + \
+        done.stdout
+
+
+# --- memory -------------------------------------------------------------------------------------------------------
+
+def memory(args: argparse.Namespace) -> str:
+    import torch
+    import yaml
+
+    from training import grpo
+    from training.recipe import Recipe
+
+    work = Path(args.work)
+    model = saved_model("7b", work / "random-7b")
+    data = work / "memory-data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"A farm holds {10**9 + i} eggs and sells {i} of them. "
+                                                  "How many are left?", "answer": str(10**9)}) + "\n"
+                            for i in range(64)))
+    recipe = yaml.safe_load((Path(__file__).resolve().parent.parent / "training" / "recipes" /
+                             "qwen2.5-7b-request.yaml").read_text())
+    recipe["planner"] |= {"model": str(model), "max_completion_tokens": args.completion_tokens}
+    recipe["coder"] |= {"model": str(model)}
+    recipe["data"] = {"path": str(data)}
+    recipe["grpo"] |= {"output_dir": str(work / "memory-run"), "max_steps": 1, "report_to": "none",
+                       "save_strategy": "no"}
+    recipe["logging"] = {"sample_every": 0}
+    torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    run = grpo.build(Recipe.model_validate(recipe))
+    loaded = torch.cuda.memory_allocated() / 2**30
+    try:
+        run.trainer.train()
+    finally:
+        run.close()
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    reserved = torch.cuda.max_memory_reserved() / 2**30
+    g = recipe["grpo"]
+    rows = [["after loading (planner with LoRA + coder)", f"{loaded:.1f}"], ["peak allocated", f"{peak:.1f}"],
+            ["peak reserved by the allocator", f"{reserved:.1f}"]]
+    return table(f"Memory: 7B planner (LoRA r{recipe['lora']['r']}, gradient checkpointing) + 7B coder, bf16, one "
+                 f"card; group {g['num_generations']}, {g['per_device_train_batch_size']} completions per micro-batch "
+                 f"x {g['gradient_accumulation_steps']}, up to {args.completion_tokens} tokens; one step in "
+                 f"{seconds:.0f} s", ["what", "GiB"], rows) + f"\n\npeak allocated: {peak:.1f} GiB (target <= 75 GiB)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["rollout", "step", "memory"], nargs="+")
+    parser.add_argument("--shape", default=None, help="rollout: 7b; step: 1.5b")
+    parser.add_argument("--rollouts", type=int, default=256)
+    parser.add_argument("--compare-rollouts", type=int, default=64)
+    parser.add_argument("--segment-tokens", type=int, default=85, help="planner tokens per round (3 rounds)")
+    parser.add_argument("--coder-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--completion-tokens", type=int, default=None, help="step: 256; memory: 2048")
+    parser.add_argument("--work", default=tempfile.gettempdir())
+    parser.add_argument("--device", default="cuda", help="rollout only: cpu for a smoke run with --shape tiny")
+    args = parser.parse_args()
+    for what in args.what:
+        shape = args.shape or {"rollout": "7b", "step": "1.5b", "memory": "7b"}[what]
+        tokens = args.completion_tokens or {"step": 256, "memory": 2048}.get(what, 0)
+        sub = argparse.Namespace(**{**vars(args), "shape": shape, "completion_tokens": tokens})
+        print({"rollout": rollout, "step": step, "memory": memory}[what](sub), flush=True)
+
+
+if __name__ == "__main__":
+    main()
