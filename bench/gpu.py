@@ -170,12 +170,15 @@ def rollout(args: argparse.Namespace) -> str:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    print("warming up (kernels, allocator, sandbox) ...", file=sys.stderr, flush=True)
+    run(16, True, coder, sandbox, None)
     rows, measured = [], {}
     plan = [("engine, batched tool calls", args.rollouts, True, coder, sandbox, None),
-            ("same tokens, no tool calls", args.rollouts, False, coder, sandbox, None),
-            ("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, None),
-            ("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts, True, OneAtATime(coder),
-             OneAtATime(sandbox), None)]
+            ("same tokens, no tool calls", args.rollouts, False, coder, sandbox, None)]
+    if args.compare_rollouts:
+        plan += [("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, None),
+                 ("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts, True,
+                  OneAtATime(coder), OneAtATime(sandbox), None)]
     for name, count, tools, coder_like, sandbox_like, cache in plan:
         print(f"measuring: {name}, {count} rollouts ...", file=sys.stderr, flush=True)
         seconds, tokens, calls = run(count, tools, coder_like, sandbox_like, cache)
@@ -184,8 +187,8 @@ def rollout(args: argparse.Namespace) -> str:
     sandbox.close()
     overhead = measured[("engine, batched tool calls", args.rollouts)] / measured[("same tokens, no tool calls",
                                                                                    args.rollouts)]
-    speedup = measured[("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts)] / \
-        measured[("engine, batched tool calls", args.compare_rollouts)]
+    serial = measured.get(("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts))
+    speedup = serial / measured[("engine, batched tool calls", args.compare_rollouts)] if serial else float("nan")
     text = table(f"Rollouts ({args.shape} planner and coder, one model object, bf16, dynamic KV cache, "
                  f"{args.segment_tokens} planner tokens per round, coder {args.coder_tokens} new tokens, "
                  f"torch {torch.__version__}, "
@@ -258,7 +261,7 @@ def main() -> None:
     parser.add_argument("what", choices=["rollout", "step", "memory"], nargs="+")
     parser.add_argument("--shape", default=None, help="rollout: 7b; step: 1.5b")
     parser.add_argument("--rollouts", type=int, default=256)
-    parser.add_argument("--compare-rollouts", type=int, default=64)
+    parser.add_argument("--compare-rollouts", type=int, default=64, help="0: skip the one-at-a-time comparison")
     parser.add_argument("--segment-tokens", type=int, default=85, help="planner tokens per round (3 rounds)")
     parser.add_argument("--coder-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)

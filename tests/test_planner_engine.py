@@ -239,3 +239,24 @@ def test_unforced_generation_logprobs_match_a_forward_pass(tokenizer, model):
             logits = model(torch.tensor([prompt + out.token_ids])).logits[0, len(prompt) - 1:-1] / 0.7
         expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(out.token_ids)[:, None]).squeeze(1)
         assert torch.allclose(torch.tensor(out.logprobs), expected, atol=1e-4)
+
+
+def test_planned_script_forces_each_round_with_tensor_ops(tokenizer, model, sandbox):
+    """The benchmarks' fast forcer: round k writes segment k exactly, then EOS after the last."""
+    from planner.scripted import PlannedScript
+
+    protocol = build_protocol("code", None, 2000, tokenizer)
+    probe = RolloutEngine(protocol, None, tokenizer, sandbox)
+    questions = ["first?", "second question, longer?"]
+    prompts = [probe.prompt_ids("Answer.", q) for q in questions]
+    segments = {i: [tokenizer.encode(f"<code>\nprint({i} + 1)\n</code>", add_special_tokens=False),
+                    tokenizer.encode(f"so \\boxed{{{i + 1}}}", add_special_tokens=False)] for i in range(2)}
+    forcer = PlannedScript(tokenizer, {tuple(p): segments[i] for i, p in enumerate(prompts)})
+    generator = TransformersGeneration(model, tokenizer, temperature=1.0, logits_processors=[forcer])
+    trajectories = RolloutEngine(protocol, generator, tokenizer, sandbox, None, EngineLimits(128)).run(questions,
+                                                                                                       prompts)
+    for i, t in enumerate(trajectories):
+        sampled = [tok for tok, m in zip(t.completion_ids, t.env_mask, strict=True) if m]
+        assert sampled[: len(segments[i][0])] == segments[i][0]
+        assert sampled[len(segments[i][0]):][: len(segments[i][1])] == segments[i][1]
+        assert t.answer == str(i + 1) and t.tool_calls[0].result.stdout == f"{i + 1}\n" and t.rounds == 2
