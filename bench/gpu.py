@@ -147,11 +147,11 @@ def rollout(args: argparse.Namespace) -> str:
             planned[tuple(p)] = segments
         return questions, prompts, planned
 
-    def run(count: int, tools: bool, coder_like, sandbox_like, cache: str | None) -> tuple[float, int, int]:
+    def run(count: int, tools: bool, coder_like, sandbox_like, reuse: bool = True) -> tuple[float, int, int]:
         questions, prompts, planned = scripts(count, tools)
         forcer = PlannedScript(tokenizer, planned)
         generator = TransformersGeneration(model, tokenizer, temperature=1.0, batch_size=count,
-                                           cache_implementation=cache, logits_processors=[forcer])
+                                           logits_processors=[forcer], reuse_cache=reuse)
         engine = RolloutEngine(protocol, generator, tokenizer, sandbox_like, coder_like,
                                EngineLimits(4 * args.segment_tokens + 64, 4, 500))
         best = float("inf")
@@ -171,17 +171,18 @@ def rollout(args: argparse.Namespace) -> str:
             torch.cuda.synchronize()
 
     print("warming up (kernels, allocator, sandbox) ...", file=sys.stderr, flush=True)
-    run(16, True, coder, sandbox, None)
+    run(16, True, coder, sandbox)
     rows, measured = [], {}
-    plan = [("engine, batched tool calls", args.rollouts, True, coder, sandbox, None),
-            ("same tokens, no tool calls", args.rollouts, False, coder, sandbox, None)]
+    plan = [("engine, batched tool calls", args.rollouts, True, coder, sandbox, True),
+            ("engine, batched tool calls, no KV reuse", args.rollouts, True, coder, sandbox, False),
+            ("same tokens, no tool calls", args.rollouts, False, coder, sandbox, True)]
     if args.compare_rollouts:
-        plan += [("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, None),
+        plan += [("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, True),
                  ("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts, True,
-                  OneAtATime(coder), OneAtATime(sandbox), None)]
-    for name, count, tools, coder_like, sandbox_like, cache in plan:
+                  OneAtATime(coder), OneAtATime(sandbox), True)]
+    for name, count, tools, coder_like, sandbox_like, reuse in plan:
         print(f"measuring: {name}, {count} rollouts ...", file=sys.stderr, flush=True)
-        seconds, tokens, calls = run(count, tools, coder_like, sandbox_like, cache)
+        seconds, tokens, calls = run(count, tools, coder_like, sandbox_like, reuse)
         measured[(name, count)] = seconds
         rows.append([name, str(count), f"{seconds:.2f}", f"{tokens / seconds:,.0f}", str(tokens), str(calls)])
     sandbox.close()
@@ -189,7 +190,8 @@ def rollout(args: argparse.Namespace) -> str:
                                                                                    args.rollouts)]
     serial = measured.get(("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts))
     speedup = serial / measured[("engine, batched tool calls", args.compare_rollouts)] if serial else float("nan")
-    text = table(f"Rollouts ({args.shape} planner and coder, one model object, bf16, dynamic KV cache, "
+    text = table(f"Rollouts ({args.shape} planner and coder, one model object, bf16, dynamic KV cache kept "
+                 f"across rounds unless said, "
                  f"{args.segment_tokens} planner tokens per round, coder {args.coder_tokens} new tokens, "
                  f"torch {torch.__version__}, "
                  f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'})",

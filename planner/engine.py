@@ -84,6 +84,9 @@ class RolloutEngine:
                 rollout.trajectory.rounds += 1
                 self._take(rollout, output)
             self._run_tools([r for r in live if r.pending is not None])
+        release = getattr(self.generator, "release", None)
+        if release is not None:  # kept KV caches serve the next round of this run only
+            release()
         for rollout in rollouts:
             self._finalise(rollout.trajectory)
         return [r.trajectory for r in rollouts]

@@ -101,11 +101,18 @@ class TransformersGeneration:
     `sync` (several processes whose forward passes are collectives, as under ZeRO-3 without gathering the weights
     for generation): every rank makes the same number of `generate` calls (a rank with fewer micro-batches, or
     none, pads with a one-token prompt) and each call runs with `synced_gpus`, so ranks step together.
+
+    `reuse_cache` (dynamic cache, unsynced): each micro-batch's KV cache is kept after its `generate` call, and a
+    next call whose sequences extend that micro-batch's rows (the engine's next round: the same rows plus the
+    inserted result) continues from it, feeding only the tokens the cache lacks instead of re-running the whole
+    prefix. Positions a row did not keep (tokens generated after its stop, padding) stay in the cache, masked
+    out; position ids follow the attention mask. `release()` drops the caches.
     """
 
     def __init__(self, model: Any, tokenizer: Any, temperature: float = 1.0, top_p: float = 1.0,
                  batch_size: int = 64, cache_implementation: str | None = None,
-                 logits_processors: list[LogitsProcessor] | None = None, sync: RankSync | None = None) -> None:
+                 logits_processors: list[LogitsProcessor] | None = None, sync: RankSync | None = None,
+                 reuse_cache: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.temperature = temperature
@@ -117,10 +124,25 @@ class TransformersGeneration:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = sorted(_eos_ids(model, tokenizer))
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
+        self.reuse_cache = reuse_cache and cache_implementation in (None, "dynamic") and sync is None
+        self._kept: list[_Kept] = []  # the last call's micro-batches, for the next round
+        self.reused_tokens = 0  # prefix tokens not re-run thanks to the kept caches (for benchmarks)
 
+    def release(self) -> None:
+        self._kept = []
     def generate(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str]) -> list[Generated]:
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[Generated | None] = [None] * len(prompts)
+        kept, self._kept = self._kept, []
+        fresh = list(range(len(prompts)))
+        if self.reuse_cache and kept:
+            groups, fresh = _continuations(kept, prompts)
+            for old, pairs in groups:
+                chunk = [i for i, _ in pairs]
+                outputs = self._generate([prompts[i] for i in chunk], [budgets[i] for i in chunk], stop_strings,
+                                         resume=(old, [r for _, r in pairs]))
+                for index, generated in zip(chunk, outputs, strict=True):
+                    results[index] = generated
+        order = sorted(fresh, key=lambda i: len(prompts[i]))
         chunks = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         # Agreed before any generation: every call below is a collective when synced.
         calls = self.sync.max(len(chunks)) if self.sync is not None else len(chunks)
@@ -140,19 +162,44 @@ class TransformersGeneration:
         return self._stop_criteria.get(key)
 
     def _generate(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str],
-                  padding: bool = False) -> list[Generated]:
+                  padding: bool = False, resume: tuple[_Kept, list[int]] | None = None) -> list[Generated]:
         """`padding`: a call made only to keep step with other ranks (the caller's logits processors skip it).
         Synced (ZeRO-3 fetching shards in each forward pass), `no_grad` rather than `inference_mode`: parameters
         gathered under inference mode cannot take part in the training step's backward pass afterwards."""
         with torch.no_grad() if self.sync is not None else torch.inference_mode():
-            return self._generate_unguarded(prompts, budgets, stop_strings, padding)
+            return self._generate_unguarded(prompts, budgets, stop_strings, padding, resume)
+
+    def _inputs(self, prompts: list[list[int]], resume: tuple[_Kept, list[int]] | None
+                ) -> tuple[torch.Tensor, torch.Tensor, Any, list[list[int]]]:
+        """Padded input ids, attention mask, the cache to continue from (or None), and each row's tokens that the
+        kept cache will hold after this call's prefill (its `known` prefix)."""
+        device = self.model.device
+        if resume is None:
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+            return ids, mask, None, [list(p) for p in prompts]
+        old, rows = resume
+        index = torch.tensor(rows, device=device)
+        cache = old.cache
+        cache.batch_select_indices(index)
+        covered = [_common_prefix(old.known[r], p) for r, p in zip(rows, prompts, strict=True)]
+        covered = [min(c, len(p) - 1) for c, p in zip(covered, prompts, strict=True)]  # feed at least one token
+        mask = old.mask[index].clone()
+        for k, c in enumerate(covered):
+            mask[k, mask[k].nonzero().flatten()[c:]] = 0  # beyond the shared prefix: the row's own past no more
+        tails = [p[c:] for p, c in zip(prompts, covered, strict=True)]
+        t = max(len(tail) for tail in tails)
+        tail_ids = torch.tensor([[self.pad_id] * (t - len(x)) + x for x in tails], device=device)
+        tail_mask = torch.tensor([[0] * (t - len(x)) + [1] * len(x) for x in tails], device=device)
+        self.reused_tokens += sum(covered)
+        return (torch.cat([old.ids[index], tail_ids], dim=1), torch.cat([mask, tail_mask], dim=1), cache,
+                [list(p) for p in prompts])
 
     def _generate_unguarded(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str],
-                            padding: bool) -> list[Generated]:
-        device = self.model.device
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+                            padding: bool, resume: tuple[_Kept, list[int]] | None = None) -> list[Generated]:
+        input_ids, attention, cache, _ = self._inputs(prompts, resume)
+        width = input_ids.shape[1]
         recorder = _LogprobRecorder(self.temperature)
         stops = _RowStops(self._criteria(stop_strings), self.eos_ids, budgets, width)
         sampling = self.temperature > 0
@@ -162,10 +209,14 @@ class TransformersGeneration:
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids, cache_implementation=self.cache_implementation, use_cache=True)
         processors = [*([] if padding else self.logits_processors), recorder]
-        sequences = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                                        logits_processor=LogitsProcessorList(processors),
-                                        stopping_criteria=StoppingCriteriaList([stops]),
-                                        synced_gpus=self.sync is not None)
+        keep = self.reuse_cache and not padding
+        config.return_dict_in_generate = keep
+        resumed = {"past_key_values": cache} if cache is not None else {}  # `cache=` only from transformers 5.2x
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                                     logits_processor=LogitsProcessorList(processors),
+                                     stopping_criteria=StoppingCriteriaList([stops]),
+                                     synced_gpus=self.sync is not None, **resumed)
+        sequences = output.sequences if keep else output
         logprobs = recorder.finish(sequences[:, -1]).T.cpu().tolist()  # (batch, steps)
         new_tokens = sequences[:, width:].cpu().tolist()
         out = []
@@ -173,7 +224,61 @@ class TransformersGeneration:
             length = stops.length[row] if stops.length[row] is not None else len(new_tokens[row])
             length = min(length, budgets[row])
             out.append(Generated(new_tokens[row][:length], logprobs[row][:length], stops.reason[row]))
+        if keep and output.past_key_values is not None:
+            self._kept.append(_Kept.after(output.past_key_values, sequences, attention, prompts, out, width))
         return out
+
+
+@dataclass
+class _Kept:
+    """One micro-batch's KV cache after `generate`, with what it holds: the padded ids and attention mask of the
+    cached positions, and each row's known tokens (prompt + what it kept). A row's known tokens sit, in order, at
+    the positions where its mask is 1 (a resumed row's positions have holes)."""
+
+    cache: Any
+    ids: torch.Tensor
+    mask: torch.Tensor
+    known: list[list[int]]
+
+    @classmethod
+    def after(cls, cache: Any, sequences: torch.Tensor, attention: torch.Tensor, prompts: list[list[int]],
+              outputs: list[Generated], width: int) -> _Kept:
+        length = cache.get_seq_length()  # every position fed forward (the last sampled token never was)
+        steps = sequences.shape[1] - width
+        mask = torch.cat([attention, torch.ones(len(prompts), steps, dtype=attention.dtype,
+                                                device=attention.device)], dim=1)[:, :length].clone()
+        known = []
+        for row, (p, out) in enumerate(zip(prompts, outputs, strict=True)):
+            kept = out.token_ids[: max(0, length - width)]
+            mask[row, width + len(kept):] = 0  # generated after the row stopped: never part of its sequence
+            known.append(list(p) + kept)
+        return cls(cache, sequences[:, :length], mask, known)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _continuations(kept: list[_Kept], prompts: list[list[int]], minimum: int = 1
+                   ) -> tuple[list[tuple[_Kept, list[tuple[int, int]]]], list[int]]:
+    """Prompts that extend a kept row (the row's known tokens are a prefix of the prompt), grouped by micro-batch
+    as (kept, [(prompt index, row)]); and the prompt indices that extend none."""
+    owners = {tuple(k.known[r]): (g, r) for g, k in enumerate(kept) for r in range(len(k.known))}
+    lengths = sorted({len(key) for key in owners}, reverse=True)
+    groups: dict[int, list[tuple[int, int]]] = {}
+    fresh, used = [], set()
+    for i, p in enumerate(prompts):
+        hit = next((owners[tuple(p[:n])] for n in lengths if n <= len(p) and tuple(p[:n]) in owners), None)
+        if hit is None or hit in used or len(kept[hit[0]].known[hit[1]]) < minimum:
+            fresh.append(i)
+            continue
+        used.add(hit)
+        groups.setdefault(hit[0], []).append((i, hit[1]))
+    return [(kept[g], pairs) for g, pairs in groups.items()], fresh
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -260,3 +260,30 @@ def test_planned_script_forces_each_round_with_tensor_ops(tokenizer, model, sand
         assert sampled[: len(segments[i][0])] == segments[i][0]
         assert sampled[len(segments[i][0]):][: len(segments[i][1])] == segments[i][1]
         assert t.answer == str(i + 1) and t.tool_calls[0].result.stdout == f"{i + 1}\n" and t.rounds == 2
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+def test_kv_cache_reuse_across_rounds_changes_nothing(tokenizer, model, sandbox, calls):
+    """Rounds continued from the kept KV cache (only the inserted tokens fed) give the same greedy tokens and
+    log-probabilities as rounds that re-run the whole prefix; questions of different lengths pad differently."""
+    protocol = build_protocol("code", None, 2000, tokenizer)
+    probe = RolloutEngine(protocol, None, tokenizer, sandbox)
+    questions = ["What is six times seven?", "And what is one hundred and twenty three plus four, please?", "Hi"]
+    prompts = [probe.prompt_ids("Answer.", q) for q in questions]
+    programs = ["6 * 7", "(123 + 4) * 1000 - 17 * 3", "1"]  # rows stop at different steps: the short ones'
+    scripts = {tuple(p): [part for k in range(calls)  # tokens generated after their stop stay in the cache
+                          for part in (Say(f"<code>\nprint({program} + {k})\n</code>"), Env("</result>\n"))]
+               for p, program in zip(prompts, programs, strict=True)}
+    runs = {}
+    for reuse in (False, True):
+        forcer = ScriptedText(tokenizer, scripts, then="free")
+        generator = TransformersGeneration(model, tokenizer, temperature=0.0, logits_processors=[forcer],
+                                           reuse_cache=reuse)
+        engine = RolloutEngine(protocol, generator, tokenizer, sandbox, None, EngineLimits(120, 4))
+        runs[reuse] = (engine.run(questions, prompts), generator.reused_tokens)
+    (plain, none_reused), (reused, saved) = runs[False], runs[True]
+    assert none_reused == 0 and saved > 0
+    for a, b in zip(plain, reused, strict=True):
+        assert a.rounds == b.rounds >= calls + 1 and a.completion_ids == b.completion_ids
+        assert a.env_mask == b.env_mask
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-4
