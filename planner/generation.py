@@ -267,12 +267,20 @@ def _continuations(kept: list[_Kept], prompts: list[list[int]], minimum: int = 1
                    ) -> tuple[list[tuple[_Kept, list[tuple[int, int]]]], list[int]]:
     """Prompts that extend a kept row (the row's known tokens are a prefix of the prompt), grouped by micro-batch
     as (kept, [(prompt index, row)]); and the prompt indices that extend none."""
-    owners = {tuple(k.known[r]): (g, r) for g, k in enumerate(kept) for r in range(len(k.known))}
-    lengths = sorted({len(key) for key in owners}, reverse=True)
+    def key(tokens: list[int], n: int) -> tuple[int, ...]:  # cheap: a row's length and its last tokens
+        return (n, *tokens[max(0, n - 8):n])
+
+    owners = {key(k.known[r], len(k.known[r])): (g, r) for g, k in enumerate(kept) for r in range(len(k.known))}
+    lengths = sorted({n for n, *_ in owners}, reverse=True)
     groups: dict[int, list[tuple[int, int]]] = {}
     fresh, used = [], set()
     for i, p in enumerate(prompts):
-        hit = next((owners[tuple(p[:n])] for n in lengths if n <= len(p) and tuple(p[:n]) in owners), None)
+        hit = None
+        for n in lengths:
+            owner = owners.get(key(p, n)) if n <= len(p) else None
+            if owner is not None and kept[owner[0]].known[owner[1]] == p[:n]:  # confirmed in full, once
+                hit = owner
+                break
         if hit is None or hit in used or len(kept[hit[0]].known[hit[1]]) < minimum:
             fresh.append(i)
             continue

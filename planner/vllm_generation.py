@@ -25,6 +25,8 @@ class VLLMGeneration:
         self.bad_words = bad_words or None  # SamplingParams(bad_words=...): text the planner may not write
 
     def generate(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str]) -> list[Generated]:
+        if not prompts:  # a rank keeping step with others that still generate (colocated engines: no collective)
+            return []
         from vllm.inputs import TokensPrompt
 
         params = [self.vllm.SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=budget,
