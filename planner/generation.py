@@ -130,6 +130,7 @@ class TransformersGeneration:
 
     def release(self) -> None:
         self._kept = []
+
     def generate(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str]) -> list[Generated]:
         results: list[Generated | None] = [None] * len(prompts)
         kept, self._kept = self._kept, []
@@ -170,15 +171,14 @@ class TransformersGeneration:
             return self._generate_unguarded(prompts, budgets, stop_strings, padding, resume)
 
     def _inputs(self, prompts: list[list[int]], resume: tuple[_Kept, list[int]] | None
-                ) -> tuple[torch.Tensor, torch.Tensor, Any, list[list[int]]]:
-        """Padded input ids, attention mask, the cache to continue from (or None), and each row's tokens that the
-        kept cache will hold after this call's prefill (its `known` prefix)."""
+                ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Padded input ids, attention mask, and the cache to continue from (None for a fresh micro-batch)."""
         device = self.model.device
         if resume is None:
             width = max(len(p) for p in prompts)
             ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-            return ids, mask, None, [list(p) for p in prompts]
+            return ids, mask, None
         old, rows = resume
         index = torch.tensor(rows, device=device)
         cache = old.cache
@@ -193,12 +193,11 @@ class TransformersGeneration:
         tail_ids = torch.tensor([[self.pad_id] * (t - len(x)) + x for x in tails], device=device)
         tail_mask = torch.tensor([[0] * (t - len(x)) + [1] * len(x) for x in tails], device=device)
         self.reused_tokens += sum(covered)
-        return (torch.cat([old.ids[index], tail_ids], dim=1), torch.cat([mask, tail_mask], dim=1), cache,
-                [list(p) for p in prompts])
+        return torch.cat([old.ids[index], tail_ids], dim=1), torch.cat([mask, tail_mask], dim=1), cache
 
     def _generate_unguarded(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str],
                             padding: bool, resume: tuple[_Kept, list[int]] | None = None) -> list[Generated]:
-        input_ids, attention, cache, _ = self._inputs(prompts, resume)
+        input_ids, attention, cache = self._inputs(prompts, resume)
         width = input_ids.shape[1]
         recorder = _LogprobRecorder(self.temperature)
         stops = _RowStops(self._criteria(stop_strings), self.eos_ids, budgets, width)
