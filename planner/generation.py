@@ -102,17 +102,19 @@ class TransformersGeneration:
     for generation): every rank makes the same number of `generate` calls (a rank with fewer micro-batches, or
     none, pads with a one-token prompt) and each call runs with `synced_gpus`, so ranks step together.
 
-    `reuse_cache` (dynamic cache, unsynced): each micro-batch's KV cache is kept after its `generate` call, and a
-    next call whose sequences extend that micro-batch's rows (the engine's next round: the same rows plus the
-    inserted result) continues from it, feeding only the tokens the cache lacks instead of re-running the whole
-    prefix. Positions a row did not keep (tokens generated after its stop, padding) stay in the cache, masked
-    out; position ids follow the attention mask. `release()` drops the caches.
+    `reuse_cache` (off by default; dynamic cache, one process): each micro-batch's KV cache is kept after its
+    `generate` call, and a next call whose sequences extend that micro-batch's rows (the engine's next round: the
+    same rows plus the inserted result) continues from it, feeding only the tokens the cache lacks instead of
+    re-running the whole prefix. Positions a row did not keep (tokens generated after its stop, padding) stay in
+    the cache, masked out; position ids follow the attention mask. `release()` drops the caches. Off by default:
+    equal to re-running the prefix on a plain model (tested), but a GRPO run of the toy world with it learned
+    nothing, not yet understood (bench/NOTES.md).
     """
 
     def __init__(self, model: Any, tokenizer: Any, temperature: float = 1.0, top_p: float = 1.0,
                  batch_size: int = 64, cache_implementation: str | None = None,
                  logits_processors: list[LogitsProcessor] | None = None, sync: RankSync | None = None,
-                 reuse_cache: bool = True) -> None:
+                 reuse_cache: bool = False) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.temperature = temperature
