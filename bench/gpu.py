@@ -91,22 +91,9 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> str:
 
 # --- rollout ----------------------------------------------------------------------------------------------------
 
-class OneAtATime:
-    """Tools called one rollout after another, the coder at batch 1 (the pattern of TRL's `tools=` loop)."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-
-    def write_programs(self, requests, contexts=None):
-        return [self.inner.write_programs([r], None if contexts is None else [c])[0]
-                for r, c in zip(requests, contexts or [None] * len(requests), strict=True)]
-
-    def run_many(self, codes):
-        return [self.inner.run_many([code])[0] for code in codes]
-
-
 def rollout(args: argparse.Namespace) -> str:
     import torch
+    from rollout import OneAtATime  # bench/rollout.py: tools one rollout after another (TRL's tools= pattern)
 
     from coder import CoderConfig, build_coder
     from executor import Sandbox, SandboxConfig
