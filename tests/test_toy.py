@@ -119,3 +119,22 @@ def test_copy_examples_ask_for_the_numbers_or_the_expression_again(tokenizer):
             assert text.startswith(target + "\n") and text.endswith(target)
             kinds.add("verbatim")
     assert kinds == {"numbers", "verbatim"}
+
+
+def test_copy_examples_number_lengths_follow_the_digits_setting(tokenizer):
+    for low, high in ((6, 12), (14, 20)):
+        texts = [tokenizer.decode(e.input_ids) for e in sft.copy_examples(tokenizer, ["farm"], 60, seed=2,
+                                                                          digits=(low, high))]
+        lengths = {len(n.replace(".", "")) for t in texts for n in re.findall(r"\d[\d.]*\d", t)}
+        assert min(lengths) >= low and max(lengths) <= high and max(lengths) - min(lengths) >= (high - low) // 2
+
+
+def test_demo_overrides_are_checked_against_the_world_config():
+    from training.toy.demo import WorldConfig, parse_overrides
+
+    overrides = parse_overrides(["planner_epochs=5", "copy_digits=[6, 20]", "grpo_steps=80", "delegate_share=0.3"])
+    assert overrides == {"planner_epochs": 5.0, "copy_digits": (6, 20), "grpo_steps": 80, "delegate_share": 0.3}
+    assert WorldConfig(**overrides).copy_digits == (6, 20)
+    for bad in ("planner_epochs=many", "copy_digits=[6]", "hidden_size=1.5", "no_such_field=1", "seed=3", "x"):
+        with pytest.raises(SystemExit, match="--set"):
+            parse_overrides([bad])

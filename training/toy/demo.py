@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ class WorldConfig:
     copy_examples: int = 28000  # copy pre-training of the base model that every toy model starts from
     copy_learning_rate: float = 1e-3
     copy_batch_size: int = 32
+    copy_digits: tuple[int, int] = (6, 12)  # number lengths in the copy pre-training
     coder_epochs: float = 2.0
     planner_epochs: float = 4.0  # the planner's copying (story -> expression, result -> box) is the slow skill
     sft_learning_rate: float = 1e-3
@@ -109,6 +111,7 @@ class World:
         self.config = config
         self.out = config.out
         self.started = time.monotonic()
+        self.stages: list[tuple[float, str]] = []  # (seconds since start, what began), saved in results.json
         pool = generate(int(1.4 * (config.sft_problems + config.rl_problems)) + 6 * config.eval_problems,
                         seed=config.seed)  # 20 % of it is held out
         train, test = split(pool)
@@ -119,7 +122,8 @@ class World:
             raise ValueError("the problem pool is too small for the requested splits")
 
     def stage(self, what: str) -> None:
-        log.info("[%5.0fs] %s", time.monotonic() - self.started, what)
+        self.stages.append((round(time.monotonic() - self.started, 1), what))
+        log.info("[%5.0fs] %s", *self.stages[-1])
 
     def build_tokenizer(self) -> Any:
         from training.tiny import build_tokenizer
@@ -139,7 +143,7 @@ class World:
         model = build_model(tokenizer, hidden_size=c.hidden_size, layers=c.layers, heads=4, kv_heads=2,
                             intermediate_size=3 * c.hidden_size, init_std=0.02, seed=c.seed)
         words = sorted({w for p in self.sft_problems for w in p.question.split() if w.isalpha()})
-        examples = sft.copy_examples(tokenizer, words, c.copy_examples, seed=c.seed)
+        examples = sft.copy_examples(tokenizer, words, c.copy_examples, seed=c.seed, digits=c.copy_digits)
         self.base = sft.train(model, tokenizer, examples, self.out / "base", epochs=1.0,
                               learning_rate=c.copy_learning_rate, batch_size=c.copy_batch_size, seed=c.seed,
                               use_cpu=c.device == "cpu")
@@ -190,7 +194,8 @@ class World:
         from training.recipe import Recipe
 
         c = self.config
-        fields = {"max_steps": c.grpo_steps} if c.grpo_steps else {}
+        fields: dict[str, Any] = {"seed": c.seed} if c.seed else {}  # the world's seed drives GRPO's too
+        fields |= {"max_steps": c.grpo_steps} if c.grpo_steps else {}
         fields |= {"per_device_train_batch_size": c.grpo_batch_size} if c.grpo_batch_size else {}
         overrides: dict[str, dict[str, Any]] = {"grpo": fields}
         if c.device != "cpu":
@@ -216,6 +221,7 @@ class World:
             history = run.trainer.state.log_history
         finally:
             run.close()
+        self.stage(f"{mode}: evaluating the trained planner")
         after = self.evaluate_agent(recipe, recipe["grpo"]["output_dir"], sandbox)
         self.stage(f"{mode}: after GRPO {after['sampled']}")
         return {"before": before, "after": after, "history": history}
@@ -312,6 +318,7 @@ def run(config: WorldConfig) -> dict[str, Any]:
                                       "history": r["history"]} for mode, r in results.items()}
     summary["config"] = {**asdict(config), "out": str(config.out)}
     summary["seconds"] = time.monotonic() - world.started
+    summary["stages"] = world.stages
     (config.out / "results.json").write_text(json.dumps(summary, indent=2))
     plot(results, config.out / "curves.png")
     world.stage(f"done: {config.out / 'results.md'}, {config.out / 'curves.png'}")
@@ -325,12 +332,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--modes", nargs="+", choices=["request", "code"], default=["request", "code"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gpu", action="store_true", help="the GPU-sized variant (larger models, more steps)")
+    parser.add_argument("--device", help="where the models train and run (default: cpu; cuda with --gpu)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override WorldConfig fields, e.g. --set planner_epochs=5 copy_digits=[6,20]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = WorldConfig(out=args.out, modes=tuple(args.modes), seed=args.seed)
     if args.gpu:
         config = replace(config, **GPU)
+    config = replace(config, **parse_overrides(args.set), **({"device": args.device} if args.device else {}))
     return run(config)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`FIELD=VALUE` pairs (values in YAML) checked against WorldConfig's fields and types."""
+    fields = {f.name: f for f in dataclasses.fields(WorldConfig)}
+    overrides: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields or name in ("out", "modes", "seed", "device"):
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(n for n in fields if n not in ('out', 'modes', 'seed', 'device'))}")
+        value = yaml.safe_load(text)
+        default = getattr(WorldConfig(), name)
+        if isinstance(default, tuple):
+            value = tuple(value) if isinstance(value, list) and len(value) == len(default) else None
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        expected = (int, type(None)) if name.startswith("grpo_") else type(default)
+        if not isinstance(value, expected) or isinstance(value, bool) != isinstance(default, bool):
+            raise SystemExit(f"--set {item!r}: {name} takes a value like {default!r}")
+        overrides[name] = value
+    return overrides
 
 
 if __name__ == "__main__":

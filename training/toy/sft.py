@@ -97,33 +97,35 @@ def planner_examples(tokenizer: Any, protocol: Protocol, system_prompt: str, pro
 _PREFIXES = ["print(", '"', "x = ", "<request>", "(", ""]
 
 
-def _number(rng: random.Random) -> str:
-    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(6, 12)))
+def _number(rng: random.Random, digits_range: tuple[int, int]) -> str:
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(*digits_range)))
     if rng.random() < 0.25:
         cut = rng.randint(1, len(digits) - 1)
         digits = f"{digits[:cut]}.{digits[cut:]}"
     return digits
 
 
-def copy_examples(tokenizer: Any, words: list[str], n: int, seed: int = 0) -> list[Example]:
+def copy_examples(tokenizer: Any, words: list[str], n: int, seed: int = 0,
+                  digits: tuple[int, int] = (6, 12)) -> list[Example]:
     """Pre-training for copying, the skill every toy model needs and tiny models are slow to find in the real
     transcripts. Half the examples are a few words with one to three numbers among them (digits one per token,
     some decimals), then `=` and the numbers again, in order; half are an expression (numbers, operators,
-    parentheses), then a short code-like prefix and the expression verbatim. Short sequences, so a copy mechanism
+    parentheses), then a short code-like prefix and the expression verbatim. Numbers have `digits` digits (the
+    toy answers reach 20: a model copies reliably only lengths it has seen). Short sequences, so a copy mechanism
     forms in a few hundred steps."""
     rng = random.Random(seed)
     examples = []
     for _ in range(n):
         if rng.random() < 0.5:
-            numbers = [_number(rng) for _ in range(rng.randint(1, 3))]
+            numbers = [_number(rng, digits) for _ in range(rng.randint(1, 3))]
             source = " ".join(" ".join(rng.choices(words, k=rng.randint(1, 4))) + f" {x}" for x in numbers)
             prompt, target = f"{source} =", " " + " ".join(numbers)
         else:
-            expression = _number(rng)
+            expression = _number(rng, digits)
             for _ in range(rng.randint(0, 3)):
                 op = rng.choice(["+", "-", "*", "//"])
-                expression = f"({expression}) {op} {_number(rng)}" if rng.random() < 0.3 else \
-                    f"{expression} {op} {_number(rng)}"
+                expression = f"({expression}) {op} {_number(rng, digits)}" if rng.random() < 0.3 else \
+                    f"{expression} {op} {_number(rng, digits)}"
             prompt = expression + "\n" + rng.choice(_PREFIXES)
             target = expression
         prompt_ids, target_ids = encode(tokenizer, prompt), encode(tokenizer, target)
