@@ -110,8 +110,8 @@ def copy_examples(tokenizer: Any, words: list[str], n: int, seed: int = 0,
     """Pre-training for copying, the skill every toy model needs and tiny models are slow to find in the real
     transcripts. Half the examples are a few words with one to three numbers among them (digits one per token,
     some decimals), then `=` and the numbers again, in order; half are an expression (numbers, operators,
-    parentheses), then a short code-like prefix and the expression verbatim. Numbers have `digits` digits (the
-    toy answers reach 20: a model copies reliably only lengths it has seen). Short sequences, so a copy mechanism
+    parentheses), then a short code-like prefix and the expression verbatim. Numbers have `digits` digits (toy answers
+    reach 20 digits, and a model copies reliably only the lengths it has seen). Short sequences, so a copy mechanism
     forms in a few hundred steps."""
     rng = random.Random(seed)
     examples = []
