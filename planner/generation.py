@@ -107,8 +107,8 @@ class TransformersGeneration:
     same rows plus the inserted result) continues from it, feeding only the tokens the cache lacks instead of
     re-running the whole prefix. Positions a row did not keep (tokens generated after its stop, padding) stay in
     the cache, masked out; position ids follow the attention mask. `release()` drops the caches. Off by default:
-    equal to re-running the prefix on a plain model (tested), but a GRPO run of the toy world with it learned
-    nothing, not yet understood (bench/NOTES.md).
+    equal to re-running the prefix (tested), but a GRPO run of the toy world with it learned nothing, and that
+    world swings as far with its seed, so it is not yet known whether reuse was the cause (bench/NOTES.md).
     """
 
     def __init__(self, model: Any, tokenizer: Any, temperature: float = 1.0, top_p: float = 1.0,
@@ -185,11 +185,11 @@ class TransformersGeneration:
         index = torch.tensor(rows, device=device)
         cache = old.cache
         cache.batch_select_indices(index)
-        covered = [_common_prefix(old.known[r], p) for r, p in zip(rows, prompts, strict=True)]
-        covered = [min(c, len(p) - 1) for c, p in zip(covered, prompts, strict=True)]  # feed at least one token
+        # A row's known tokens are a prefix of its prompt (`_continuations` checked); feed at least one token.
+        covered = [min(len(old.known[r]), len(p) - 1) for r, p in zip(rows, prompts, strict=True)]
         mask = old.mask[index].clone()
         for k, c in enumerate(covered):
-            mask[k, mask[k].nonzero().flatten()[c:]] = 0  # beyond the shared prefix: the row's own past no more
+            mask[k, mask[k].nonzero().flatten()[c:]] = 0  # a prompt equal to its row: the last token is fed again
         tails = [p[c:] for p, c in zip(prompts, covered, strict=True)]
         t = max(len(tail) for tail in tails)
         tail_ids = torch.tensor([[self.pad_id] * (t - len(x)) + x for x in tails], device=device)
@@ -256,15 +256,7 @@ class _Kept:
         return cls(cache, sequences[:, :length], mask, known)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-def _continuations(kept: list[_Kept], prompts: list[list[int]], minimum: int = 1
+def _continuations(kept: list[_Kept], prompts: list[list[int]]
                    ) -> tuple[list[tuple[_Kept, list[tuple[int, int]]]], list[int]]:
     """Prompts that extend a kept row (the row's known tokens are a prefix of the prompt), grouped by micro-batch
     as (kept, [(prompt index, row)]); and the prompt indices that extend none."""
@@ -282,7 +274,7 @@ def _continuations(kept: list[_Kept], prompts: list[list[int]], minimum: int = 1
             if owner is not None and kept[owner[0]].known[owner[1]] == p[:n]:  # confirmed in full, once
                 hit = owner
                 break
-        if hit is None or hit in used or len(kept[hit[0]].known[hit[1]]) < minimum:
+        if hit is None or hit in used:
             fresh.append(i)
             continue
         used.add(hit)

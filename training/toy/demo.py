@@ -194,7 +194,7 @@ class World:
         from training.recipe import Recipe
 
         c = self.config
-        fields: dict[str, Any] = {"seed": c.seed} if c.seed else {}  # the world's seed drives GRPO's too
+        fields: dict[str, Any] = {"seed": c.seed}  # the world's seed drives GRPO's too
         fields |= {"max_steps": c.grpo_steps} if c.grpo_steps else {}
         fields |= {"per_device_train_batch_size": c.grpo_batch_size} if c.grpo_batch_size else {}
         overrides: dict[str, dict[str, Any]] = {"grpo": fields}
@@ -358,7 +358,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = tuple(value) if isinstance(value, list) and len(value) == len(default) else None
         elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        expected = (int, type(None)) if name.startswith("grpo_") else type(default)
+        expected = (int, type(None)) if default is None else type(default)
         if not isinstance(value, expected) or isinstance(value, bool) != isinstance(default, bool):
             raise SystemExit(f"--set {item!r}: {name} takes a value like {default!r}")
         overrides[name] = value
