@@ -138,3 +138,27 @@ def test_demo_overrides_are_checked_against_the_world_config():
     for bad in ("planner_epochs=many", "copy_digits=[6]", "hidden_size=1.5", "no_such_field=1", "seed=3", "x"):
         with pytest.raises(SystemExit, match="--set"):
             parse_overrides([bad])
+
+
+def test_skill_scores_are_what_greedy_decoding_writes(tokenizer):
+    """training.toy.skills scores a piece by teacher forcing; it must count a piece as right exactly when greedy
+    decoding from the tokens before it writes it, also with examples of several lengths padded in one batch."""
+    import torch
+
+    from training.toy import skills
+
+    model = build_model(tokenizer, seed=5).eval()
+    examples, pieces = [], []
+    for question in ("What is 12 + 345?", "A farm holds 987654321 bolts. How many bolts?", "7 *"):
+        prompt = sft.encode(tokenizer, question)
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            written = model.generate(ids, attention_mask=torch.ones_like(ids), min_new_tokens=6, max_new_tokens=6,
+                                     do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        piece = written[0, len(prompt):].tolist()
+        wrong = [*piece[:3], (piece[3] + 1) % len(tokenizer), *piece[4:]]
+        for continuation in (piece, wrong):
+            examples.append(sft.Example(prompt + continuation, [0] * len(prompt) + [1] * len(continuation)))
+            pieces.append(skills._segments(examples[-1].completion_mask))
+    assert pieces[0] == [(len(sft.encode(tokenizer, "What is 12 + 345?")), len(examples[0].input_ids))]
+    assert skills._exact(model, examples, pieces, batch_size=4) == [[True], [False]] * 3

@@ -5,7 +5,9 @@
    parameters each) warmed up with TRL's `SFTTrainer` (training.toy.sft).
 3. The real pipeline, unchanged: the curriculum (`training.curriculum`), then `training/grpo.py` with
    `training/recipes/toy-<mode>.yaml`, and evaluation on the held-out split before and after.
-4. A before/after table (printed, and in `<out>/results.md`), `<out>/results.json` and `<out>/curves.png`.
+4. A before/after table (printed, and in `<out>/results.md`), `<out>/results.json` and `<out>/curves.png`, and a
+   table of each planner's skills before and after GRPO (training.toy.skills). `--sft-only` stops after SFT and
+   the skills of its models.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import yaml
 
 from coder.config import PROJECT_ROOT
-from training.toy import sft
+from training.toy import sft, skills
 from training.toy.tasks import Problem, generate, split, write_jsonl
 
 log = logging.getLogger("toy")
@@ -47,6 +49,7 @@ class WorldConfig:
     copy_batch_size: int = 32
     copy_digits: tuple[int, int] = (6, 12)  # number lengths in the copy pre-training
     coder_epochs: float = 2.0
+    coder_learning_rate: float = 2e-3  # at 1e-3 the coder miscopies an operator in a quarter of its programs
     planner_epochs: float = 4.0  # the planner's copying (story -> expression, result -> box) is the slow skill
     sft_learning_rate: float = 1e-3
     sft_batch_size: int = 16
@@ -55,6 +58,7 @@ class WorldConfig:
     grpo_steps: int | None = None  # None: the recipe's max_steps
     grpo_batch_size: int | None = None  # None: the recipe's per_device_train_batch_size
     device: str = "cpu"  # "cuda" for the GPU-sized variant
+    sft_only: bool = False  # stop after the SFT models and their skills (training.toy.skills): no GRPO
 
 
 # The GPU-sized variant (--gpu): models of about six times the parameters, more data, larger batches.
@@ -160,7 +164,7 @@ class World:
         examples = [sft.coder_example(tokenizer, prompt, p.expression) for p in self.sft_problems]
         c = self.config
         return sft.train(self.new_model(), tokenizer, examples, self.out / "coder",
-                         epochs=c.coder_epochs, learning_rate=c.sft_learning_rate, batch_size=c.sft_batch_size,
+                         epochs=c.coder_epochs, learning_rate=c.coder_learning_rate, batch_size=c.sft_batch_size,
                          use_cpu=c.device == "cpu")
 
     def train_planner(self, tokenizer: Any, mode: str, recipe: dict[str, Any]) -> Path:
@@ -189,6 +193,11 @@ class World:
                 results[name] = evaluate(agent, self.test)
         return results
 
+    def measure_skills(self, mode: str, adapter: str | None = None) -> skills.Skills:
+        measured = skills.measure(self.out, mode, self.test, adapter)
+        self.stage(f"{mode}: skills of the {'trained' if adapter else 'SFT'} planner {measured}")
+        return measured
+
     def run_mode(self, mode: str, tokenizer: Any, sandbox: Any) -> dict[str, Any]:
         from training import curriculum, grpo
         from training.recipe import Recipe
@@ -203,6 +212,9 @@ class World:
                           "grpo": {**fields, "use_cpu": False}}
         recipe = load_recipe(mode, self.out, **overrides)
         self.train_planner(tokenizer, mode, recipe)
+        skills_before = self.measure_skills(mode)
+        if self.config.sft_only:
+            return {"skills": {"before": skills_before}}
         self.stage(f"{mode}: evaluating the SFT planner on {len(self.test)} held-out problems")
         before = self.evaluate_agent(recipe, None, sandbox)
         self.stage(f"{mode}: before GRPO {before['sampled']}")
@@ -224,7 +236,9 @@ class World:
         self.stage(f"{mode}: evaluating the trained planner")
         after = self.evaluate_agent(recipe, recipe["grpo"]["output_dir"], sandbox)
         self.stage(f"{mode}: after GRPO {after['sampled']}")
-        return {"before": before, "after": after, "history": history}
+        skills_after = self.measure_skills(mode, recipe["grpo"]["output_dir"])
+        return {"before": before, "after": after, "history": history,
+                "skills": {"before": skills_before, "after": skills_after}}
 
 
 # A world small enough for the notebooks and their tests (a minute or two on 2 cores). Its models copy poorly:
@@ -271,6 +285,18 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def skills_table(results: dict[str, dict[str, Any]]) -> str:
+    """Each planner's skills (training.toy.skills), greedy, teacher-forced, on the held-out problems."""
+    lines = ["| mode | policy | call written exactly | coder's program exact | result copied to the box | "
+             f"same, results of {skills.LONG_RESULT}+ digits | product |", "|---|---|---|---|---|---|---|"]
+    for mode, result in results.items():
+        for policy, s in result["skills"].items():
+            coder = "-" if s.coder is None else f"{s.coder:.1%}"
+            lines.append(f"| {mode} | {'SFT' if policy == 'before' else 'SFT + GRPO'} | {s.call:.1%} | {coder} | "
+                         f"{s.box:.1%} | {s.box_long:.1%} | {s.pipeline:.1%} |")
+    return "\n".join(lines)
+
+
 def plot(results: dict[str, dict[str, Any]], path: Path) -> Path:
     import matplotlib
 
@@ -312,16 +338,17 @@ def run(config: WorldConfig) -> dict[str, Any]:
         if "request" in config.modes:
             world.train_coder(tokenizer)
         results = {mode: world.run_mode(mode, tokenizer, sandbox) for mode in config.modes}
-    report = table(results)
+    report = skills_table(results) if config.sft_only else table(results) + "\n\n" + skills_table(results)
     (config.out / "results.md").write_text(report + "\n")
-    summary: dict[str, Any] = {mode: {**{p: {d: asdict(m) for d, m in r[p].items()} for p in ("before", "after")},
-                                      "history": r["history"]} for mode, r in results.items()}
+    summary: dict[str, Any] = {mode: {key: ({p: asdict(m) for p, m in value.items()} if key != "history" else value)
+                                      for key, value in r.items()} for mode, r in results.items()}
     summary["config"] = {**asdict(config), "out": str(config.out)}
     summary["seconds"] = time.monotonic() - world.started
     summary["stages"] = world.stages
     (config.out / "results.json").write_text(json.dumps(summary, indent=2))
-    plot(results, config.out / "curves.png")
-    world.stage(f"done: {config.out / 'results.md'}, {config.out / 'curves.png'}")
+    if not config.sft_only:
+        plot(results, config.out / "curves.png")
+    world.stage(f"done: {config.out / 'results.md'}")
     print(report)
     return results
 
@@ -332,12 +359,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--modes", nargs="+", choices=["request", "code"], default=["request", "code"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gpu", action="store_true", help="the GPU-sized variant (larger models, more steps)")
+    parser.add_argument("--sft-only", action="store_true", help="stop after SFT and the skills of its models")
     parser.add_argument("--device", help="where the models train and run (default: cpu; cuda with --gpu)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="override WorldConfig fields, e.g. --set planner_epochs=5 copy_digits=[6,20]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = WorldConfig(out=args.out, modes=tuple(args.modes), seed=args.seed)
+    config = WorldConfig(out=args.out, modes=tuple(args.modes), seed=args.seed, sft_only=args.sft_only)
     if args.gpu:
         config = replace(config, **GPU)
     config = replace(config, **parse_overrides(args.set), **({"device": args.device} if args.device else {}))
@@ -346,7 +374,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`FIELD=VALUE` pairs (values in YAML) checked against WorldConfig's fields and types."""
-    settable = [f.name for f in dataclasses.fields(WorldConfig) if f.name not in ("out", "modes", "seed", "device")]
+    own_flags = ("out", "modes", "seed", "device", "sft_only")
+    settable = [f.name for f in dataclasses.fields(WorldConfig) if f.name not in own_flags]
     overrides: dict[str, Any] = {}
     for item in items:
         name, sep, text = item.partition("=")
