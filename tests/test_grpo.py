@@ -195,3 +195,37 @@ def test_replace_rows_pads_prompts_left_and_completions_right():
     assert output["completion_mask"].tolist() == [[1, 0], [1, 1]]
     assert output["advantages"].tolist() == [0.0, 1.0]
     assert output["num_items_in_batch"].item() == 2  # not a per-row tensor: left alone
+
+
+def test_a_non_finite_gradient_skips_the_update_and_a_diverged_run_stops(tmp_path, tiny_model_dir, monkeypatch):
+    """A NaN in the gradients (injected into one LoRA matrix at the first backward) must not reach the weights: the
+    guard drops that step; with patience 1 the run stops with a clear error instead of sampling from NaN."""
+    from training.guards import NonFiniteGradientGuard
+
+    monkeypatch.setitem(REWARDS, "digits", digits)
+    run = grpo.build(Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir)))
+    try:
+        guard = next(c for c in run.trainer.callback_handler.callbacks if isinstance(c, NonFiniteGradientGuard))
+        lora = {n: p for n, p in run.trainer.model.named_parameters() if p.requires_grad}
+        target = next(p for n, p in lora.items() if "lora_B" in n)
+        backwards = []
+        target.register_hook(lambda g: backwards.append(1) or (g * float("nan") if len(backwards) == 1 else g))
+        start = target.detach().clone()
+        grpo.train(run)
+        assert len(backwards) >= 2 and guard.skipped == 1
+        assert all(torch.isfinite(p).all() for p in lora.values())
+        assert not torch.equal(target.detach(), start)  # the second step did update it
+    finally:
+        run.close()
+
+    (tmp_path / "again").mkdir()
+    run = grpo.build(Recipe.from_yaml(write_recipe(tmp_path / "again", tiny_model_dir)))
+    try:
+        guard = next(c for c in run.trainer.callback_handler.callbacks if isinstance(c, NonFiniteGradientGuard))
+        guard.patience = 1
+        target = next(p for n, p in run.trainer.model.named_parameters() if "lora_B" in n and p.requires_grad)
+        target.register_hook(lambda g: g * float("nan"))
+        with pytest.raises(FloatingPointError, match="gradients were not finite at 1 steps in a row"):
+            grpo.train(run)
+    finally:
+        run.close()

@@ -66,6 +66,7 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     from trl import GRPOConfig
 
     from training.filtering import FilteringGRPOTrainer
+    from training.guards import NonFiniteGradientGuard
 
     planner = recipe.planner
     tokenizer = AutoTokenizer.from_pretrained(planner.model)
@@ -84,7 +85,8 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                       target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
     trainer = FilteringGRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
-                                   processing_class=tokenizer, rollout_func=rollout, peft_config=lora)
+                                   processing_class=tokenizer, rollout_func=rollout, peft_config=lora,
+                                   callbacks=[NonFiniteGradientGuard()])
     trainer.filter_groups = recipe.groups.filter
     trainer.configure_refill(recipe.groups.refill, recipe.groups.refill_max_rounds)
     trainer.samples = SampleWriter(rollout, tokenizer, config.output_dir, recipe.logging.sample_every,
