@@ -2,11 +2,11 @@
 curriculum, GRPO through training/grpo.py, and the held-out evaluation before and after. About 12 minutes on 2
 cores.
 
-Seed 0 on CPU, deterministic on one machine, measured +25 points sampled and +40 greedy on 200 held-out problems
-(sampling noise of such a difference: about 4 points, one sd). Across seeds the gain is far noisier
-(`bench/results/toy-noise-cpu.md`: sampled +25, +10, +3, sd 11; greedy +40, +30, +18.5, sd 11), so the margins
-below (15 sampled, 20 greedy) are a regression check of this run, not a claim about every seed; what held in
-every run measured, CPU or GPU, is the trained planner delegating on at least 97.5 % of the problems."""
+Seed 0 on CPU, deterministic on one machine, measured +37 points sampled (17 % -> 54 %) and +71.5 greedy on 200
+held-out problems. Over seeds 1 to 6 (`bench/results/toy-noise-cpu.md`) the gain was +21 to +36 sampled (mean +29.6,
+sd 5.3) and +41.5 to +64.5 greedy (mean +51.8, sd 8.8); the sampling noise of one such difference is about 6 points
+(one sd). The margins below (20 sampled, 35 greedy) are under the lowest gain of any seed measured, so a failure
+means the pipeline lost something, not an unlucky seed; every run measured ended delegating on 97.5 % or more."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from planner import Agent
 from training.toy import demo
 
-SAMPLED_MARGIN, GREEDY_MARGIN = 0.15, 0.20
+SAMPLED_MARGIN, GREEDY_MARGIN = 0.20, 0.35
 
 
 @pytest.mark.slow
@@ -25,7 +25,9 @@ def test_reduced_toy_world_learns_to_delegate(tmp_path):
     assert after.accuracy >= before.accuracy + SAMPLED_MARGIN, (before, after)
     assert results["after"]["greedy"].accuracy >= results["before"]["greedy"].accuracy + GREEDY_MARGIN, results
     assert before.tool_call_rate < 0.6 and after.tool_call_rate >= 0.9, (before, after)
-    assert (tmp_path / "results.md").read_text().count("| request |") == 4
+    assert (tmp_path / "results.md").read_text().count("| request |") == 6  # 4 accuracy rows, 2 of skills
+    skills = results["skills"]
+    assert skills["before"].coder >= 0.75 and skills["after"].box >= 0.8, skills  # lowest of seeds 0-6: 81 %, 85.5 %
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     with Agent.from_config(tmp_path / "grpo-request" / "agent.yaml") as agent:
         solution = agent.solve("What is 123456789 * 987654321?")
