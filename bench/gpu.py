@@ -98,10 +98,20 @@ def rollout(args: argparse.Namespace) -> str:
     from coder import CoderConfig, build_coder
     from executor import Sandbox, SandboxConfig
     from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
+    from planner.engine import PHASES
     from planner.scripted import PlannedScript
     from training.tiny import build_tokenizer
 
-    sandbox = Sandbox(SandboxConfig(timeout_s=10.0)).start()  # before any CUDA work
+    server = Sandbox(SandboxConfig(timeout_s=10.0)).start()  # before any CUDA work
+
+    class Programs:
+        """The sandbox running a real program for every call: a random coder writes no code block, and an empty
+        program would be refused without a job."""
+
+        def run_many(self, codes: list[str]) -> list:
+            return server.run_many([code or f"print({i} * {i + 1} + sum(range(99)))" for i, code in enumerate(codes)])
+
+    sandbox = Programs()
     tokenizer = build_tokenizer()
     model = random_model(args.shape, tokenizer, args.device)
     coder = build_coder(CoderConfig(model=f"random {args.shape}", device=args.device, max_new_tokens=args.coder_tokens,
@@ -134,24 +144,26 @@ def rollout(args: argparse.Namespace) -> str:
             planned[tuple(p)] = segments
         return questions, prompts, planned
 
-    def run(count: int, tools: bool, coder_like, sandbox_like, reuse: bool = True) -> tuple[float, int, int]:
+    def run(count: int, tools: bool, coder_like, sandbox_like, reuse: bool = True
+            ) -> tuple[float, int, int, dict[str, float]]:
         questions, prompts, planned = scripts(count, tools)
         forcer = PlannedScript(tokenizer, planned)
         generator = TransformersGeneration(model, tokenizer, temperature=1.0, batch_size=count,
                                            logits_processors=[forcer], reuse_cache=reuse)
         engine = RolloutEngine(protocol, generator, tokenizer, sandbox_like, coder_like,
                                EngineLimits(4 * args.segment_tokens + 64, 4, 500))
-        best = float("inf")
+        best, phases = float("inf"), {}
         for _ in range(args.repeats):
             forcer.reset()
             sync()
             start = time.perf_counter()
             trajectories = engine.run(questions, prompts)
             sync()
-            best = min(best, time.perf_counter() - start)
+            if time.perf_counter() - start < best:
+                best, phases = time.perf_counter() - start, dict(engine.seconds)
         tokens = sum(sum(t.env_mask) for t in trajectories)
         calls = sum(len(t.tool_calls) for t in trajectories)
-        return best, tokens, calls
+        return best, tokens, calls, phases
 
     def sync() -> None:
         if args.device.startswith("cuda"):
@@ -163,16 +175,25 @@ def rollout(args: argparse.Namespace) -> str:
     plan = [("engine, batched tool calls", args.rollouts, True, coder, sandbox, True),
             ("engine, batched tool calls, no KV reuse", args.rollouts, True, coder, sandbox, False),
             ("same tokens, no tool calls", args.rollouts, False, coder, sandbox, True)]
+    if args.coder_cache:
+        static = build_coder(CoderConfig(model=f"random {args.shape}", device=args.device,
+                                         max_new_tokens=args.coder_tokens, cache_size=0, batch_size=args.rollouts,
+                                         cache_implementation=args.coder_cache), model=model, tokenizer=tokenizer)
+        print(f"warming up the coder with its {args.coder_cache} cache ...", file=sys.stderr, flush=True)
+        run(args.rollouts, True, static, sandbox)
+        plan.insert(1, (f"engine, batched tool calls, coder {args.coder_cache} cache", args.rollouts, True, static,
+                        sandbox, True))
     if args.compare_rollouts:
         plan += [("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, True),
                  ("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts, True,
                   OneAtATime(coder), OneAtATime(sandbox), True)]
     for name, count, tools, coder_like, sandbox_like, reuse in plan:
         print(f"measuring: {name}, {count} rollouts ...", file=sys.stderr, flush=True)
-        seconds, tokens, calls = run(count, tools, coder_like, sandbox_like, reuse)
+        seconds, tokens, calls, phases = run(count, tools, coder_like, sandbox_like, reuse)
         measured[(name, count)] = seconds
-        rows.append([name, str(count), f"{seconds:.2f}", f"{tokens / seconds:,.0f}", str(tokens), str(calls)])
-    sandbox.close()
+        rows.append([name, str(count), f"{seconds:.2f}", *(f"{phases[p]:.2f}" for p in PHASES),
+                     f"{tokens / seconds:,.0f}", str(tokens), str(calls)])
+    server.close()
     overhead = measured[("engine, batched tool calls", args.rollouts)] / measured[("same tokens, no tool calls",
                                                                                    args.rollouts)]
     serial = measured.get(("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts))
@@ -182,7 +203,8 @@ def rollout(args: argparse.Namespace) -> str:
                  f"{args.segment_tokens} planner tokens per round, coder {args.coder_tokens} new tokens, "
                  f"torch {torch.__version__}, "
                  f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'})",
-                 ["mode", "rollouts", "seconds", "planner tokens/s", "planner tokens", "tool calls"], rows)
+                 ["mode", "rollouts", "seconds", "in generate", "in coder", "in sandbox", "planner tokens/s",
+                  "planner tokens", "tool calls"], rows)
     return text + (f"\n\ntool overhead (batched tools / no tools, {args.rollouts} rollouts): {overhead:.2f}x "
                    f"(target <= 1.25x)\nbatched vs one rollout at a time ({args.compare_rollouts} rollouts): "
                    f"{speedup:.2f}x (target >= 4x)")
@@ -253,6 +275,7 @@ def main() -> None:
     parser.add_argument("--compare-rollouts", type=int, default=64, help="0: skip the one-at-a-time comparison")
     parser.add_argument("--segment-tokens", type=int, default=85, help="planner tokens per round (3 rounds)")
     parser.add_argument("--coder-tokens", type=int, default=32)
+    parser.add_argument("--coder-cache", choices=["static"], help="rollout: add a row with the coder on this cache")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--group", type=int, default=8)

@@ -4,7 +4,7 @@ SFT data, GRPO sampling all follow the seed), side by side in one run, and optio
     python bench/toy_noise.py --seeds 0 1 2 --modes request [--device cuda] [--parallel 3] \
         [--variant NAME FIELD=VALUE ...] [--out runs/toy-noise]
 
-Each (variant, seed) is `python -m training.toy.demo` in its own process, one CPU thread each (run several at
+Each (variant, seed) is `python -m training.toy.demo` in its own process, `--threads` CPU threads each (run several at
 once on a machine with the cores, or on one GPU); prints one table: held-out accuracy before and after GRPO and the
 gain, per seed, then each variant's mean and sample standard deviation of the gain, and its run time.
 """
@@ -24,11 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_one(out: Path, mode_args: list[str], seed: int, settings: list[str], device: str | None) -> dict:
+def run_one(out: Path, mode_args: list[str], seed: int, settings: list[str], device: str | None,
+            threads: int = 1) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "training.toy.demo", "--out", str(out), "--seed", str(seed), "--modes",
                *mode_args, *(["--device", device] if device else []), *(["--set", *settings] if settings else [])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false"}
     started = time.monotonic()
     with (out / "log.txt").open("w") as log:
         code = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=["request"])
     parser.add_argument("--device")
     parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of each world")
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME FIELD=VALUE",
                         help="a named variant of the world's settings (demo's --set; `--variant base` for the "
                              "defaults); without any, the defaults alone")
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(name, seed) for name in variants for seed in args.seeds]
     with ThreadPoolExecutor(args.parallel) as pool:
         futures = {job: pool.submit(run_one, args.out / f"{job[0]}-seed{job[1]}", args.modes, job[1],
-                                    variants[job[0]], args.device) for job in jobs}
+                                    variants[job[0]], args.device, args.threads) for job in jobs}
         results = {job: future.result() for job, future in futures.items()}
 
     lines = ["| variant | mode | seed | decoding | before | after | gain | minutes |",

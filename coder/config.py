@@ -11,7 +11,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Fields that only one backend reads: setting one for another backend is a mistake worth failing on.
 BACKEND_FIELDS = {
-    "transformers": {"device", "dtype", "batch_size"},
+    "transformers": {"device", "dtype", "batch_size", "cache_implementation"},
     "openai": {"base_url", "api_key_env", "concurrency", "timeout_s", "retries"},
     "vllm": {"gpu_memory_utilization", "tensor_parallel_size", "max_model_len", "dtype"},
 }
@@ -36,6 +36,8 @@ class CoderConfig(BaseModel):
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     batch_size: int = Field(32, gt=0, description="micro-batch size of one generate call")
+    cache_implementation: Literal["dynamic", "static"] | None = Field(
+        None, description="KV cache for generate; 'static' compiles the decoding step (CUDA graphs on a GPU)")
     # openai
     base_url: str | None = Field(None, description="e.g. http://localhost:8000/v1; None is OpenAI's own API")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")

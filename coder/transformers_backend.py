@@ -68,7 +68,8 @@ class TransformersBackend:
             sampling = {"do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p}
         with torch.inference_mode():
             generated = self.model.generate(**batch, max_new_tokens=self.config.max_new_tokens,
-                                            pad_token_id=self.tokenizer.pad_token_id, **sampling)
+                                            pad_token_id=self.tokenizer.pad_token_id,
+                                            cache_implementation=self.config.cache_implementation, **sampling)
         new_tokens = generated[:, batch["input_ids"].shape[1]:]
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 

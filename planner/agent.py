@@ -85,7 +85,7 @@ class Agent:
         if not planner.tools:
             processors.append(ban_text(self.tokenizer, self.protocol.markers.open))
         return TransformersGeneration(model, self.tokenizer, planner.temperature, planner.top_p, planner.batch_size,
-                                      planner.cache_implementation, processors)
+                                      planner.cache_implementation, processors, reuse_cache=planner.reuse_cache)
 
     def solve(self, question: str) -> Solution:
         return self.solve_many([question])[0]

@@ -38,6 +38,8 @@ class PlannerConfig(BaseModel):
     batch_size: int = Field(64, gt=0, description="rollouts per generate call")
     cache_implementation: Literal["dynamic", "static"] | None = Field(
         None, description="KV cache for transformers generate; 'static' is faster on the GPU")
+    reuse_cache: bool = Field(False, description="transformers backend, dynamic cache: continue each tool round "
+                              "from the previous round's KV cache instead of re-running the prefix")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vllm backend")
 
     @property

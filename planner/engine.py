@@ -7,7 +7,9 @@ results are tokenized on their own and appended with `env_mask` 0. Sampled token
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +21,7 @@ from planner.sync import RankSync
 from planner.trajectory import ToolCall, Trajectory, boxed_end, last_boxed
 
 TOOL_LIMIT_NOTICE = "Tool limit reached: no more calls. Give your final answer now."
+PHASES = ("generate", "coder", "executor")  # where a run's wall time goes (`RolloutEngine.seconds`)
 
 
 class CoderLike(Protocol):
@@ -61,6 +64,7 @@ class RolloutEngine:
         self.sync = sync
         self.rounds = 0  # of the last run: rounds made, and rounds this rank had nothing to generate (synced)
         self.idle_rounds = 0
+        self.seconds = dict.fromkeys(PHASES, 0.0)  # of the last run: wall time in each phase
 
     def prompt_ids(self, system_prompt: str, question: str) -> list[int]:
         text = self.protocol.prompt_text(self.tokenizer, system_prompt, question)
@@ -71,6 +75,7 @@ class RolloutEngine:
         rollouts = [_Rollout(Trajectory(question=q, prompt_ids=list(p))) for q, p in zip(questions, prompt_ids,
                                                                                           strict=True)]
         self.rounds = self.idle_rounds = 0
+        self.seconds = dict.fromkeys(PHASES, 0.0)
         while True:
             live = [r for r in rollouts if r.trajectory.finish_reason is None]
             if not (live if self.sync is None else self.sync.max(len(live))):
@@ -78,8 +83,9 @@ class RolloutEngine:
             self.rounds += 1
             self.idle_rounds += not live  # other ranks still generate: this one keeps step with an empty call
             budgets = [self.limits.max_completion_tokens - len(r.trajectory.completion_ids) for r in live]
-            generated = self.generator.generate([r.trajectory.prompt_ids + r.trajectory.completion_ids for r in live],
-                                                budgets, self.protocol.stop_strings)
+            with self._timed("generate"):
+                generated = self.generator.generate([r.trajectory.prompt_ids + r.trajectory.completion_ids
+                                                     for r in live], budgets, self.protocol.stop_strings)
             for rollout, output in zip(live, generated, strict=True):
                 rollout.trajectory.rounds += 1
                 self._take(rollout, output)
@@ -145,10 +151,12 @@ class RolloutEngine:
         programs: list[Any] = [None] * len(runnable)
         if self.protocol.uses_coder and runnable:
             assert self.coder is not None
-            programs = self.coder.write_programs([c.text for c in calls],
-                                                 contexts=[r.trajectory.question for r in runnable])
+            with self._timed("coder"):
+                programs = self.coder.write_programs([c.text for c in calls],
+                                                     contexts=[r.trajectory.question for r in runnable])
         codes = [p.code if p is not None else self.protocol.program(c) for c, p in zip(calls, programs, strict=True)]
-        results = self.executor.run_many(codes) if codes else []
+        with self._timed("executor"):
+            results = self.executor.run_many(codes) if codes else []
         outcome = {id(r): (code, program, result)
                    for r, code, program, result in zip(runnable, codes, programs, results, strict=True)}
         for rollout in rollouts:
@@ -180,6 +188,16 @@ class RolloutEngine:
         rollout.segment_start = len(t.completion_ids)
 
     # --- helpers ----------------------------------------------------------------------------------------------
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        """Wall time of a phase. The backends return host data (token lists, programs, results), so a GPU's work
+        is finished when the phase ends."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
     def _finalise(self, t: Trajectory) -> None:
         t.text = self._decode(t.completion_ids)
         planner_text = self._decode([tok for tok, m in zip(t.completion_ids, t.env_mask, strict=True) if m])

@@ -86,7 +86,8 @@ def test_grpo_trains_lora_only_masks_inserted_tokens_and_saves_an_agent(tmp_path
 
     logged = {key for entry in run.trainer.state.log_history for key in entry}
     assert {"tools/calls_per_rollout", "tools/error_rate", "tools/status_ok", "rollout/mean_rounds",
-            "rollout/inserted_token_frac", "groups/removed_frac"} <= logged
+            "rollout/inserted_token_frac", "groups/removed_frac", "time/rollout_generate", "time/rollout_coder",
+            "time/rollout_executor"} <= logged
     samples = sorted((out / "samples").glob("step-*.jsonl"))
     sample = json.loads(samples[0].read_text().splitlines()[0])  # a record the viewer reads, rewards included
     assert sample["tool_calls"][0]["code"] and sample["step"] == 0 and set(sample["rewards"]) == {"digits", "format"}

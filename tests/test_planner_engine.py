@@ -158,8 +158,10 @@ def test_request_calls_of_a_round_go_to_the_coder_in_one_call(tokenizer, model, 
     scripts = {f"Question {i}?": [Say(f"<request>the value {i}</request>"), Env("</result>\n"), Say("\\boxed{0}")]
                for i in range(3)}
     counting_coder, counting_sandbox = Counting(coder), Counting(sandbox)
-    trajectories, _, _ = rollout("request", tokenizer, model, counting_sandbox, counting_coder, scripts)
+    trajectories, _, engine = rollout("request", tokenizer, model, counting_sandbox, counting_coder, scripts)
     assert counting_coder.batches == [3] and counting_sandbox.batches == [3]
+    # where the run's time went: every phase ran (two generation rounds, one coder and one sandbox call)
+    assert set(engine.seconds) == {"generate", "coder", "executor"} and min(engine.seconds.values()) > 0
     assert [t.tool_calls[0].request for t in trajectories] == ["the value 0", "the value 1", "the value 2"]
 
 

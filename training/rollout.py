@@ -35,7 +35,8 @@ def question_of(prompt: Any) -> str:
 class PlannerRollout:
     def __init__(self, protocol: Protocol, tokenizer: Any, system_prompt: str, sandbox: Sandbox, coder: Coder | None,
                  limits: EngineLimits, temperature: float, top_p: float = 1.0, batch_size: int = 64,
-                 cache_implementation: str | None = None, logits_processors: list[Any] | None = None) -> None:
+                 cache_implementation: str | None = None, logits_processors: list[Any] | None = None,
+                 reuse_cache: bool = False) -> None:
         self.protocol = protocol
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
@@ -43,9 +44,11 @@ class PlannerRollout:
         self.coder = coder
         self.limits = limits
         self.sampling = dict(temperature=temperature, top_p=top_p, batch_size=batch_size,
-                             cache_implementation=cache_implementation, logits_processors=logits_processors)
+                             cache_implementation=cache_implementation, logits_processors=logits_processors,
+                             reuse_cache=reuse_cache)
         self.last: list[Trajectory] = []  # the latest batch, for logging and the trainer's samples
         self.rounds = self.idle_rounds = 0  # of the latest batch: generation rounds, and those this rank sat out
+        self.seconds: dict[str, float] = {}  # of the latest batch, this process: wall time per engine phase
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
         from trl.models import unwrap_model_for_generation
@@ -106,6 +109,8 @@ class PlannerRollout:
             trainer._metrics[mode]["sync/idle_rounds_max"].append(everything[:, -1].max().item())
         for name, value in metrics_from_counts(counts, self.coder is not None).items():
             trainer._metrics[mode][name].append(value)
+        for phase, seconds in self.seconds.items():  # where this process's rollout time went
+            trainer._metrics[mode][f"time/rollout_{phase}"].append(seconds)
         return to_trl(self.last, self.tokenizer.eos_token_id)
 
     def run(self, model: Any, questions: list[str], sync: RankSync | None = None,
@@ -118,6 +123,7 @@ class PlannerRollout:
                                sync)
         trajectories = engine.run(questions, [engine.prompt_ids(self.system_prompt, q) for q in questions])
         self.rounds, self.idle_rounds = engine.rounds, engine.idle_rounds
+        self.seconds = dict(engine.seconds)
         return trajectories
 
 
