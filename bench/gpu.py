@@ -159,8 +159,8 @@ def rollout(args: argparse.Namespace) -> str:
             start = time.perf_counter()
             trajectories = engine.run(questions, prompts)
             sync()
-            if time.perf_counter() - start < best:
-                best, phases = time.perf_counter() - start, dict(engine.seconds)
+            if (seconds := time.perf_counter() - start) < best:
+                best, phases = seconds, dict(engine.seconds)
         tokens = sum(sum(t.env_mask) for t in trajectories)
         calls = sum(len(t.tool_calls) for t in trajectories)
         return best, tokens, calls, phases

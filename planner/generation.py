@@ -106,9 +106,9 @@ class TransformersGeneration:
     `generate` call, and a next call whose sequences extend that micro-batch's rows (the engine's next round: the
     same rows plus the inserted result) continues from it, feeding only the tokens the cache lacks instead of
     re-running the whole prefix. Positions a row did not keep (tokens generated after its stop, padding) stay in
-    the cache, masked out; position ids follow the attention mask. `release()` drops the caches. Off by default:
-    equal to re-running the prefix (tested), but a GRPO run of the toy world with it learned nothing, and that
-    world swings as far with its seed, so it is not yet known whether reuse was the cause (bench/NOTES.md).
+    the cache, masked out; position ids follow the attention mask. `release()` drops the caches. Equal to
+    re-running the prefix (tested), and a toy GRPO run learns the same with it (bench/NOTES.md); off by default
+    (`planner.reuse_cache`) because it saves little where prefixes are short.
     """
 
     def __init__(self, model: Any, tokenizer: Any, temperature: float = 1.0, top_p: float = 1.0,
