@@ -205,9 +205,12 @@ def rollout(args: argparse.Namespace) -> str:
                  f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'})",
                  ["mode", "rollouts", "seconds", "in generate", "in coder", "in sandbox", "planner tokens/s",
                   "planner tokens", "tool calls"], rows)
-    return text + (f"\n\ntool overhead (batched tools / no tools, {args.rollouts} rollouts): {overhead:.2f}x "
-                   f"(target <= 1.25x)\nbatched vs one rollout at a time ({args.compare_rollouts} rollouts): "
-                   f"{speedup:.2f}x (target >= 4x)")
+    text += (f"\n\ntool overhead (batched tools / no tools, {args.rollouts} rollouts): {overhead:.2f}x "
+             "(target <= 1.25x)")
+    if serial:
+        text += (f"\nbatched vs one rollout at a time ({args.compare_rollouts} rollouts): {speedup:.2f}x "
+                 "(target >= 4x)")
+    return text
 
 
 # --- step ---------------------------------------------------------------------------------------------------------
