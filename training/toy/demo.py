@@ -193,8 +193,8 @@ class World:
                 results[name] = evaluate(agent, self.test)
         return results
 
-    def measure_skills(self, mode: str, adapter: str | None = None) -> skills.Skills:
-        measured = skills.measure(self.out, mode, self.test, adapter)
+    def measure_skills(self, mode: str, prompt: str, adapter: str | None = None) -> skills.Skills:
+        measured = skills.measure(self.out, mode, self.test, adapter, prompt)
         self.stage(f"{mode}: skills of the {'trained' if adapter else 'SFT'} planner {measured}")
         return measured
 
@@ -212,7 +212,7 @@ class World:
                           "grpo": {**fields, "use_cpu": False}}
         recipe = load_recipe(mode, self.out, **overrides)
         self.train_planner(tokenizer, mode, recipe)
-        skills_before = self.measure_skills(mode)
+        skills_before = self.measure_skills(mode, recipe["planner"]["prompt"])
         if self.config.sft_only:
             return {"skills": {"before": skills_before}}
         self.stage(f"{mode}: evaluating the SFT planner on {len(self.test)} held-out problems")
@@ -236,7 +236,7 @@ class World:
         self.stage(f"{mode}: evaluating the trained planner")
         after = self.evaluate_agent(recipe, recipe["grpo"]["output_dir"], sandbox)
         self.stage(f"{mode}: after GRPO {after['sampled']}")
-        skills_after = self.measure_skills(mode, recipe["grpo"]["output_dir"])
+        skills_after = self.measure_skills(mode, recipe["planner"]["prompt"], recipe["grpo"]["output_dir"])
         return {"before": before, "after": after, "history": history,
                 "skills": {"before": skills_before, "after": skills_after}}
 

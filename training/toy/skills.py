@@ -71,9 +71,10 @@ def _exact(model: Any, examples: list[sft.Example], pieces: list[list[tuple[int,
     return out
 
 
-def measure(world: Path, mode: str, problems: list[Problem], adapter: str | Path | None = None) -> Skills:
+def measure(world: Path, mode: str, problems: list[Problem], adapter: str | Path | None = None,
+            prompt: str | Path | None = None) -> Skills:
     """The SFT planner of `mode` under `world`, with the LoRA `adapter` that GRPO trained if given (and the coder, in
-    request mode), on `problems`."""
+    request mode), on `problems`, under the system `prompt` it was trained with (default: the toy recipe's file)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from planner.protocols import build_protocol
@@ -81,8 +82,8 @@ def measure(world: Path, mode: str, problems: list[Problem], adapter: str | Path
     planner_dir = world / f"planner-{mode}"
     tokenizer = AutoTokenizer.from_pretrained(planner_dir)
     protocol = build_protocol(mode, None, 2000, tokenizer)
-    prompt = (PROJECT_ROOT / "prompts" / f"toy_planner_{mode}.txt").read_text()
-    examples = [sft.planner_example(tokenizer, protocol, prompt, p, delegate=True) for p in problems]
+    system = (PROJECT_ROOT / (prompt or f"prompts/toy_planner_{mode}.txt")).read_text()
+    examples = [sft.planner_example(tokenizer, protocol, system, p, delegate=True) for p in problems]
     pieces = []
     for e in examples:
         (call_start, call_end), (box_start, box_end) = _segments(e.completion_mask)
