@@ -11,7 +11,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Fields that only one backend reads: setting one for another backend is a mistake worth failing on.
 BACKEND_FIELDS = {
-    "transformers": {"device", "dtype", "batch_size", "cache_implementation"},
+    "transformers": {"device", "dtype", "batch_size", "cache_implementation", "share_prefix"},
     "openai": {"base_url", "api_key_env", "concurrency", "timeout_s", "retries"},
     "vllm": {"gpu_memory_utilization", "tensor_parallel_size", "max_model_len", "dtype"},
 }
@@ -38,6 +38,8 @@ class CoderConfig(BaseModel):
     batch_size: int = Field(32, gt=0, description="micro-batch size of one generate call")
     cache_implementation: Literal["dynamic", "static"] | None = Field(
         None, description="KV cache for generate; 'static' compiles the decoding step (CUDA graphs on a GPU)")
+    share_prefix: bool = Field(True, description="run the prompt tokens all requests share once per micro-batch "
+                                                 "(dynamic cache only)")
     # openai
     base_url: str | None = Field(None, description="e.g. http://localhost:8000/v1; None is OpenAI's own API")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")

@@ -1,7 +1,14 @@
-"""The `transformers` backend: a local model, left-padded batched `generate` in micro-batches."""
+"""The `transformers` backend: a local model, left-padded batched `generate` in micro-batches.
+
+Every request of a micro-batch begins with the same tokens (the chat template and the system prompt): with
+`share_prefix`, those are run through the model once and their KV cache is copied to every row, so that `generate`
+prefills only each request's own tokens. Between the shared prefix and a request's tokens sits the request's left
+padding, masked out; position ids follow the attention mask, so a row sees the same positions as unpadded.
+"""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from coder.config import CoderConfig
@@ -22,6 +29,38 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, dtype)
+
+
+MIN_SHARED_TOKENS = 8  # a shorter common prefix is not worth the extra forward pass
+
+
+def cache_argument(model: Any, cache: Any) -> dict[str, Any]:
+    """`generate`'s keyword for a cache to continue from: `cache` in the transformers releases that renamed it (which
+    warn on the old name), `past_key_values` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model takes **kwargs
+    return {"cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values": cache}
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache held by a model's or `generate`'s output, under either name (the keys, not `in output`: the
+    renaming releases answer the old name too, with a warning)."""
+    keys = set(output.keys())
+    for name in ("cache", "past_key_values"):
+        if name in keys:
+            return output[name]
+    return None
+
+
+def shared_prefix(rows: list[list[int]]) -> int:
+    """Tokens that every row begins with, leaving each row at least one token of its own."""
+    if not rows:
+        return 0
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n
 
 
 class TransformersBackend:
@@ -45,33 +84,45 @@ class TransformersBackend:
     def complete(self, conversations: list[Conversation]) -> list[str | BackendError]:
         texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
                  for c in conversations]
-        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         replies: list[str | BackendError] = [""] * len(texts)
         size = self.config.batch_size
         for start in range(0, len(order), size):
             chunk = order[start:start + size]
             try:
-                outputs: list[str | BackendError] = list(self._generate([texts[i] for i in chunk]))
+                outputs: list[str | BackendError] = list(self._generate([encoded[i] for i in chunk]))
             except (RuntimeError, ValueError) as exc:  # e.g. CUDA out of memory: those requests fail, not the call
                 outputs = [BackendError(f"generate failed: {exc}")] * len(chunk)
             for index, output in zip(chunk, outputs, strict=True):
                 replies[index] = output
         return replies
 
-    def _generate(self, texts: list[str]) -> list[str]:
+    def _generate(self, rows: list[list[int]]) -> list[str]:
         import torch
 
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        share = self.config.share_prefix and self.config.cache_implementation in (None, "dynamic")
+        shared = shared_prefix(rows) if share else 0
+        shared = shared if shared >= MIN_SHARED_TOKENS else 0
+        pad = self.tokenizer.pad_token_id
+        tails = [r[shared:] for r in rows]
+        width = max(len(t) for t in tails)
+        ids = torch.tensor([rows[0][:shared] + [pad] * (width - len(t)) + t for t in tails], device=self.device)
+        mask = torch.tensor([[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails], device=self.device)
         sampling: dict[str, Any] = {"do_sample": False}
         if self.config.temperature > 0:
             sampling = {"do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p}
         with torch.inference_mode():
-            generated = self.model.generate(**batch, max_new_tokens=self.config.max_new_tokens,
-                                            pad_token_id=self.tokenizer.pad_token_id,
-                                            cache_implementation=self.config.cache_implementation, **sampling)
-        new_tokens = generated[:, batch["input_ids"].shape[1]:]
-        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            resumed: dict[str, Any] = {}
+            if shared:
+                prefix = returned_cache(self.model(input_ids=ids[:1, :shared], use_cache=True))
+                prefix.batch_repeat_interleave(len(rows))
+                resumed = cache_argument(self.model, prefix)
+            generated = self.model.generate(input_ids=ids, attention_mask=mask,
+                                            max_new_tokens=self.config.max_new_tokens,
+                                            pad_token_id=pad, cache_implementation=self.config.cache_implementation,
+                                            **sampling, **resumed)
+        return self.tokenizer.batch_decode(generated[:, ids.shape[1]:], skip_special_tokens=True)
 
     def close(self) -> None:
         self.model = None

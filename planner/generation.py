@@ -21,6 +21,7 @@ from transformers import (
     StopStringCriteria,
 )
 
+from coder.transformers_backend import cache_argument, returned_cache
 from planner.sync import RankSync
 
 StopReason = Literal["eos", "stop", "length"]
@@ -212,7 +213,7 @@ class TransformersGeneration:
         processors = [*([] if padding else self.logits_processors), recorder]
         keep = self.reuse_cache and not padding
         config.return_dict_in_generate = keep
-        resumed = {"past_key_values": cache} if cache is not None else {}  # `cache=` only from transformers 5.2x
+        resumed = cache_argument(self.model, cache) if cache is not None else {}
         output = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
                                      logits_processor=LogitsProcessorList(processors),
                                      stopping_criteria=StoppingCriteriaList([stops]),
@@ -225,8 +226,8 @@ class TransformersGeneration:
             length = stops.length[row] if stops.length[row] is not None else len(new_tokens[row])
             length = min(length, budgets[row])
             out.append(Generated(new_tokens[row][:length], logprobs[row][:length], stops.reason[row]))
-        if keep and output.past_key_values is not None:
-            self._kept.append(_Kept.after(output.past_key_values, sequences, attention, prompts, out, width))
+        if keep and (kept := returned_cache(output)) is not None:
+            self._kept.append(_Kept.after(kept, sequences, attention, prompts, out, width))
         return out
 
 

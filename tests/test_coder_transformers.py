@@ -90,3 +90,36 @@ def test_a_reply_without_code_is_an_empty_program(coder):
 def test_mismatched_contexts_are_rejected(coder):
     with pytest.raises(ValueError, match="2 requests but 1 contexts"):
         coder.write(["a", "b"], contexts=["only one"])
+
+
+def test_shared_prefix_leaves_each_row_a_token():
+    from coder.transformers_backend import shared_prefix
+
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 9]]) == 2
+    assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # equal rows: the last token is still each row's own
+    assert shared_prefix([[7, 1], [8, 1]]) == 0
+    assert shared_prefix([]) == 0
+
+
+def test_sharing_the_prompt_prefix_changes_no_reply_and_prefills_less(config):
+    """The system prompt is run once per micro-batch and its KV cache copied to every row (`share_prefix`):
+    greedy replies are those of running every row's whole prompt, and the model is fed fewer prompt tokens."""
+    fed: dict[bool, int] = {}
+    replies: dict[bool, list[str]] = {}
+    for share in (False, True):
+        with build_coder(config.model_copy(update={"cache_size": 0, "share_prefix": share})) as coder:
+            embed = coder.backend.model.get_input_embeddings()
+            fed[share] = 0
+
+            def count(module, args, share=share):
+                fed[share] += args[0].numel()
+
+            hook = embed.register_forward_pre_hook(count)
+            try:
+                replies[share] = [p.reply for p in coder.write_programs(REQUESTS)]
+            finally:
+                hook.remove()
+    assert replies[True] == replies[False]
+    assert len(set(replies[True])) > 1
+    prompt = len(coder.backend.tokenizer(coder.system_prompt)["input_ids"])
+    assert fed[False] - fed[True] >= (len(REQUESTS) - 1) * prompt  # the system prompt fed once, not five times

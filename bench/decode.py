@@ -1,0 +1,156 @@
+"""Decoding speed of one planner `generate` call on the GPU, and where its time goes (torch.profiler).
+
+    python bench/decode.py [--shape 7b] [--batch 256] [--prompt-tokens 128] [--new-tokens 256] [--trace T.json.gz]
+
+Rows, side by side in one run (random Qwen2.5 shape, bf16, the local tokenizer; no weights downloaded):
+transformers' plain `generate` with the dynamic and the static KV cache, on prompts of equal length (the issue's
+reference: 3.8k and 7.1k tokens/s at 7B, batch 256) and on left-padded prompts of mixed length (what rollouts
+have); then our `TransformersGeneration` (log-probabilities, per-row budgets, stop strings) on the padded prompts.
+Every row decodes `--new-tokens` steps for the whole batch (tokens/s = batch x steps / seconds). With `--trace`,
+a torch.profiler run over a short call of ours prints the operators that take the GPU's and the CPU's time and
+writes a Chrome trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu import random_model, table  # bench/gpu.py
+
+from planner import TransformersGeneration
+from training.tiny import build_tokenizer
+
+
+def prompts(tokenizer, batch: int, width: int, padded: bool) -> list[list[int]]:
+    """`batch` prompts of `width` tokens, or of widths spread from width/2 to width (left-padded to width)."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = min(len(tokenizer), 30000)
+    out = []
+    for i in range(batch):
+        n = width if not padded else width // 2 + (i * (width // 2)) // max(1, batch - 1)
+        out.append(torch.randint(100, vocab, (n,), generator=generator).tolist())
+    return out
+
+
+def plain(model, tokenizer, batch: list[list[int]], new_tokens: int, cache: str) -> int:
+    """transformers' `generate`, sampling, every row decoding `new_tokens` steps; returns the steps taken."""
+    width = max(len(p) for p in batch)
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in batch], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                         do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                         cache_implementation=None if cache == "dynamic" else cache,
+                         pad_token_id=tokenizer.pad_token_id)
+    return out.shape[1] - width
+
+
+def ours(generation: TransformersGeneration, batch: list[list[int]], new_tokens: int) -> int:
+    results = generation.generate(batch, [new_tokens] * len(batch), ["</request>", "</code>"])
+    return max(len(r.token_ids) for r in results)
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int) -> tuple[float, int]:
+    """The best of `repeats` timed calls, after one untimed call (kernels, allocator, compilation)."""
+    steps = fn()
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        steps = fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best, steps
+
+
+def profile(generation: TransformersGeneration, batch: list[list[int]], steps: int, trace: Path) -> str:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    ours(generation, batch, steps)  # warm
+    sync()
+    start = time.perf_counter()
+    with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        ours(generation, batch, steps)
+        sync()
+    wall = time.perf_counter() - start
+    averages = prof.key_averages()
+    gpu = sum(e.self_device_time_total for e in averages) / 1e6
+    raw = trace.with_suffix("")
+    prof.export_chrome_trace(str(raw))
+    with raw.open("rb") as source, gzip.open(trace, "wb") as sink:
+        shutil.copyfileobj(source, sink)
+    raw.unlink()
+    return (f"\nProfile of our generate call, {len(batch)} rows x {steps} new tokens (prefill included): wall "
+            f"{wall:.2f} s under the profiler, GPU busy {gpu:.2f} s ({100 * gpu / wall:.0f} %)\n\nBy GPU time:\n"
+            + averages.table(sort_by="self_device_time_total", row_limit=20, max_name_column_width=60)
+            + "\nBy CPU time:\n"
+            + averages.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
+
+
+def peak() -> str:
+    return f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if torch.cuda.is_available() else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="7b")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--rows", default="plain,ours", help="plain, ours, or both (comma-separated)")
+    parser.add_argument("--trace", type=Path, help="profile a short call of ours; Chrome trace written here (.gz)")
+    parser.add_argument("--profile-steps", type=int, default=12)
+    args = parser.parse_args()
+    import transformers
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    tokenizer = build_tokenizer()
+    model = random_model(args.shape, tokenizer, "cuda" if torch.cuda.is_available() else "cpu")
+    equal = prompts(tokenizer, args.batch, args.prompt_tokens, padded=False)
+    mixed = prompts(tokenizer, args.batch, args.prompt_tokens, padded=True)
+    plan = []
+    if "plain" in args.rows:
+        plan += [(f"generate, {cache} cache, {name} prompts", lambda c=cache, b=batch: plain(
+            model, tokenizer, b, args.new_tokens, c)) for cache in ("dynamic", "static")
+            for name, batch in (("equal", equal), ("padded", mixed))]
+    if "ours" in args.rows:
+        for cache in ("dynamic", "static"):
+            generation = TransformersGeneration(model, tokenizer, batch_size=args.batch,
+                                                cache_implementation=None if cache == "dynamic" else cache)
+            plan.append((f"ours, {cache} cache, padded prompts",
+                         lambda g=generation: ours(g, mixed, args.new_tokens)))
+    rows = []
+    for name, fn in plan:
+        print(f"measuring: {name} ...", file=sys.stderr, flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        seconds, steps = timed(fn, args.repeats)
+        rows.append([name, f"{seconds:.2f}", str(steps), f"{1000 * seconds / steps:.1f}",
+                     f"{args.batch * steps / seconds:,.0f}", peak()])
+    print(table(f"Decoding ({args.shape}, batch {args.batch}, prompts of {args.prompt_tokens} tokens or "
+                f"{args.prompt_tokens // 2}-{args.prompt_tokens} left-padded, {args.new_tokens} new tokens, bf16, "
+                f"transformers {transformers.__version__}, torch {torch.__version__}, {device})",
+                ["call", "seconds", "steps", "ms/step", "tokens/s", "peak GiB"], rows), flush=True)
+    if args.trace:
+        generation = TransformersGeneration(model, tokenizer, batch_size=args.batch)
+        print(profile(generation, mixed, args.profile_steps, args.trace), flush=True)
+
+
+if __name__ == "__main__":
+    main()
