@@ -55,6 +55,7 @@ def job_main(setup: JobSetup, job_r: int, out_w: int, err_w: int, report_w: int)
     try:
         _isolate(setup)
         _redirect(job_r, out_w, err_w, report_w)
+        _limit(setup)  # after the inherited descriptors are closed: the server holds more than a job may open
     except BaseException:  # noqa: BLE001 - any failure here must end this process, never the server
         _last_words(err_w)
         os._exit(SETUP_FAILED)
@@ -91,6 +92,13 @@ def _isolate(setup: JobSetup) -> None:
     else:
         assert setup.workdir is not None
         os.chdir(setup.workdir)
+    home = os.getcwd()
+    os.environ.clear()
+    os.environ.update(PATH=_SAFE_PATH, HOME=home, TMPDIR=home, LANG="C.UTF-8", OPENBLAS_NUM_THREADS="1",
+                      OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def _limit(setup: JobSetup) -> None:
     limits = {
         resource.RLIMIT_AS: setup.address_space_bytes,
         resource.RLIMIT_FSIZE: setup.file_size_bytes,
@@ -101,10 +109,6 @@ def _isolate(setup: JobSetup) -> None:
         limits[resource.RLIMIT_NPROC] = setup.nproc
     for which, value in limits.items():
         _lower_limit(which, value)
-    home = os.getcwd()
-    os.environ.clear()
-    os.environ.update(PATH=_SAFE_PATH, HOME=home, TMPDIR=home, LANG="C.UTF-8", OPENBLAS_NUM_THREADS="1",
-                      OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
 def _lower_limit(which: int, value: int) -> None:

@@ -4,6 +4,7 @@
 with Sandbox(SandboxConfig(timeout_s=5.0)) as sandbox:
     sandbox.run("print(2**100)").stdout          # '1267650600228229401496703205376\\n'
     sandbox.run_many(codes)                       # parallel over `workers` processes, order kept
+    running = sandbox.start_many(codes)           # the same, without waiting: running.results() waits
 ```
 The server is a fresh interpreter (`subprocess`, i.e. fork+exec: never a fork of a process that may hold CUDA).
 If it dies or stops answering, the jobs in flight come back as `crashed` and the next call starts a new one.
@@ -271,21 +272,39 @@ class Sandbox:
 
     def run_many(self, codes: list[str], timeout_s: float | None = None) -> list[ExecutionResult]:
         """Run programs in parallel (up to `workers` at once); results in the order of `codes`."""
+        return self.start_many(codes, timeout_s).results()
+
+    def start_many(self, codes: list[str], timeout_s: float | None = None) -> Running:
+        """Hand programs to the server and return at once; `results()` waits for them. The caller can do other
+        work (write the next programs) while these run."""
         if not codes:
-            return []
+            return Running([], None, 0.0)
         self.start()
         conn = self._conn
         assert conn is not None
         timeout = timeout_s if timeout_s is not None else self.config.timeout_s
         futures = [conn.submit(next(self._ids), code, timeout) if code.strip() else _empty_program()
                    for code in codes]
-        stall_limit = timeout + self.config.grace_s + STALL_MARGIN_S
-        for future in futures:
+        return Running(futures, conn, timeout + self.config.grace_s + STALL_MARGIN_S)
+
+
+class Running:
+    """Programs handed to the sandbox server (`Sandbox.start_many`), not yet waited for."""
+
+    def __init__(self, futures: list[Future[ExecutionResult]], conn: _Connection | None, stall_limit_s: float) -> None:
+        self.futures = futures
+        self.conn = conn
+        self.stall_limit_s = stall_limit_s
+
+    def results(self) -> list[ExecutionResult]:
+        """Wait for every program; results in the order given. A server that stops answering is killed and its
+        jobs come back as `crashed`."""
+        for future in self.futures:
             while not future.done():
                 try:
                     future.result(timeout=0.5)
                 except TimeoutError:
-                    if conn.stalled(stall_limit):
+                    if self.conn is not None and self.conn.stalled(self.stall_limit_s):
                         log.error("the sandbox server stopped answering; killing it")
-                        conn.abort("the sandbox server stopped answering")
-        return [future.result() for future in futures]
+                        self.conn.abort("the sandbox server stopped answering")
+        return [future.result() for future in self.futures]

@@ -14,6 +14,7 @@ import importlib
 import json
 import math
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -441,6 +442,9 @@ def _last_line(text: str) -> str:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the caller, which closes us
     config = read_frame_blocking(0)
+    _, most = resource.getrlimit(resource.RLIMIT_NOFILE)  # five descriptors for each job process, idle or busy
+    if most != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (most, most))
     if not config["in_bwrap"]:
         isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the caller
         isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)  # catch the jobs' escaped grandchildren

@@ -186,3 +186,26 @@ def _later(delay: float, action):
     thread = threading.Thread(target=run)
     thread.start()
     return thread
+
+
+def test_start_many_returns_while_the_programs_run():
+    codes = ["import time\ntime.sleep(1.0)\nprint('slow')", "print('fast')", ""]
+    with Sandbox(FAST) as sandbox:
+        running = sandbox.start_many(codes)
+        assert not running.futures[0].done()  # handed over, not waited for
+        results = running.results()
+        assert sandbox.start_many([]).results() == []
+    assert [r.stdout for r in results[:2]] == ["slow\n", "fast\n"]
+    assert results[2].status == "error" and "empty" in results[2].error
+
+
+def test_many_workers_hold_more_descriptors_than_a_job_may_open():
+    """Each job process costs the server five descriptors; with 40 idle and 40 busy ones the server holds more than
+    a job's `open_files`, which a job must apply only after closing what it inherited."""
+    config = FAST.model_copy(update={"workers": 40, "open_files": 64})
+    codes = [f"import os\nprint({i}, len(os.listdir('/proc/self/fd')))" for i in range(120)]
+    with Sandbox(config) as sandbox:
+        results = sandbox.run_many(codes)
+    assert [r.status for r in results] == ["ok"] * len(codes), [r.error for r in results if r.status != "ok"][:3]
+    assert [int(r.stdout.split()[0]) for r in results] == list(range(len(codes)))
+    assert max(int(r.stdout.split()[1]) for r in results) <= 6  # 0-4 and the listing's own descriptor
