@@ -55,7 +55,8 @@ class Agent:
         self.engine = RolloutEngine(self.protocol, self.generator, tokenizer, self.sandbox, self.coder,
                                     EngineLimits(planner.max_completion_tokens,
                                                  planner.max_tool_calls if planner.tools else 0,
-                                                 planner.max_result_chars, planner.stop_at_answer))
+                                                 planner.max_result_chars, planner.stop_at_answer),
+                                    tool_chunks=planner.tool_chunks)
 
     @classmethod
     def from_config(cls, path: str | Path, **kwargs: Any) -> Agent:

@@ -40,6 +40,8 @@ class PlannerConfig(BaseModel):
         None, description="KV cache for transformers generate; 'static' is faster on the GPU")
     reuse_cache: bool = Field(False, description="transformers backend, dynamic cache: continue each tool round "
                               "from the previous round's KV cache instead of re-running the prefix")
+    tool_chunks: int = Field(1, ge=1, description="a round's calls go to the coder in this many chunks; each chunk's "
+                             "programs run in the sandbox while the coder writes the next")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vllm backend")
 
     @property

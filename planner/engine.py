@@ -3,6 +3,8 @@
 Each round, every live rollout generates until a stop marker, EOS or its budget; then all their calls go to
 the coder in one `write_programs` call and all programs to the sandbox in one `run_many` call; the rendered
 results are tokenized on their own and appended with `env_mask` 0. Sampled tokens are never re-tokenized.
+With `tool_chunks` > 1 the round's calls go to the coder in that many chunks, and each chunk's programs start in
+the sandbox (`start_many`) while the coder writes the next, so that the sandbox's time hides behind the coder's.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class ExecutorLike(Protocol):
     def run_many(self, codes: list[str]) -> list[ExecutionResult]: ...
 
 
+class RunningLike(Protocol):
+    def results(self) -> list[ExecutionResult]: ...
+
+
 @dataclass(frozen=True)
 class EngineLimits:
     max_completion_tokens: int = 2048  # the whole completion, inserted tokens included
@@ -51,8 +57,11 @@ class _Rollout:
 class RolloutEngine:
     def __init__(self, protocol: ToolProtocol, generator: GenerationBackend, tokenizer: Any,
                  executor: ExecutorLike, coder: CoderLike | None = None, limits: EngineLimits | None = None,
-                 sync: RankSync | None = None) -> None:
-        """`sync`: with several processes, keeps every rank making the same rounds (see `planner.sync`)."""
+                 sync: RankSync | None = None, tool_chunks: int = 1) -> None:
+        """`sync`: with several processes, keeps every rank making the same rounds (see `planner.sync`).
+        `tool_chunks`: see the module's docstring (an executor without `start_many` runs each round at once)."""
+        if tool_chunks < 1:
+            raise ValueError(f"tool_chunks must be at least 1, not {tool_chunks}")
         if protocol.uses_coder and coder is None:
             raise ValueError(f"the {protocol.name!r} protocol needs a coder")
         self.protocol = protocol
@@ -62,6 +71,7 @@ class RolloutEngine:
         self.coder = coder
         self.limits = limits or EngineLimits()
         self.sync = sync
+        self.tool_chunks = tool_chunks
         self.rounds = 0  # of the last run: rounds made, and rounds this rank had nothing to generate (synced)
         self.idle_rounds = 0
         self.seconds = dict.fromkeys(PHASES, 0.0)  # of the last run: wall time in each phase
@@ -147,16 +157,7 @@ class RolloutEngine:
         if not rollouts:
             return
         runnable = [r for r in rollouts if r.pending is not None and r.pending.error is None]
-        calls = [r.pending for r in runnable if r.pending is not None]
-        programs: list[Any] = [None] * len(runnable)
-        if self.protocol.uses_coder and runnable:
-            assert self.coder is not None
-            with self._timed("coder"):
-                programs = self.coder.write_programs([c.text for c in calls],
-                                                     contexts=[r.trajectory.question for r in runnable])
-        codes = [p.code if p is not None else self.protocol.program(c) for c, p in zip(calls, programs, strict=True)]
-        with self._timed("executor"):
-            results = self.executor.run_many(codes) if codes else []
+        codes, programs, results = self._write_and_run(runnable)
         outcome = {id(r): (code, program, result)
                    for r, code, program, result in zip(runnable, codes, programs, results, strict=True)}
         for rollout in rollouts:
@@ -173,6 +174,37 @@ class RolloutEngine:
                                   coder_failure=getattr(program, "failure", None))
             rollout.trajectory.tool_calls.append(record)
             self._insert(rollout, self.protocol.render_result(record.result.render(self.limits.max_result_chars)))
+
+    def _write_and_run(self, runnable: list[_Rollout]) -> tuple[list[str], list[Any], list[ExecutionResult]]:
+        """The programs of the rollouts' calls (coder-written, or the call itself) and their results, in order."""
+        calls = [r.pending for r in runnable if r.pending is not None]
+        start_many = getattr(self.executor, "start_many", None)
+        pipelined = self.protocol.uses_coder and self.tool_chunks > 1 and start_many is not None
+        size = max(1, -(-len(calls) // self.tool_chunks)) if pipelined else max(1, len(calls))
+        codes: list[str] = []
+        programs: list[Any] = []
+        running: list[RunningLike] = []
+        for start in range(0, len(calls), size):
+            part, owners = calls[start:start + size], runnable[start:start + size]
+            written: list[Any] = [None] * len(part)
+            if self.protocol.uses_coder:
+                assert self.coder is not None
+                with self._timed("coder"):
+                    written = self.coder.write_programs([c.text for c in part],
+                                                        contexts=[r.trajectory.question for r in owners])
+            part_codes = [p.code if p is not None else self.protocol.program(c)
+                          for c, p in zip(part, written, strict=True)]
+            codes += part_codes
+            programs += written
+            if pipelined:
+                assert start_many is not None
+                running.append(start_many(part_codes))  # runs while the coder writes the next chunk
+        with self._timed("executor"):
+            if pipelined:
+                results = [result for chunk in running for result in chunk.results()]
+            else:
+                results = self.executor.run_many(codes) if codes else []
+        return codes, programs, results
 
     def _insert(self, rollout: _Rollout, text: str) -> None:
         """Append environment text, tokenized on its own, masked from the loss; cut at the token budget."""

@@ -33,17 +33,25 @@ def sandbox():
 class Counting:
     """Forwards to a real coder or sandbox and records the size of each batched call."""
 
-    def __init__(self, inner) -> None:
+    def __init__(self, inner, events: list | None = None) -> None:
         self.inner = inner
         self.batches: list[int] = []
+        self.events = events if events is not None else []  # (what, size) in call order, shareable
 
     def write_programs(self, requests, contexts=None):
         self.batches.append(len(requests))
+        self.events.append(("write", len(requests)))
         return self.inner.write_programs(requests, contexts)
 
     def run_many(self, codes):
         self.batches.append(len(codes))
+        self.events.append(("run", len(codes)))
         return self.inner.run_many(codes)
+
+    def start_many(self, codes):
+        self.batches.append(len(codes))
+        self.events.append(("start", len(codes)))
+        return self.inner.start_many(codes)
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +60,16 @@ def coder(tiny_model_dir):
         yield c
 
 
-def rollout(protocol_name, tokenizer, model, sandbox, coder, scripts: dict[str, list], limits=None, **protocol_kw):
+def rollout(protocol_name, tokenizer, model, sandbox, coder, scripts: dict[str, list], limits=None, tool_chunks=1,
+            **protocol_kw):
     """Run the engine on `scripts` (question -> parts); return trajectories, the forcer and the engine."""
     protocol = build_protocol(protocol_name, None, protocol_kw.get("max_request_chars", 200), tokenizer)
     probe = RolloutEngine(protocol, None, tokenizer, sandbox, coder)
     prompts = {q: probe.prompt_ids(SYSTEM, q) for q in scripts}
     forcer = ScriptedText(tokenizer, {tuple(prompts[q]): parts for q, parts in scripts.items()})
     generator = TransformersGeneration(model, tokenizer, temperature=0.0, batch_size=8, logits_processors=[forcer])
-    engine = RolloutEngine(protocol, generator, tokenizer, sandbox, coder, limits or EngineLimits(256, 3, 200))
+    engine = RolloutEngine(protocol, generator, tokenizer, sandbox, coder, limits or EngineLimits(256, 3, 200),
+                           tool_chunks=tool_chunks)
     return engine.run(list(scripts), [prompts[q] for q in scripts]), forcer, engine
 
 
@@ -163,6 +173,24 @@ def test_request_calls_of_a_round_go_to_the_coder_in_one_call(tokenizer, model, 
     # where the run's time went: every phase ran (two generation rounds, one coder and one sandbox call)
     assert set(engine.seconds) == {"generate", "coder", "executor"} and min(engine.seconds.values()) > 0
     assert [t.tool_calls[0].request for t in trajectories] == ["the value 0", "the value 1", "the value 2"]
+
+
+def test_tool_chunks_start_each_chunk_in_the_sandbox_before_the_coder_writes_the_next(tokenizer, model, sandbox,
+                                                                                       tiny_model_dir):
+    scripts = {f"Question {i}?": [Say(f"<request>the value {i} squared</request>"), Env("</result>\n"),
+                                  Say("\\boxed{0}")] for i in range(5)}
+    events: list = []
+    with build_coder(CoderConfig(model=str(tiny_model_dir), device="cpu", max_new_tokens=16, cache_size=0)) as coder:
+        whole, _, _ = rollout("request", tokenizer, model, sandbox, coder, scripts)
+        chunked, forcer, engine = rollout("request", tokenizer, model, Counting(sandbox, events),
+                                          Counting(coder, events), scripts, tool_chunks=2)
+    assert events == [("write", 3), ("start", 3), ("write", 2), ("start", 2)]
+    assert [t.tool_calls for t in chunked] == [t.tool_calls for t in whole]  # same programs, results, order
+    assert [t.completion_ids for t in chunked] == [t.completion_ids for t in whole]
+    for t in chunked:
+        assert_token_exact(t, forcer, engine)
+    with pytest.raises(ValueError, match="tool_chunks"):
+        RolloutEngine(engine.protocol, None, tokenizer, sandbox, coder, tool_chunks=0)
 
 
 def test_budget_exhausted_mid_request(tokenizer, model, sandbox, coder):

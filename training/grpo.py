@@ -78,7 +78,7 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
                              EngineLimits(planner.max_completion_tokens, planner.max_tool_calls,
                                           planner.max_result_chars, planner.stop_at_answer),
                              planner.temperature, planner.top_p, planner.batch_size, planner.cache_implementation,
-                             logits_processors, reuse_cache=planner.reuse_cache)
+                             logits_processors, reuse_cache=planner.reuse_cache, tool_chunks=planner.tool_chunks)
     config = GRPOConfig(**{"max_completion_length": planner.max_completion_tokens,
                            "temperature": planner.temperature or 1.0, **recipe.grpo})
     model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=torch.bfloat16 if config.bf16 else torch.float32)

@@ -36,13 +36,14 @@ class PlannerRollout:
     def __init__(self, protocol: Protocol, tokenizer: Any, system_prompt: str, sandbox: Sandbox, coder: Coder | None,
                  limits: EngineLimits, temperature: float, top_p: float = 1.0, batch_size: int = 64,
                  cache_implementation: str | None = None, logits_processors: list[Any] | None = None,
-                 reuse_cache: bool = False) -> None:
+                 reuse_cache: bool = False, tool_chunks: int = 1) -> None:
         self.protocol = protocol
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.sandbox = sandbox
         self.coder = coder
         self.limits = limits
+        self.tool_chunks = tool_chunks
         self.sampling = dict(temperature=temperature, top_p=top_p, batch_size=batch_size,
                              cache_implementation=cache_implementation, logits_processors=logits_processors,
                              reuse_cache=reuse_cache)
@@ -120,7 +121,7 @@ class PlannerRollout:
 
     def _roll(self, generator: Any, questions: list[str], sync: RankSync | None = None) -> list[Trajectory]:
         engine = RolloutEngine(self.protocol, generator, self.tokenizer, self.sandbox, self.coder, self.limits,
-                               sync)
+                               sync, self.tool_chunks)
         trajectories = engine.run(questions, [engine.prompt_ids(self.system_prompt, q) for q in questions])
         self.rounds, self.idle_rounds = engine.rounds, engine.idle_rounds
         self.seconds = dict(engine.seconds)
