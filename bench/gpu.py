@@ -102,20 +102,22 @@ def rollout(args: argparse.Namespace) -> str:
     from planner.scripted import PlannedScript
     from training.tiny import build_tokenizer
 
-    server = Sandbox(SandboxConfig(timeout_s=10.0)).start()  # before any CUDA work
-
     class Programs:
         """The sandbox running a real program for every call: a random coder writes no code block, and an empty
         program would be refused without a job."""
+
+        def __init__(self, servers: int) -> None:
+            self.box = Sandbox(SandboxConfig(timeout_s=10.0, servers=servers)).start()  # before any CUDA work
 
         def run_many(self, codes: list[str]) -> list:
             return self.start_many(codes).results()
 
         def start_many(self, codes: list[str]):
-            return server.start_many([code or f"print({i} * {i + 1} + sum(range(99)))"
-                                      for i, code in enumerate(codes)])
+            return self.box.start_many([code or f"print({i} * {i + 1} + sum(range(99)))"
+                                        for i, code in enumerate(codes)])
 
-    sandbox = Programs()
+    boxes = {servers: Programs(servers) for servers in (1, *args.sandbox_servers)}
+    sandbox = boxes[1]
     tokenizer = build_tokenizer()
     model = random_model(args.shape, tokenizer, args.device)
     coder = build_coder(CoderConfig(model=f"random {args.shape}", device=args.device, max_new_tokens=args.coder_tokens,
@@ -179,9 +181,12 @@ def rollout(args: argparse.Namespace) -> str:
     unshared = build_coder(CoderConfig(model=f"random {args.shape}", device=args.device,
                                        max_new_tokens=args.coder_tokens, cache_size=0, batch_size=args.rollouts,
                                        share_prefix=False), model=model, tokenizer=tokenizer)
-    plan = [("engine, batched tool calls", args.rollouts, True, coder, sandbox, True, 1),
-            *((f"engine, batched tool calls in {k} chunks", args.rollouts, True, coder, sandbox, True, k)
-              for k in args.tool_chunks),
+    def variant(servers: int, chunks: int) -> str:
+        return ", ".join(["engine, batched tool calls", *([f"in {chunks} chunks"] if chunks > 1 else []),
+                          *([f"sandbox {servers} servers"] if servers > 1 else [])])
+
+    plan = [*((variant(servers, chunks), args.rollouts, True, coder, box, True, chunks)
+              for servers, box in boxes.items() for chunks in (1, *args.tool_chunks)),
             ("engine, coder prefills its whole prompt", args.rollouts, True, unshared, sandbox, True, 1),
             ("engine, batched tool calls, no KV reuse", args.rollouts, True, coder, sandbox, False, 1),
             ("same tokens, no tool calls", args.rollouts, False, coder, sandbox, True, 1)]
@@ -203,7 +208,8 @@ def rollout(args: argparse.Namespace) -> str:
         measured[(name, count)] = seconds
         rows.append([name, str(count), f"{seconds:.2f}", *(f"{phases[p]:.2f}" for p in PHASES),
                      f"{tokens / seconds:,.0f}", str(tokens), str(calls)])
-    server.close()
+    for box in boxes.values():
+        box.box.close()
     best = min(seconds for (name, count), seconds in measured.items()
                if count == args.rollouts and name.startswith("engine, batched tool calls") and "KV" not in name)
     overhead = best / measured[("same tokens, no tool calls", args.rollouts)]
@@ -290,8 +296,10 @@ def main() -> None:
     parser.add_argument("--segment-tokens", type=int, default=85, help="planner tokens per round (3 rounds)")
     parser.add_argument("--coder-tokens", type=int, default=32)
     parser.add_argument("--coder-cache", choices=["static"], help="rollout: add a row with the coder on this cache")
-    parser.add_argument("--tool-chunks", type=int, nargs="*", default=[2, 4],
+    parser.add_argument("--tool-chunks", type=int, nargs="*", default=[2],
                         help="rollout: rows with a round's calls in this many coder/sandbox chunks")
+    parser.add_argument("--sandbox-servers", type=int, nargs="*", default=[4],
+                        help="rollout: rows with the sandbox's jobs spread over this many fork servers")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--group", type=int, default=8)

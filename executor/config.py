@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_PRELOAD = ("math", "decimal", "fractions", "itertools", "functools", "collections", "statistics", "re",
                    "json", "random", "numpy", "mpmath", "sympy")
@@ -29,7 +29,19 @@ class SandboxConfig(BaseModel):
     tmpfs_mb: int = Field(128, gt=0, description="size of a job's private working directory (namespaced mode)")
     open_files: int = Field(256, gt=16, description="RLIMIT_NOFILE of a job")
     max_processes: int = Field(512, gt=8, description="processes the whole sandbox may hold (cgroup or NPROC)")
-    workers: int = Field(default_factory=available_cores, gt=0, description="jobs run at once")
+    workers: int = Field(default_factory=available_cores, gt=0, description="jobs run at once (over all servers)")
+    servers: int = Field(1, gt=0, description="fork servers that share the workers; one forks each job in turn, "
+                                              "so a busy many-core machine (or a slow fork) wants several")
     preload: tuple[str, ...] = Field(DEFAULT_PRELOAD, description="modules imported and warmed once in the server")
     require_isolation: bool = Field(False, description="refuse to start unless every isolation layer is present")
     start_timeout_s: float = Field(60.0, gt=0, description="how long the server may take to import and warm up")
+
+    @model_validator(mode="after")
+    def _servers_have_workers(self) -> SandboxConfig:
+        if self.servers > self.workers:
+            raise ValueError(f"servers ({self.servers}) is more than workers ({self.workers}): a server would idle")
+        return self
+
+    @property
+    def workers_per_server(self) -> int:
+        return max(1, -(-self.workers // self.servers))

@@ -55,7 +55,8 @@ def _warn_once(message: str) -> None:
 class _Connection:
     """One running server process: frames out, a reader thread routing results to futures."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], config: dict[str, Any], start_timeout_s: float) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], config: dict[str, Any]) -> None:
+        """Starts the server without waiting for it; `wait_ready` waits."""
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, env=env, close_fds=True, start_new_session=True)
@@ -69,6 +70,8 @@ class _Connection:
         threading.Thread(target=self._log_stderr, daemon=True, name="sandbox-stderr").start()
         self.send(config)
         threading.Thread(target=self._read_results, daemon=True, name="sandbox-reader").start()
+
+    def wait_ready(self, start_timeout_s: float) -> None:
         try:
             self.hello_message = self.hello.result(timeout=start_timeout_s)
         except TimeoutError as exc:
@@ -173,25 +176,40 @@ class Sandbox:
         self.config = config or SandboxConfig()
         self.layers = isolation.Layers()
         self.restarts = 0
-        self._conn: _Connection | None = None
-        self._cgroup: isolation.PidsCgroup | None = None
+        self._conns: list[_Connection | None] = [None] * self.config.servers
+        self._cgroups: list[isolation.PidsCgroup | None] = [None] * self.config.servers
         self._ids = itertools.count()
         self._start_lock = threading.Lock()
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> Sandbox:
+        """Start the servers, or restart any that died."""
         with self._start_lock:
-            if self._conn is None or not self._conn.alive:
-                if self._conn is not None:
-                    self.restarts += 1
-                    log.warning("restarting the sandbox server (restart %d)", self.restarts)
-                    self._stop()
-                self._conn = self._launch()
+            missing = []
+            for index, conn in enumerate(self._conns):
+                if conn is None or not conn.alive:
+                    if conn is not None:
+                        self.restarts += 1
+                        log.warning("restarting a sandbox server (restart %d)", self.restarts)
+                        self._stop(index)
+                    missing.append(index)
+            # Started here, in the caller's thread (a server dies with the thread that started it), then waited
+            # for together: each imports and warms the math stack, side by side.
+            started = [(index, *self._launch(index)) for index in missing]
+            failures = []
+            for index, conn, layers in started:
+                try:
+                    self._conns[index] = self._ready(index, conn, layers)
+                except SandboxError as exc:
+                    failures.append(exc)
+            if failures:
+                raise failures[0]
         return self
 
     def close(self) -> None:
         with self._start_lock:
-            self._stop()
+            for index in range(len(self._conns)):
+                self._stop(index)
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -200,15 +218,20 @@ class Sandbox:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_conn", None) is not None:
-            self._stop()
+        for index, conn in enumerate(getattr(self, "_conns", [])):
+            if conn is not None:
+                self._stop(index)
 
     @property
     def server_pid(self) -> int | None:
-        """The pid of the outermost process of the server (bwrap's, when it runs inside bubblewrap)."""
-        return self._conn.proc.pid if self._conn is not None else None
+        """The pid of the outermost process of the (first) server (bwrap's, when it runs inside bubblewrap)."""
+        return self.server_pids[0] if self.server_pids else None
 
-    def _launch(self) -> _Connection:
+    @property
+    def server_pids(self) -> list[int]:
+        return [conn.proc.pid for conn in self._conns if conn is not None]
+
+    def _launch(self, index: int) -> tuple[_Connection, isolation.Layers]:
         cfg = self.config
         layers = isolation.Layers(present=["rlimits"])
         bwrap = shutil.which("bwrap")
@@ -223,20 +246,30 @@ class Sandbox:
             command = isolation.bwrap_argv(bwrap, tmp_binds) + command
         else:
             layers.missing["bubblewrap"] = why_no_bwrap or "not found"
-        self._cgroup = isolation.PidsCgroup.create(cfg.max_processes, f"delegate-sandbox-{os.getpid()}-{id(self)}")
+        cgroup = isolation.PidsCgroup.create(cfg.max_processes // cfg.servers,
+                                             f"delegate-sandbox-{os.getpid()}-{id(self)}-{index}")
+        self._cgroups[index] = cgroup
         nproc = None
-        if self._cgroup is not None:
+        if cgroup is not None:
             layers.present.append("process_limit")
-            command = self._cgroup.wrap(command)
+            command = cgroup.wrap(command)
         elif os.getuid() != 0:
             layers.present.append("process_limit")
             nproc = cfg.max_processes
         else:
             layers.missing["process_limit"] = ("no writable pids cgroup, and RLIMIT_NPROC does not bind root: "
                                                "a job may start processes until its deadline")
-        server_config = {**cfg.model_dump(mode="json"), "in_bwrap": "bubblewrap" in layers.present, "nproc": nproc,
-                         "tmp_binds": tmp_binds}
-        conn = _Connection(command, env, server_config, cfg.start_timeout_s)
+        server_config = {**cfg.model_dump(mode="json"), "workers": cfg.workers_per_server,
+                         "in_bwrap": "bubblewrap" in layers.present, "nproc": nproc, "tmp_binds": tmp_binds}
+        return _Connection(command, env, server_config), layers
+
+    def _ready(self, index: int, conn: _Connection, layers: isolation.Layers) -> _Connection:
+        cfg = self.config
+        try:
+            conn.wait_ready(cfg.start_timeout_s)
+        except SandboxError:
+            self._remove_cgroup(index)
+            raise
         why_no_ns = conn.hello_message.get("job_namespaces")
         if why_no_ns:
             layers.missing["job_namespaces"] = why_no_ns
@@ -249,21 +282,23 @@ class Sandbox:
             message = f"sandbox runs without some isolation: {layers.describe_missing()}"
             if cfg.require_isolation:
                 conn.close()
-                self._remove_cgroup()
+                self._remove_cgroup(index)
                 raise SandboxError(message + " (require_isolation is set)")
             _warn_once(message)
         return conn
 
-    def _stop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self._remove_cgroup()
+    def _stop(self, index: int) -> None:
+        conn = self._conns[index]
+        if conn is not None:
+            conn.close()
+            self._conns[index] = None
+        self._remove_cgroup(index)
 
-    def _remove_cgroup(self) -> None:
-        if self._cgroup is not None:
-            self._cgroup.remove()
-            self._cgroup = None
+    def _remove_cgroup(self, index: int) -> None:
+        cgroup = self._cgroups[index]
+        if cgroup is not None:
+            cgroup.remove()
+            self._cgroups[index] = None
 
     # --- running ----------------------------------------------------------------------------------------------
     def run(self, code: str, timeout_s: float | None = None) -> ExecutionResult:
@@ -278,33 +313,37 @@ class Sandbox:
         """Hand programs to the server and return at once; `results()` waits for them. The caller can do other
         work (write the next programs) while these run."""
         if not codes:
-            return Running([], None, 0.0)
+            return Running([], 0.0)
         self.start()
-        conn = self._conn
-        assert conn is not None
+        conns = [conn for conn in self._conns if conn is not None]
         timeout = timeout_s if timeout_s is not None else self.config.timeout_s
-        futures = [conn.submit(next(self._ids), code, timeout) if code.strip() else _empty_program()
-                   for code in codes]
-        return Running(futures, conn, timeout + self.config.grace_s + STALL_MARGIN_S)
+        jobs = []
+        for index, code in enumerate(codes):  # spread over the servers, one job each in turn
+            conn = conns[index % len(conns)]
+            jobs.append((conn.submit(next(self._ids), code, timeout) if code.strip() else _empty_program(), conn))
+        return Running(jobs, timeout + self.config.grace_s + STALL_MARGIN_S)
 
 
 class Running:
-    """Programs handed to the sandbox server (`Sandbox.start_many`), not yet waited for."""
+    """Programs handed to the sandbox's servers (`Sandbox.start_many`), not yet waited for."""
 
-    def __init__(self, futures: list[Future[ExecutionResult]], conn: _Connection | None, stall_limit_s: float) -> None:
-        self.futures = futures
-        self.conn = conn
+    def __init__(self, jobs: list[tuple[Future[ExecutionResult], _Connection]], stall_limit_s: float) -> None:
+        self.jobs = jobs
         self.stall_limit_s = stall_limit_s
+
+    @property
+    def futures(self) -> list[Future[ExecutionResult]]:
+        return [future for future, _ in self.jobs]
 
     def results(self) -> list[ExecutionResult]:
         """Wait for every program; results in the order given. A server that stops answering is killed and its
         jobs come back as `crashed`."""
-        for future in self.futures:
+        for future, conn in self.jobs:
             while not future.done():
                 try:
                     future.result(timeout=0.5)
                 except TimeoutError:
-                    if self.conn is not None and self.conn.stalled(self.stall_limit_s):
-                        log.error("the sandbox server stopped answering; killing it")
-                        self.conn.abort("the sandbox server stopped answering")
-        return [future.result() for future in self.futures]
+                    if conn.stalled(self.stall_limit_s):
+                        log.error("a sandbox server stopped answering; killing it")
+                        conn.abort("the sandbox server stopped answering")
+        return [future.result() for future, _ in self.jobs]

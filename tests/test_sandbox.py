@@ -209,3 +209,21 @@ def test_many_workers_hold_more_descriptors_than_a_job_may_open():
     assert [r.status for r in results] == ["ok"] * len(codes), [r.error for r in results if r.status != "ok"][:3]
     assert [int(r.stdout.split()[0]) for r in results] == list(range(len(codes)))
     assert max(int(r.stdout.split()[1]) for r in results) <= 6  # 0-4 and the listing's own descriptor
+
+
+def test_several_servers_share_the_jobs_and_restart_alone():
+    config = FAST.model_copy(update={"workers": 4, "servers": 2})
+    with Sandbox(config) as sandbox:
+        assert len(set(sandbox.server_pids)) == 2
+        results = sandbox.run_many([f"print({i})" for i in range(12)])
+        assert [r.stdout for r in results] == [f"{i}\n" for i in range(12)]
+        first, second = sandbox.server_pids
+        running = sandbox.start_many([f"import time\ntime.sleep(1)\nprint({i})" for i in range(8)])
+        os.killpg(first, signal.SIGKILL)  # the jobs it was given crash; the other server's run
+        statuses = [r.status for r in running.results()]
+        assert statuses[0::2] == ["crashed"] * 4 and statuses[1::2] == ["ok"] * 4
+        after = sandbox.run_many([f"print({i})" for i in range(4)])
+        assert [r.status for r in after] == ["ok"] * 4
+        assert sandbox.restarts == 1 and sandbox.server_pids[1] == second and sandbox.server_pids[0] != first
+    with pytest.raises(ValidationError, match="servers"):
+        SandboxConfig(workers=2, servers=3)
