@@ -183,7 +183,7 @@ def rollout(args: argparse.Namespace) -> str:
                                        share_prefix=False), model=model, tokenizer=tokenizer)
     def variant(servers: int, chunks: int) -> str:
         return ", ".join(["engine, batched tool calls", *([f"in {chunks} chunks"] if chunks > 1 else []),
-                          *([f"sandbox {servers} servers"] if servers > 1 else [])])
+                          f"sandbox {servers} server{'s' if servers > 1 else ''}"])
 
     plan = [*((variant(servers, chunks), args.rollouts, True, coder, box, True, chunks)
               for servers, box in boxes.items() for chunks in (1, *args.tool_chunks)),

@@ -10,6 +10,11 @@ DEFAULT_PRELOAD = ("math", "decimal", "fractions", "itertools", "functools", "co
                    "json", "random", "numpy", "mpmath", "sympy")
 
 
+# The default share. On the H200 machine (16 cores, gVisor, slow forks) one server ran 120 trivial jobs/s with its
+# CPU busy 98 % of the time, four 388/s, eight 739/s (`bench/servers.py`, bench/NOTES.md).
+WORKERS_PER_SERVER = 4
+
+
 def available_cores() -> int:
     """Cores this process may run on (the affinity mask, not the machine's count)."""
     return len(os.sched_getaffinity(0))
@@ -30,18 +35,23 @@ class SandboxConfig(BaseModel):
     open_files: int = Field(256, gt=16, description="RLIMIT_NOFILE of a job")
     max_processes: int = Field(512, gt=8, description="processes the whole sandbox may hold (cgroup or NPROC)")
     workers: int = Field(default_factory=available_cores, gt=0, description="jobs run at once (over all servers)")
-    servers: int = Field(1, gt=0, description="fork servers that share the workers; one forks each job in turn, "
-                                              "so a busy many-core machine (or a slow fork) wants several")
+    servers: int | None = Field(None, gt=0, description="fork servers sharing the workers (a server forks each of "
+                                "its jobs in turn, about 2 ms each); None: one for every 4 workers")
     preload: tuple[str, ...] = Field(DEFAULT_PRELOAD, description="modules imported and warmed once in the server")
     require_isolation: bool = Field(False, description="refuse to start unless every isolation layer is present")
     start_timeout_s: float = Field(60.0, gt=0, description="how long the server may take to import and warm up")
 
     @model_validator(mode="after")
     def _servers_have_workers(self) -> SandboxConfig:
-        if self.servers > self.workers:
+        if self.servers is not None and self.servers > self.workers:
             raise ValueError(f"servers ({self.servers}) is more than workers ({self.workers}): a server would idle")
         return self
 
     @property
-    def workers_per_server(self) -> int:
-        return max(1, -(-self.workers // self.servers))
+    def server_count(self) -> int:
+        return self.servers if self.servers is not None else max(1, self.workers // WORKERS_PER_SERVER)
+
+    def workers_of(self, server: int) -> int:
+        """The workers of one server: `workers` shared out, the first servers taking one more where it is uneven."""
+        share, extra = divmod(self.workers, self.server_count)
+        return share + (server < extra)

@@ -176,8 +176,8 @@ class Sandbox:
         self.config = config or SandboxConfig()
         self.layers = isolation.Layers()
         self.restarts = 0
-        self._conns: list[_Connection | None] = [None] * self.config.servers
-        self._cgroups: list[isolation.PidsCgroup | None] = [None] * self.config.servers
+        self._conns: list[_Connection | None] = [None] * self.config.server_count
+        self._cgroups: list[isolation.PidsCgroup | None] = [None] * self.config.server_count
         self._ids = itertools.count()
         self._start_lock = threading.Lock()
 
@@ -246,7 +246,7 @@ class Sandbox:
             command = isolation.bwrap_argv(bwrap, tmp_binds) + command
         else:
             layers.missing["bubblewrap"] = why_no_bwrap or "not found"
-        cgroup = isolation.PidsCgroup.create(cfg.max_processes // cfg.servers,
+        cgroup = isolation.PidsCgroup.create(cfg.max_processes // cfg.server_count,
                                              f"delegate-sandbox-{os.getpid()}-{id(self)}-{index}")
         self._cgroups[index] = cgroup
         nproc = None
@@ -259,7 +259,7 @@ class Sandbox:
         else:
             layers.missing["process_limit"] = ("no writable pids cgroup, and RLIMIT_NPROC does not bind root: "
                                                "a job may start processes until its deadline")
-        server_config = {**cfg.model_dump(mode="json"), "workers": cfg.workers_per_server,
+        server_config = {**cfg.model_dump(mode="json"), "workers": cfg.workers_of(index),
                          "in_bwrap": "bubblewrap" in layers.present, "nproc": nproc, "tmp_binds": tmp_binds}
         return _Connection(command, env, server_config), layers
 

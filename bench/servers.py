@@ -1,0 +1,72 @@
+"""Sandbox throughput against the number of fork servers, with the CPU time the servers themselves spend.
+
+    python bench/servers.py [--jobs 256] [--servers 1 2 4 8] [--workers N]
+
+A server forks every one of its jobs, so when its CPU time is close to the wall time the server is the
+bottleneck and more servers help. Trivial jobs (one print), `workers` at once (default: the cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from executor import Sandbox, SandboxConfig
+from executor.config import available_cores
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a process and its live threads' children (the server when bwrap or a shell wraps
+    it), from /proc."""
+    pids = [pid]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as children:
+            pids += [int(c) for c in children.read().split()]
+    ticks = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a job that has already exited
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=256)
+    parser.add_argument("--servers", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--workers", type=int, default=available_cores())
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    codes = [f"print({i} * {i + 1} + sum(range(99)))" for i in range(args.jobs)]
+    rows = []
+    for servers in (s for s in args.servers if s <= args.workers):
+        with Sandbox(SandboxConfig(workers=args.workers, servers=servers)) as sandbox:
+            sandbox.run_many(codes[: 2 * args.workers])  # warm
+            best = (float("inf"), 0.0, 0)
+            for _ in range(args.repeats):
+                before = sum(cpu_seconds(pid) for pid in sandbox.server_pids)
+                start = time.perf_counter()
+                results = sandbox.run_many(codes)
+                wall = time.perf_counter() - start
+                used = sum(cpu_seconds(pid) for pid in sandbox.server_pids) - before
+                best = min(best, (wall, used, sum(r.status == "ok" for r in results)))
+        wall, used, ok = best
+        rows.append((servers, wall, used, ok))
+    print(f"\nSandbox: {args.jobs} trivial jobs, {args.workers} workers, {available_cores()} cores, best of "
+          f"{args.repeats}\n")
+    print(f"{'servers':>7}  {'seconds':>7}  {'jobs/s':>7}  {'servers CPU s':>13}  {'CPU / wall per server':>21}  ok")
+    for servers, wall, used, ok in rows:
+        print(f"{servers:>7}  {wall:>7.2f}  {args.jobs / wall:>7.0f}  {used:>13.2f}  {used / wall / servers:>21.2f}  "
+              f"{ok}/{args.jobs}")
+
+
+if __name__ == "__main__":
+    main()
