@@ -195,8 +195,12 @@ class Sandbox:
                     missing.append(index)
             # Started here, in the caller's thread (a server dies with the thread that started it), then waited
             # for together: each imports and warms the math stack, side by side.
-            started = [(index, *self._launch(index)) for index in missing]
-            failures = []
+            started, failures = [], []
+            for index in missing:
+                try:
+                    started.append((index, *self._launch(index)))
+                except SandboxError as exc:
+                    failures.append(exc)
             for index, conn, layers in started:
                 try:
                     self._conns[index] = self._ready(index, conn, layers)
