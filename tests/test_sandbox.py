@@ -202,7 +202,7 @@ def test_start_many_returns_while_the_programs_run():
 def test_many_workers_hold_more_descriptors_than_a_job_may_open():
     """Each job process costs the server five descriptors; with 40 idle and 40 busy ones the server holds more than
     a job's `open_files`, which a job must apply only after closing what it inherited."""
-    config = FAST.model_copy(update={"workers": 40, "open_files": 64})
+    config = FAST.model_copy(update={"workers": 40, "servers": 1, "open_files": 64})
     codes = [f"import os\nprint({i}, len(os.listdir('/proc/self/fd')))" for i in range(120)]
     with Sandbox(config) as sandbox:
         results = sandbox.run_many(codes)
