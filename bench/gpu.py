@@ -1,14 +1,16 @@
 """GPU benchmark (the lent H200): rollouts with tool calls, GRPO step time, and the 7B + 7B memory peak, each
 printed as a table with its ratios measured side by side in the same run.
 
-    python bench/gpu.py rollout [--shape 7b] [--rollouts 256] [--compare-rollouts 64]
+    python bench/gpu.py rollout [--shape 7b] [--rollouts 256] [--compare-rollouts 64] [--sandbox-servers 4 8]
     python bench/gpu.py step    [--shape 1.5b] [--batch 64] [--group 8] [--completion-tokens 256]
     python bench/gpu.py memory  [--completion-tokens 2048]
 
 Models are random Qwen2.5 shapes (speed and memory do not depend on the weights' values) with Qwen's vocabulary
 size, built on the GPU in bf16; the tokenizer is the local one. No weights are downloaded.
 
-- `rollout`: our engine with 2 tool calls per rollout (forced by `PlannedScript`, one tensor op per step), the same
+- `rollout`: our engine with 2 tool calls per rollout (forced by `PlannedScript`, one tensor op per step; a real
+  program per call), with the sandbox on 1 and `--sandbox-servers` fork servers and the calls in 1 or
+  `--tool-chunks` chunks; the coder prefilling its whole prompt (`share_prefix` off); no KV reuse; the same
   planner tokens with no tool calls (the tool overhead), and the tool calls made one rollout at a time, the coder
   at batch 1 and the sandbox one job at a time: the pattern of TRL's built-in `tools=` loop, which calls each
   rollout's tools in turn (DESIGN.md). This emulates that loop inside our engine; it is not TRL's own code.
