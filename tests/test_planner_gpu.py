@@ -1,4 +1,5 @@
-"""The transformers generation backend on a CUDA device, with the dynamic and the static KV cache."""
+"""The transformers generation backend on a CUDA device: the dynamic KV cache (re-run or kept across rounds) and the
+static one."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def sandbox():
         yield box
 
 
-@pytest.mark.parametrize("cache", [None, "static"])
-def test_scripted_rollouts_are_token_exact_on_the_gpu(tiny_model_dir, sandbox, cache):
+@pytest.mark.parametrize(("cache", "reuse"), [(None, False), (None, True), ("static", False)])
+def test_scripted_rollouts_are_token_exact_on_the_gpu(tiny_model_dir, sandbox, cache, reuse):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -34,9 +35,10 @@ def test_scripted_rollouts_are_token_exact_on_the_gpu(tiny_model_dir, sandbox, c
     prompts = [probe.prompt_ids(SYSTEM, q) for q in scripts]
     forcer = ScriptedText(tokenizer, {tuple(p): parts for p, parts in zip(prompts, scripts.values(), strict=True)})
     generator = TransformersGeneration(model, tokenizer, temperature=0.0, batch_size=4, cache_implementation=cache,
-                                       logits_processors=[forcer])
+                                       logits_processors=[forcer], reuse_cache=reuse)
     engine = RolloutEngine(protocol, generator, tokenizer, sandbox, None, EngineLimits(256, 3, 200))
     trajectories = engine.run(list(scripts), prompts)
+    assert (generator.reused_tokens > 0) == reuse
     assert [t.answer for t in trajectories] == [str(i * 1000003) for i in range(6)]
     for t in trajectories:
         assert t.tool_calls[0].result.stdout == t.answer + "\n"
