@@ -88,7 +88,10 @@ def test_server_killed_mid_run_fails_each_request_after_retries(tiny_model_dir, 
     requests = [f"request number {i}" for i in range(80)]
     try:
         with build_coder(config) as coder:
-            killer = threading.Timer(0.5, server.kill)
+            start = time.monotonic()
+            coder.write_programs(["a warm-up request"])
+            one = time.monotonic() - start  # kill after about 3 of the 40 answers each connection would give
+            killer = threading.Timer(3 * one, server.kill)
             killer.start()
             start = time.monotonic()
             programs = coder.write_programs(requests)
