@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from coder.config import PROJECT_ROOT
+from coder.config import resolve
 from training.toy import sft
 from training.toy.tasks import Problem, read_jsonl
 
@@ -82,7 +82,7 @@ def measure(world: Path, mode: str, problems: list[Problem], adapter: str | Path
     planner_dir = world / f"planner-{mode}"
     tokenizer = AutoTokenizer.from_pretrained(planner_dir)
     protocol = build_protocol(mode, None, 2000, tokenizer)
-    system = (PROJECT_ROOT / (prompt or f"prompts/toy_planner_{mode}.txt")).read_text()
+    system = resolve(str(prompt or f"prompts/toy_planner_{mode}.txt")).read_text()
     examples = [sft.planner_example(tokenizer, protocol, system, p, delegate=True) for p in problems]
     pieces = []
     for e in examples:
@@ -101,7 +101,7 @@ def measure(world: Path, mode: str, problems: list[Problem], adapter: str | Path
     coder = None
     if mode == "request":
         coder_dir = world / "coder"
-        coder_prompt = (PROJECT_ROOT / "prompts" / "toy_coder.txt").read_text()
+        coder_prompt = resolve("prompts/toy_coder.txt").read_text()
         coder_examples = [sft.coder_example(tokenizer, coder_prompt, p.expression) for p in problems]
         model = AutoModelForCausalLM.from_pretrained(coder_dir).eval()
         coder = _share([s[0] for s in _exact(model, coder_examples, [_segments(e.completion_mask)
