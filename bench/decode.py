@@ -8,7 +8,8 @@ reference: 3.8k and 7.1k tokens/s at 7B, batch 256) and on left-padded prompts o
 have); then our `TransformersGeneration` (log-probabilities, per-row budgets, stop strings) on the padded prompts.
 Every row decodes `--new-tokens` steps for the whole batch (tokens/s = batch x steps / seconds). With `--trace`,
 a torch.profiler run over a short call of ours prints the operators that take the GPU's and the CPU's time and
-writes a Chrome trace.
+writes a Chrome trace; with `--step-profile N`, one decoding step's time by operator (N steps profiled, the
+prefill subtracted out).
 """
 
 from __future__ import annotations
@@ -102,6 +103,45 @@ def profile(generation: TransformersGeneration, batch: list[list[int]], steps: i
             + averages.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
 
 
+def step_profile(generation: TransformersGeneration, batch: list[list[int]], steps: int, rows: str) -> str:
+    """Where one decoding step's time goes: two profiled calls, of 8 and of 8 + `steps` new tokens, and the
+    difference divided by `steps` (the prefill and the call's set-up cancel out). Kernel time is summed over the
+    GPU's own events, so an operator and the kernels it launched are not counted twice."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    def run(new_tokens: int) -> tuple[float, dict[str, tuple[float, float, int]], float]:
+        ours(generation, batch, new_tokens)  # warm
+        sync()
+        start = time.perf_counter()
+        with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            ours(generation, batch, new_tokens)
+            sync()
+        wall = time.perf_counter() - start
+        averages = prof.key_averages()
+        kernels = sum(e.self_device_time_total for e in averages
+                      if e.device_type == DeviceType.CUDA and "Command Buffer Full" not in e.key)
+        ops = {e.key: (e.self_device_time_total, e.self_cpu_time_total, e.count) for e in averages
+               if e.device_type != DeviceType.CUDA}
+        return wall, ops, kernels
+
+    short_wall, short, short_kernels = run(8)
+    long_wall, long, long_kernels = run(8 + steps)
+    wall = 1000 * (long_wall - short_wall) / steps
+    gpu = (long_kernels - short_kernels) / 1000 / steps
+    diff = {k: [(v[0] - short.get(k, (0, 0, 0))[0]) / 1000 / steps, (v[1] - short.get(k, (0, 0, 0))[1]) / 1000 / steps,
+                (v[2] - short.get(k, (0, 0, 0))[2]) / steps] for k, v in long.items()}
+    top = sorted(diff.items(), key=lambda kv: -kv[1][0])[:14]
+    body = [[k[:58], f"{g:.2f}", f"{c:.2f}", f"{n:.0f}"] for k, (g, c, n) in top]
+    busiest = sorted(diff.items(), key=lambda kv: -kv[1][1])[:8]
+    body += [["", "", "", ""]] + [[k[:58], f"{g:.2f}", f"{c:.2f}", f"{n:.0f}"] for k, (g, c, n) in busiest]
+    return (f"\nOne decoding step of ours ({rows}, {steps} steps profiled): wall {wall:.1f} ms, GPU kernels "
+            f"{gpu:.1f} ms ({100 * gpu / wall:.0f} % busy)\n\n"
+            + table("By GPU time (then the operators with the most CPU time)",
+                    ["operator", "GPU ms/step", "CPU ms/step", "calls/step"], body))
+
+
 def peak() -> str:
     return f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if torch.cuda.is_available() else "-"
 
@@ -116,6 +156,8 @@ def main() -> None:
     parser.add_argument("--rows", default="plain,ours", help="plain, ours, or both (comma-separated)")
     parser.add_argument("--trace", type=Path, help="profile a short call of ours; Chrome trace written here (.gz)")
     parser.add_argument("--profile-steps", type=int, default=12)
+    parser.add_argument("--step-profile", type=int, default=0, metavar="N",
+                        help="profile N decoding steps of ours, prefill left out (ms per step by operator)")
     args = parser.parse_args()
     import transformers
 
@@ -150,6 +192,9 @@ def main() -> None:
     if args.trace:
         generation = TransformersGeneration(model, tokenizer, batch_size=args.batch)
         print(profile(generation, mixed, args.profile_steps, args.trace), flush=True)
+    if args.step_profile:
+        generation = TransformersGeneration(model, tokenizer, batch_size=args.batch)
+        print(step_profile(generation, mixed, args.step_profile, f"{args.batch} rows"), flush=True)
 
 
 if __name__ == "__main__":

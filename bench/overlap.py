@@ -8,7 +8,7 @@ The planner runs through our `TransformersGeneration` (left-padded 64-128-token 
 coder's `TransformersBackend` (322-token requests, 310 of them shared, `share_prefix` on), both random Qwen2.5
 shapes in bf16 on one card. For each batch size: the planner alone, the coder alone (two calls, as two tool rounds),
 both at once, and two planner cohorts at once against one planner call of twice the rows. `gain` is the serial
-time over the concurrent time (1.0: the GPU was already full; 2.0: perfect overlap). A rollout could only hide the
+time over the concurrent time (1.0: nothing gained; 2.0: perfect overlap). A rollout could only hide the
 coder behind the planner, on one card, where the gain is well above 1. With `--processes`, a second table: the
 planner and the coder each in a process of its own (no shared interpreter lock; the GPU time-slices between
 them), one after the other and at once.
