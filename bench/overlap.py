@@ -121,16 +121,19 @@ def worker(role: str, args: argparse.Namespace, barrier, queue) -> None:
 def processes(args: argparse.Namespace) -> str:
     context = mp.get_context("spawn")
     barrier, queue = context.Barrier(2), context.Queue()
-    workers = [context.Process(target=worker, args=(role, args, barrier, queue)) for role in ("planner", "coder")]
+    workers = [context.Process(target=worker, args=(role, args, barrier, queue), daemon=True)  # end with us
+               for role in ("planner", "coder")]
     for process in workers:
         process.start()
     expected = len(args.batches) * args.repeats * 4
     got: list[tuple[int, str, str, float]] = []
     while len(got) < expected:
         try:
-            got.append(queue.get(timeout=600))
-        except queues.Empty as exc:  # a dead worker: say so rather than wait for ever
-            raise RuntimeError(f"a worker stopped answering after {len(got)} of {expected} timings") from exc
+            got.append(queue.get(timeout=10))
+        except queues.Empty:  # a dead worker leaves the other at the barrier: say so rather than wait for ever
+            if dead := [p for p in workers if not p.is_alive()]:
+                raise RuntimeError(f"a worker exited with code {dead[0].exitcode} after {len(got)} of {expected} "
+                                   "timings") from None
     for process in workers:
         process.join()
     rows = []
