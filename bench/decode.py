@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -78,26 +79,40 @@ def timed(fn, repeats: int) -> tuple[float, int]:
     return best, steps
 
 
-def profile(generation: TransformersGeneration, batch: list[list[int]], steps: int, trace: Path) -> str:
+def profiled(generation: TransformersGeneration, batch: list[list[int]], steps: int) -> tuple[float, Any]:
+    """Wall seconds and the torch.profiler record of one call of ours, after an unprofiled warm-up call."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
-    ours(generation, batch, steps)  # warm
+    ours(generation, batch, steps)
     sync()
     start = time.perf_counter()
     with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         ours(generation, batch, steps)
         sync()
-    wall = time.perf_counter() - start
+    return time.perf_counter() - start, prof
+
+
+def kernel_time(averages: Any) -> float:
+    """Microseconds of the GPU's own events: an operator and the kernels it launched are not counted twice, and
+    the profiler's "Command Buffer Full" marker is not a kernel."""
+    from torch.autograd import DeviceType
+
+    return sum(e.self_device_time_total for e in averages
+               if e.device_type == DeviceType.CUDA and "Command Buffer Full" not in e.key)
+
+
+def profile(generation: TransformersGeneration, batch: list[list[int]], steps: int, trace: Path) -> str:
+    wall, prof = profiled(generation, batch, steps)
     averages = prof.key_averages()
-    gpu = sum(e.self_device_time_total for e in averages) / 1e6
+    gpu = kernel_time(averages) / 1e6
     raw = trace.with_suffix("")
     prof.export_chrome_trace(str(raw))
     with raw.open("rb") as source, gzip.open(trace, "wb") as sink:
         shutil.copyfileobj(source, sink)
     raw.unlink()
     return (f"\nProfile of our generate call, {len(batch)} rows x {steps} new tokens (prefill included): wall "
-            f"{wall:.2f} s under the profiler, GPU busy {gpu:.2f} s ({100 * gpu / wall:.0f} %)\n\nBy GPU time:\n"
+            f"{wall:.2f} s under the profiler, GPU kernels {gpu:.2f} s ({100 * gpu / wall:.0f} %)\n\nBy GPU time:\n"
             + averages.table(sort_by="self_device_time_total", row_limit=20, max_name_column_width=60)
             + "\nBy CPU time:\n"
             + averages.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
@@ -105,41 +120,35 @@ def profile(generation: TransformersGeneration, batch: list[list[int]], steps: i
 
 def step_profile(generation: TransformersGeneration, batch: list[list[int]], steps: int, rows: str) -> str:
     """Where one decoding step's time goes: two profiled calls, of 8 and of 8 + `steps` new tokens, and the
-    difference divided by `steps` (the prefill and the call's set-up cancel out). Kernel time is summed over the
-    GPU's own events, so an operator and the kernels it launched are not counted twice."""
+    difference divided by `steps` (the prefill and the call's set-up cancel out)."""
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as profiler
 
-    def run(new_tokens: int) -> tuple[float, dict[str, tuple[float, float, int]], float]:
-        ours(generation, batch, new_tokens)  # warm
-        sync()
-        start = time.perf_counter()
-        with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            ours(generation, batch, new_tokens)
-            sync()
-        wall = time.perf_counter() - start
+    def run(new_tokens: int) -> tuple[float, float, dict[str, tuple[float, float, int]]]:
+        wall, prof = profiled(generation, batch, new_tokens)
         averages = prof.key_averages()
-        kernels = sum(e.self_device_time_total for e in averages
-                      if e.device_type == DeviceType.CUDA and "Command Buffer Full" not in e.key)
         ops = {e.key: (e.self_device_time_total, e.self_cpu_time_total, e.count) for e in averages
                if e.device_type != DeviceType.CUDA}
-        return wall, ops, kernels
+        return wall, kernel_time(averages), ops
 
-    short_wall, short, short_kernels = run(8)
-    long_wall, long, long_kernels = run(8 + steps)
+    short_wall, short_kernels, short = run(8)
+    long_wall, long_kernels, long = run(8 + steps)
     wall = 1000 * (long_wall - short_wall) / steps
     gpu = (long_kernels - short_kernels) / 1000 / steps
-    diff = {k: [(v[0] - short.get(k, (0, 0, 0))[0]) / 1000 / steps, (v[1] - short.get(k, (0, 0, 0))[1]) / 1000 / steps,
-                (v[2] - short.get(k, (0, 0, 0))[2]) / steps] for k, v in long.items()}
-    top = sorted(diff.items(), key=lambda kv: -kv[1][0])[:14]
-    body = [[k[:58], f"{g:.2f}", f"{c:.2f}", f"{n:.0f}"] for k, (g, c, n) in top]
-    busiest = sorted(diff.items(), key=lambda kv: -kv[1][1])[:8]
-    body += [["", "", "", ""]] + [[k[:58], f"{g:.2f}", f"{c:.2f}", f"{n:.0f}"] for k, (g, c, n) in busiest]
+    per_step = {}  # operator -> GPU ms, CPU ms, calls, per step
+    for key, (device, cpu, count) in long.items():
+        before = short.get(key, (0.0, 0.0, 0))
+        per_step[key] = ((device - before[0]) / 1000 / steps, (cpu - before[1]) / 1000 / steps,
+                         (count - before[2]) / steps)
+
+    def lines(by: int, limit: int) -> list[list[str]]:
+        top = sorted(per_step.items(), key=lambda kv: -kv[1][by])[:limit]
+        return [[k[:58], f"{g:.2f}", f"{c:.2f}", f"{n:.0f}"] for k, (g, c, n) in top]
+
     return (f"\nOne decoding step of ours ({rows}, {steps} steps profiled): wall {wall:.1f} ms, GPU kernels "
             f"{gpu:.1f} ms ({100 * gpu / wall:.0f} % busy)\n\n"
             + table("By GPU time (then the operators with the most CPU time)",
-                    ["operator", "GPU ms/step", "CPU ms/step", "calls/step"], body))
+                    ["operator", "GPU ms/step", "CPU ms/step", "calls/step"],
+                    [*lines(0, 14), ["", "", "", ""], *lines(1, 8)]))
 
 
 def peak() -> str:
