@@ -37,6 +37,9 @@ class SandboxConfig(BaseModel):
     workers: int = Field(default_factory=available_cores, gt=0, description="jobs run at once (over all servers)")
     servers: int | None = Field(None, gt=0, description="fork servers sharing the workers (a server forks each of "
                                 "its jobs in turn, about 2 ms each); None: one for every 4 workers")
+    ready: int | None = Field(None, gt=0, description="job processes kept forked and isolated ahead of need (over "
+                              "all servers, at least `workers`): a burst of this many jobs waits for no fork. The "
+                              "pool is refilled while the servers are idle; None: `workers`")
     preload: tuple[str, ...] = Field(DEFAULT_PRELOAD, description="modules imported and warmed once in the server")
     require_isolation: bool = Field(False, description="refuse to start unless every isolation layer is present")
     start_timeout_s: float = Field(60.0, gt=0, description="how long the server may take to import and warm up")
@@ -45,6 +48,10 @@ class SandboxConfig(BaseModel):
     def _servers_have_workers(self) -> SandboxConfig:
         if self.servers is not None and self.servers > self.workers:
             raise ValueError(f"servers ({self.servers}) is more than workers ({self.workers}): a server would idle")
+        if self.ready is not None and self.ready + self.workers > self.max_processes // 2:
+            raise ValueError(f"ready ({self.ready}) and workers ({self.workers}) take more than half of "
+                             f"max_processes ({self.max_processes}), leaving the jobs' own processes too few; "
+                             "raise max_processes")
         return self
 
     @property
@@ -53,5 +60,13 @@ class SandboxConfig(BaseModel):
 
     def workers_of(self, server: int) -> int:
         """The workers of one server: `workers` shared out, the first servers taking one more where it is uneven."""
-        share, extra = divmod(self.workers, self.server_count)
-        return share + (server < extra)
+        return _share(self.workers, self.server_count, server)
+
+    def ready_of(self, server: int) -> int:
+        """The job processes one server keeps waiting: its share of `ready`, and never fewer than its workers."""
+        return max(self.workers_of(server), _share(self.ready or 0, self.server_count, server))
+
+
+def _share(total: int, parts: int, index: int) -> int:
+    share, extra = divmod(total, parts)
+    return share + (index < extra)

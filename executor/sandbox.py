@@ -263,7 +263,7 @@ class Sandbox:
         else:
             layers.missing["process_limit"] = ("no writable pids cgroup, and RLIMIT_NPROC does not bind root: "
                                                "a job may start processes until its deadline")
-        server_config = {**cfg.model_dump(mode="json"), "workers": cfg.workers_of(index),
+        server_config = {**cfg.model_dump(mode="json"), "workers": cfg.workers_of(index), "ready": cfg.ready_of(index),
                          "in_bwrap": "bubblewrap" in layers.present, "nproc": nproc, "tmp_binds": tmp_binds}
         return _Connection(command, env, server_config), layers
 

@@ -1,8 +1,9 @@
 """The fork server: a long-lived process that imports and warms the math stack once, then forks a job per program.
 
 Started by `Sandbox` as `python -m executor.server` (inside bubblewrap when the machine has it), it talks to its
-caller over stdin/stdout in length-prefixed JSON frames. Job processes are forked ahead of need (`workers` of them
-wait, already isolated, for their code), so a job's latency is a pipe write and the job itself. Every job's status
+caller over stdin/stdout in length-prefixed JSON frames. Job processes are forked ahead of need (`ready` of them,
+at least `workers`, wait, already isolated, for their code; the pool is refilled while the server is idle), so a
+job's latency is a pipe write and the job itself. Every job's status
 is derived here, in the parent, from how the process ended and what the job reported.
 """
 
@@ -200,9 +201,14 @@ class Server:
         finally:
             os.close(worker.job_w)
 
+    def _target(self) -> int:
+        """Idle job processes to hold now: `workers` while jobs run or wait (every fork delays their results);
+        the whole `ready` pool, refilled one fork per turn of the loop, once the server is idle."""
+        return self.config["workers"] if self.queue or self.busy else self.config["ready"]
+
     def _refill(self) -> None:
         now = time.monotonic()
-        while len(self.idle) < self.config["workers"] and now >= self.spawn_after:
+        while len(self.idle) < self._target() and now >= self.spawn_after:
             try:
                 worker = self._spawn()
             except OSError as exc:  # EAGAIN from the process limit while a job holds many processes
@@ -211,6 +217,8 @@ class Server:
                 return
             self.selector.register(worker.pidfd, selectors.EVENT_READ, ("exit", worker))
             self.idle.append(worker)
+            if len(self.idle) >= self.config["workers"]:
+                return  # past what dispatching needs: look at the pipes before the next fork
 
     def _dispatch(self) -> None:
         while self.queue and self.idle and len(self.busy) < self.config["workers"]:
@@ -292,7 +300,7 @@ class Server:
     def _expire(self) -> float | None:
         """Kill jobs past their hard deadline; return the seconds until the next deadline."""
         now = time.monotonic()
-        upcoming = [self.spawn_after - now] if len(self.idle) < self.config["workers"] else []
+        upcoming = [self.spawn_after - now] if len(self.idle) < self._target() else []
         for worker in self.busy.values():
             if worker.hard_deadline <= now:
                 self._kill(worker, "timeout")

@@ -227,3 +227,24 @@ def test_several_servers_share_the_jobs_and_restart_alone():
         assert sandbox.restarts == 1 and sandbox.server_pids[1] == second and sandbox.server_pids[0] != first
     with pytest.raises(ValidationError, match="servers"):
         SandboxConfig(workers=2, servers=3)
+
+
+def test_a_ready_pool_is_forked_while_idle_and_refilled_after_a_burst():
+    """`ready` job processes wait, forked and isolated, over both servers; a burst of that many jobs runs on them
+    (right results, in order) and the servers fork the pool again once they are idle."""
+    config = FAST.model_copy(update={"workers": 2, "servers": 2, "ready": 12})
+    assert [config.ready_of(s) for s in (0, 1)] == [6, 6]
+
+    def waiting() -> int:
+        return sum(len(descendants(pid)) for pid in sandbox.server_pids)
+
+    with Sandbox(config) as sandbox:
+        assert wait_until(lambda: waiting() >= 12, timeout_s=20.0), waiting()
+        results = sandbox.run_many([f"import os\nprint({i}, os.getpid() > 0)" for i in range(12)])
+        assert [r.stdout for r in results] == [f"{i} True\n" for i in range(12)]
+        assert wait_until(lambda: waiting() >= 12, timeout_s=20.0), waiting()
+    with Sandbox(FAST) as small:  # without `ready`: `workers` of them, one per worker
+        time.sleep(1.0)
+        assert sum(len(descendants(pid)) for pid in small.server_pids) < 12
+    with pytest.raises(ValidationError, match="max_processes"):
+        SandboxConfig(workers=2, ready=300, max_processes=512)
