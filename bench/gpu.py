@@ -2,6 +2,7 @@
 printed as a table with its ratios measured side by side in the same run.
 
     python bench/gpu.py rollout [--shape 7b] [--rollouts 256] [--compare-rollouts 64] [--sandbox-servers 4 8]
+                                [--sandbox-ready 256] [--coder-cache graph]
     python bench/gpu.py step    [--shape 1.5b] [--batch 64] [--group 8] [--completion-tokens 256]
     python bench/gpu.py memory  [--completion-tokens 2048]
 
@@ -9,11 +10,13 @@ Models are random Qwen2.5 shapes (speed and memory do not depend on the weights'
 size, built on the GPU in bf16; the tokenizer is the local one. No weights are downloaded.
 
 - `rollout`: our engine with 2 tool calls per rollout (forced by `PlannedScript`, one tensor op per step; a real
-  program per call), with the sandbox on 1 and `--sandbox-servers` fork servers and the calls in 1 or
-  `--tool-chunks` chunks; the coder prefilling its whole prompt (`share_prefix` off); no KV reuse; the same
-  planner tokens with no tool calls (the tool overhead), and the tool calls made one rollout at a time, the coder
-  at batch 1 and the sandbox one job at a time: the pattern of TRL's built-in `tools=` loop, which calls each
-  rollout's tools in turn (DESIGN.md). This emulates that loop inside our engine; it is not TRL's own code.
+  program per call), with the sandbox on 1 and `--sandbox-servers` fork servers (the most of them also with
+  `--sandbox-ready` job processes forked ahead) and the calls in 1 or `--tool-chunks` chunks; with
+  `--coder-cache`, the coder on the static cache or its CUDA-graph decoder (`coder.cuda_graph`); the coder
+  prefilling its whole prompt (`share_prefix` off); no KV reuse; the same planner tokens with no tool calls (the
+  tool overhead), and the tool calls made one rollout at a time, the coder at batch 1 and the sandbox one job at a
+  time: the pattern of TRL's built-in `tools=` loop, which calls each rollout's tools in turn (DESIGN.md).
+  This emulates that loop inside our engine; it is not TRL's own code.
 - `step`: seconds per GRPO step through `training/grpo.py` (our rollout function) against TRL's vanilla GRPO on
   the same model, prompts and completion lengths, no tool calls (`bench/train_step.py`).
 - `memory`: the 7B request recipe (`training/recipes/qwen2.5-7b-request.yaml`: LoRA, gradient checkpointing,
@@ -108,8 +111,9 @@ def rollout(args: argparse.Namespace) -> str:
         """The sandbox running a real program for every call: a random coder writes no code block, and an empty
         program would be refused without a job."""
 
-        def __init__(self, servers: int) -> None:
-            self.box = Sandbox(SandboxConfig(timeout_s=10.0, servers=servers)).start()  # before any CUDA work
+        def __init__(self, servers: int, ready: int = 0) -> None:
+            pool = {"ready": ready, "max_processes": max(512, 4 * ready)} if ready else {}
+            self.box = Sandbox(SandboxConfig(timeout_s=10.0, servers=servers, **pool)).start()  # before CUDA work
 
         def run_many(self, codes: list[str]) -> list:
             return self.start_many(codes).results()
@@ -118,8 +122,11 @@ def rollout(args: argparse.Namespace) -> str:
             return self.box.start_many([code or f"print({i} * {i + 1} + sum(range(99)))"
                                         for i, code in enumerate(codes)])
 
-    boxes = {servers: Programs(servers) for servers in (1, *args.sandbox_servers)}
-    sandbox = boxes[1]
+    boxes = {(servers, 0): Programs(servers) for servers in (1, *args.sandbox_servers)}
+    most = max(servers for servers, _ in boxes)
+    if args.sandbox_ready:
+        boxes[(most, args.sandbox_ready)] = Programs(most, args.sandbox_ready)
+    sandbox = boxes[(1, 0)]
     tokenizer = build_tokenizer()
     model = random_model(args.shape, tokenizer, args.device)
     coder = build_coder(CoderConfig(model=f"random {args.shape}", device=args.device, max_new_tokens=args.coder_tokens,
@@ -183,23 +190,26 @@ def rollout(args: argparse.Namespace) -> str:
     unshared = build_coder(CoderConfig(model=f"random {args.shape}", device=args.device,
                                        max_new_tokens=args.coder_tokens, cache_size=0, batch_size=args.rollouts,
                                        share_prefix=False), model=model, tokenizer=tokenizer)
-    def variant(servers: int, chunks: int) -> str:
+    def variant(servers: int, ready: int, chunks: int) -> str:
         return ", ".join(["engine, batched tool calls", *([f"in {chunks} chunks"] if chunks > 1 else []),
-                          f"sandbox {servers} server{'s' if servers > 1 else ''}"])
+                          f"sandbox {servers} server{'s' if servers > 1 else ''}",
+                          *([f"{ready} ready"] if ready else [])])
 
-    plan = [*((variant(servers, chunks), args.rollouts, True, coder, box, True, chunks)
-              for servers, box in boxes.items() for chunks in (1, *args.tool_chunks)),
+    plan = [*((variant(servers, ready, chunks), args.rollouts, True, coder, box, True, chunks)
+              for (servers, ready), box in boxes.items() for chunks in (1, *args.tool_chunks)),
             ("engine, coder prefills its whole prompt", args.rollouts, True, unshared, sandbox, True, 1),
             ("engine, batched tool calls, no KV reuse", args.rollouts, True, coder, sandbox, False, 1),
             ("same tokens, no tool calls", args.rollouts, False, coder, sandbox, True, 1)]
     if args.coder_cache:
-        static = build_coder(CoderConfig(model=f"random {args.shape}", device=args.device,
-                                         max_new_tokens=args.coder_tokens, cache_size=0, batch_size=args.rollouts,
-                                         cache_implementation=args.coder_cache), model=model, tokenizer=tokenizer)
-        print(f"warming up the coder with its {args.coder_cache} cache ...", file=sys.stderr, flush=True)
-        run(args.rollouts, True, static, sandbox)
-        plan.insert(1, (f"engine, batched tool calls, coder {args.coder_cache} cache", args.rollouts, True, static,
-                        sandbox, True, 1))
+        own = {"cuda_graph": True} if args.coder_cache == "graph" else {"cache_implementation": args.coder_cache}
+        fast = build_coder(CoderConfig(model=f"random {args.shape}", device=args.device,
+                                       max_new_tokens=args.coder_tokens, cache_size=0, batch_size=args.rollouts,
+                                       **own), model=model, tokenizer=tokenizer)
+        key = (most, args.sandbox_ready)
+        print(f"warming up the coder ({args.coder_cache}) ...", file=sys.stderr, flush=True)
+        run(args.rollouts, True, fast, boxes[key])
+        plan.insert(len(boxes), (f"{variant(*key, 1)}, coder {args.coder_cache}", args.rollouts, True, fast,
+                                 boxes[key], True, 1))
     if args.compare_rollouts:
         plan += [("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, True, 1),
                  ("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts, True,
@@ -297,11 +307,16 @@ def main() -> None:
     parser.add_argument("--compare-rollouts", type=int, default=64, help="0: skip the one-at-a-time comparison")
     parser.add_argument("--segment-tokens", type=int, default=85, help="planner tokens per round (3 rounds)")
     parser.add_argument("--coder-tokens", type=int, default=32)
-    parser.add_argument("--coder-cache", choices=["static"], help="rollout: add a row with the coder on this cache")
+    parser.add_argument("--coder-cache", choices=["static", "graph"],
+                        help="rollout: add a row with the coder on the static cache, or on its CUDA-graph decoder "
+                             "(coder.cuda_graph), with the most sandbox servers")
     parser.add_argument("--tool-chunks", type=int, nargs="*", default=[2],
                         help="rollout: rows with a round's calls in this many coder/sandbox chunks")
     parser.add_argument("--sandbox-servers", type=int, nargs="*", default=[4],
                         help="rollout: rows with the sandbox's jobs spread over this many fork servers")
+    parser.add_argument("--sandbox-ready", type=int, default=0,
+                        help="rollout: add a sandbox of the most servers keeping this many job processes forked "
+                             "ahead (executor.ready)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--group", type=int, default=8)

@@ -11,7 +11,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Fields that only one backend reads: setting one for another backend is a mistake worth failing on.
 BACKEND_FIELDS = {
-    "transformers": {"device", "dtype", "batch_size", "cache_implementation", "share_prefix"},
+    "transformers": {"device", "dtype", "batch_size", "cache_implementation", "share_prefix", "cuda_graph"},
     "openai": {"base_url", "api_key_env", "concurrency", "timeout_s", "retries"},
     "vllm": {"gpu_memory_utilization", "tensor_parallel_size", "max_model_len", "dtype"},
 }
@@ -40,6 +40,8 @@ class CoderConfig(BaseModel):
         None, description="KV cache for generate; 'static' compiles the decoding step (CUDA graphs on a GPU)")
     share_prefix: bool = Field(True, description="run the prompt tokens all requests share once per micro-batch "
                                                  "(dynamic cache only)")
+    cuda_graph: bool = Field(False, description="decode with a preallocated cache, the one-token step captured once "
+                             "per micro-batch as a CUDA graph and replayed (on a CPU the same loop, eager)")
     # openai
     base_url: str | None = Field(None, description="e.g. http://localhost:8000/v1; None is OpenAI's own API")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
@@ -58,6 +60,8 @@ class CoderConfig(BaseModel):
         wrong = sorted(foreign & self.model_fields_set)
         if wrong:
             raise ValueError(f"{', '.join(wrong)} do not apply to the {self.backend!r} backend")
+        if self.cuda_graph and self.cache_implementation is not None:
+            raise ValueError("cuda_graph brings its own preallocated cache: leave cache_implementation unset")
         return self
 
     def prompt_text(self) -> str:

@@ -51,6 +51,17 @@ def returned_cache(output: Any) -> Any:
     return None
 
 
+def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end a reply: the tokenizer's EOS and the model's generation config's."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return ids
+
+
 def shared_prefix(rows: list[list[int]]) -> int:
     """Tokens that every row begins with, leaving each row at least one token of its own."""
     if not rows:
@@ -80,6 +91,10 @@ class TransformersBackend:
                                                          dtype=resolve_dtype(config.dtype, self.device))
             model.to(self.device)
         self.model = model.eval().requires_grad_(False)
+        if config.cuda_graph:
+            from coder.graph_decode import check_model
+
+            check_model(self.model)
 
     def complete(self, conversations: list[Conversation]) -> list[str | BackendError]:
         texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
@@ -109,13 +124,20 @@ class TransformersBackend:
         width = max(len(t) for t in tails)
         ids = torch.tensor([rows[0][:shared] + [pad] * (width - len(t)) + t for t in tails], device=self.device)
         mask = torch.tensor([[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails], device=self.device)
-        sampling: dict[str, Any] = {"do_sample": False}
-        if self.config.temperature > 0:
-            sampling = {"do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p}
         with torch.inference_mode():
+            prefix = returned_cache(self.model(input_ids=ids[:1, :shared], use_cache=True)) if shared else None
+            if self.config.cuda_graph:
+                from coder.graph_decode import decode
+
+                generated = decode(self.model, ids, mask, prefix, shared, self.config.max_new_tokens,
+                                   sorted(eos_ids(self.model, self.tokenizer)), pad, self.config.temperature,
+                                   self.config.top_p)
+                return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+            sampling: dict[str, Any] = {"do_sample": False}
+            if self.config.temperature > 0:
+                sampling = {"do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p}
             resumed: dict[str, Any] = {}
-            if shared:
-                prefix = returned_cache(self.model(input_ids=ids[:1, :shared], use_cache=True))
+            if prefix is not None:
                 prefix.batch_repeat_interleave(len(rows))
                 resumed = cache_argument(self.model, prefix)
             generated = self.model.generate(input_ids=ids, attention_mask=mask,

@@ -21,7 +21,7 @@ from transformers import (
     StopStringCriteria,
 )
 
-from coder.transformers_backend import cache_argument, returned_cache
+from coder.transformers_backend import cache_argument, eos_ids, returned_cache
 from planner.sync import RankSync
 
 StopReason = Literal["eos", "stop", "length"]
@@ -125,7 +125,7 @@ class TransformersGeneration:
         self.logits_processors = list(logits_processors or [])
         self.sync = sync
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_ids = sorted(_eos_ids(model, tokenizer))
+        self.eos_ids = sorted(eos_ids(model, tokenizer))
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
         self.reuse_cache = reuse_cache and cache_implementation in (None, "dynamic") and sync is None
         self._kept: list[_Kept] = []  # the last call's micro-batches, for the next round
@@ -281,13 +281,3 @@ def _continuations(kept: list[_Kept], prompts: list[list[int]]
         used.add(hit)
         groups.setdefault(hit[0], []).append((i, hit[1]))
     return [(kept[g], pairs) for g, pairs in groups.items()], fresh
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    return ids

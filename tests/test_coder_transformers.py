@@ -123,3 +123,72 @@ def test_sharing_the_prompt_prefix_changes_no_reply_and_prefills_less(config):
     assert len(set(replies[True])) > 1
     prompt = len(coder.backend.tokenizer(coder.system_prompt)["input_ids"])
     assert fed[False] - fed[True] >= (len(REQUESTS) - 1) * prompt  # the system prompt fed once, not five times
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_graph_decoding_loop_writes_what_generate_writes(config, share):
+    """`cuda_graph`'s decoding loop (preallocated cache, 4D masks, own position ids; eager on this CPU) gives the
+    greedy replies of `generate`, with and without the shared prompt prefix, over rows of different lengths."""
+    replies = {}
+    for graph in (False, True):
+        update = {"cache_size": 0, "share_prefix": share, "cuda_graph": graph, "max_new_tokens": 20}
+        with build_coder(config.model_copy(update=update)) as coder:
+            replies[graph] = [p.reply for p in coder.write_programs(REQUESTS)]
+    assert replies[True] == replies[False]
+    assert len(set(replies[True])) > 1
+
+
+def test_graph_decoding_stops_every_row_at_its_eos(tiny_model_dir):
+    """Rows past their EOS are padding, and the loop stops once every row is done (checked every few steps)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from coder.graph_decode import CHECK_EVERY, decode
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    free = decode(model, ids, mask, None, 0, 30, eos_ids=[], pad_id=0)
+    assert free.shape == (2, 30)
+    stop = int(free[0, 2])  # make the first row's third token its EOS
+    stopped = decode(model, ids, mask, None, 0, 30, eos_ids=[stop], pad_id=0)
+    first = next(i for i, t in enumerate(free[0].tolist()) if t == stop)
+    assert stopped[0, : first + 1].tolist() == free[0, : first + 1].tolist()
+    assert set(stopped[0, first + 1:].tolist()) <= {0}
+    seconds = [i for i, t in enumerate(free[1].tolist()) if t == stop]
+    if seconds:  # the second row met the same token: both done, the loop ends at the next check
+        assert stopped.shape[1] <= (max(first, seconds[0]) // CHECK_EVERY + 1) * CHECK_EVERY
+    else:
+        assert stopped.shape[1] == 30 and stopped[1].tolist() == free[1].tolist()
+
+
+def test_graph_decoding_refuses_flash_attention(config, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from coder.transformers_backend import TransformersBackend
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="4D attention masks"):
+        TransformersBackend(config.model_copy(update={"cuda_graph": True}), model=model)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replies_equal_generate_on_the_gpu(config):
+    """On a CUDA device the step is captured and replayed (float32, so that the two attention paths agree to the
+    token): the greedy replies equal `generate`'s, for two batch shapes in a row (a graph per micro-batch)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    replies = {}
+    for graph in (False, True):
+        update = {"cache_size": 0, "cuda_graph": graph, "max_new_tokens": 40, "device": "cuda", "dtype": "float32"}
+        with build_coder(config.model_copy(update=update)) as coder:
+            replies[graph] = [[p.reply for p in coder.write_programs(batch)] for batch in (REQUESTS, REQUESTS[:2])]
+            if graph:
+                sampled = coder.backend.config.model_copy(update={"temperature": 1.0})
+                coder.backend.config = sampled
+                assert all(isinstance(r, str) for r in coder.backend.complete([[{"role": "user", "content": "x"}]]))
+    assert replies[True] == replies[False]
+    assert len(set(replies[True][0])) > 1

@@ -1,0 +1,144 @@
+"""Decoding with a preallocated KV cache whose one-token step is captured once as a CUDA graph and replayed.
+
+`generate` launches each decoding step's kernels from Python, about 1,300 of them for a 7B Qwen2.5; at the coder's
+batch of 256 rows that launching, not the GPU, sets the pace (bench/NOTES.md, fifth session). Here the step (the
+forward pass of one token per row into a `StaticCache`, under a 4D mask kept in a buffer) is recorded once per call
+and replayed: one launch a step, and the step's kernels are the eager ones (no `torch.compile`, whose attention
+copies the key/value heads over the whole preallocated cache). Choosing the next token (argmax, or temperature and
+top-p sampling through transformers' own warpers) stays outside the graph. On a CPU the same loop runs without it.
+
+Rows carry `generate`'s left-padding layout: the positions where `mask` is 1 are the row's tokens, position ids
+count them, and a padded position sees only itself (so that no query row is empty), never seen by a real token.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import StaticCache, TemperatureLogitsWarper, TopPLogitsWarper
+
+CHECK_EVERY = 8  # steps between checks (one host sync) that every row has finished
+WARMUP_STEPS = 2  # eager steps on a side stream before the capture, as `torch.cuda.graphs` asks
+
+
+def check_model(model: Any) -> None:
+    """Refuse, at load time, a model this decoder cannot drive."""
+    attention = model.config._attn_implementation
+    if attention not in ("sdpa", "eager"):
+        raise ValueError(f"coder.cuda_graph passes 4D attention masks, which the {attention!r} attention does not "
+                         "take; load the coder with attn_implementation='sdpa'")
+    if "cache" not in inspect.signature(model.forward).parameters:
+        raise ValueError("coder.cuda_graph needs a transformers release whose models take `cache=` and whose "
+                         "StaticCache counts its own length (5.24 was tested)")
+
+
+def greedy_or_sampled(temperature: float, top_p: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The next token of each row from its last-position logits."""
+    if temperature <= 0:
+        return lambda logits: logits.argmax(-1)
+    warpers = [TemperatureLogitsWarper(temperature), *([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])]
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        scores = logits.float()
+        for warp in warpers:
+            scores = warp(None, scores)
+        return torch.multinomial(scores.softmax(-1), 1).squeeze(1)
+
+    return sample
+
+
+class _Step:
+    """The one-token forward pass, eager for the first calls and then replayed from a captured graph."""
+
+    def __init__(self, forward: Callable[[], torch.Tensor], graph: bool) -> None:
+        self.forward = forward
+        self.graph = torch.cuda.CUDAGraph() if graph else None
+        self.calls = 0
+        self.output: torch.Tensor | None = None
+
+    def __call__(self) -> torch.Tensor:
+        self.calls += 1
+        if self.graph is None:
+            return self.forward()
+        if self.calls <= WARMUP_STEPS:  # real steps, run on a side stream (cuBLAS and allocator warm-up)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                output = self.forward()
+            torch.cuda.current_stream().wait_stream(side)
+            return output
+        if self.output is None:
+            with torch.cuda.graph(self.graph):  # records, does not run: the replay below takes this step
+                self.output = self.forward()
+        self.graph.replay()
+        return self.output
+
+
+def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shared: int, max_new_tokens: int,
+           eos_ids: list[int], pad_id: int, temperature: float = 0.0, top_p: float = 1.0,
+           graph: bool | None = None) -> torch.Tensor:
+    """The new tokens of each row, (rows, steps taken), each row's tokens after its first EOS set to `pad_id`.
+
+    `ids`/`mask`: (rows, width), left-padded after the first `shared` positions, which every row shares and whose
+    KV cache `prefix` (a one-row `DynamicCache`) already holds; `prefix` None and `shared` 0 without one.
+    `graph`: replay the step as a CUDA graph (default: when the model is on a GPU).
+    """
+    with torch.inference_mode():
+        return _decode(model, ids, mask, prefix, shared, max_new_tokens, eos_ids, pad_id, temperature, top_p, graph)
+
+
+def _decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shared: int, max_new_tokens: int,
+            eos_ids: list[int], pad_id: int, temperature: float, top_p: float, graph: bool | None) -> torch.Tensor:
+    rows, width = ids.shape
+    device = ids.device
+    graph = device.type == "cuda" if graph is None else graph
+    length = width + max_new_tokens
+    cache = StaticCache(config=model.config, max_cache_len=length)
+    if prefix is not None:
+        for index, layer in enumerate(prefix.layers):  # the shared tokens' keys and values, in every row
+            cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), index)
+    valid = torch.zeros(rows, length, dtype=torch.bool, device=device)  # the cached positions a token may see
+    valid[:, :width] = mask.bool()
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+
+    at = torch.arange(length, device=device)[None, :]
+    own = torch.arange(shared, width, device=device)[:, None]  # the prefilled queries' cache positions
+    seen = (valid[:, None, :] & (at <= own)[None]) | (at == own)[None]  # (rows, queries, length)
+    blocked = torch.finfo(model.dtype).min  # additive masks: what both the eager and the SDPA attention take
+    prefill_mask = torch.zeros(seen.shape, dtype=model.dtype, device=device).masked_fill_(~seen, blocked)
+    choose = greedy_or_sampled(temperature, top_p)
+    logits = model(input_ids=ids[:, shared:], attention_mask=prefill_mask[:, None], position_ids=positions[:, shared:],
+                   cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    del seen, prefill_mask
+    bias = torch.zeros(rows, length, dtype=model.dtype, device=device).masked_fill_(~valid, blocked)
+
+    token = torch.empty(rows, 1, dtype=ids.dtype, device=device)  # the step's input, a graph buffer
+    position = mask.long().sum(1, keepdim=True)  # the next token's position id, per row
+    where = torch.tensor([width], device=device)  # the next token's cache position
+
+    def forward() -> torch.Tensor:
+        bias.index_fill_(1, where, 0.0)
+        out = model(input_ids=token, attention_mask=bias[:, None, None, :], position_ids=position, cache=cache,
+                    use_cache=True).logits[:, -1]
+        position.add_(1)
+        where.add_(1)
+        return out
+
+    step = _Step(forward, graph)
+    eos = torch.tensor(eos_ids, device=device)
+    out = torch.full((rows, max_new_tokens), pad_id, dtype=ids.dtype, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    taken = max_new_tokens
+    for k in range(max_new_tokens):
+        chosen = choose(logits)
+        out[:, k] = torch.where(done, pad_id, chosen)
+        done |= torch.isin(chosen, eos)
+        if k == max_new_tokens - 1 or (k % CHECK_EVERY == CHECK_EVERY - 1 and bool(done.all())):
+            taken = k + 1
+            break
+        token.copy_(chosen[:, None])
+        logits = step()
+    return out[:, :taken]
