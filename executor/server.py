@@ -387,6 +387,13 @@ class Server:
 
 
 def _children(pid: int) -> list[int]:
+    """The children of `pid`: its threads' `children` lists (one read each), else a scan of every process's stat
+    (kernels without `CONFIG_PROC_CHILDREN`), which costs a read per process and is slow with a large `ready` pool."""
+    try:
+        return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    except FileNotFoundError:
+        pass
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
