@@ -71,7 +71,8 @@ class _Step:
             torch.cuda.current_stream().wait_stream(side)
             return output
         if self.output is None:
-            with torch.cuda.graph(self.graph):  # records, does not run: the replay below takes this step
+            # Records, does not run (the replay below takes this step); other threads may use the GPU meanwhile.
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.output = self.forward()
         self.graph.replay()
         return self.output
