@@ -197,8 +197,9 @@ def rollout(args: argparse.Namespace) -> str:
 
     plan = [*((variant(servers, ready, chunks), args.rollouts, True, coder, box, True, chunks)
               for (servers, ready), box in boxes.items() for chunks in (1, *args.tool_chunks)),
-            ("engine, coder prefills its whole prompt", args.rollouts, True, unshared, sandbox, True, 1),
-            ("engine, batched tool calls, no KV reuse", args.rollouts, True, coder, sandbox, False, 1),
+            *([("engine, coder prefills its whole prompt", args.rollouts, True, unshared, sandbox, True, 1),
+               ("engine, batched tool calls, no KV reuse", args.rollouts, True, coder, sandbox, False, 1)]
+              if args.ablations else []),
             ("same tokens, no tool calls", args.rollouts, False, coder, sandbox, True, 1)]
     if args.coder_cache:
         own = {"cuda_graph": True} if args.coder_cache == "graph" else {"cache_implementation": args.coder_cache}
@@ -317,6 +318,8 @@ def main() -> None:
     parser.add_argument("--sandbox-ready", type=int, default=0,
                         help="rollout: add a sandbox of the most servers keeping this many job processes forked "
                              "ahead (executor.ready)")
+    parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
+                        help="rollout: the rows without the coder's shared prefix and without KV reuse")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--group", type=int, default=8)

@@ -3,7 +3,6 @@ and CUDA stream, or each in its own process (as a coder server on the planner's 
 calls one after the other.
 
     python bench/overlap.py [--shape 7b] [--batches 256 128] [--planner-tokens 64] [--coder-tokens 32] [--processes]
-                            [--coder-graph]
 
 The planner runs through our `TransformersGeneration` (left-padded 64-128-token prompts), the coder through the
 coder's `TransformersBackend` (322-token requests, 310 of them shared, `share_prefix` on), both random Qwen2.5
@@ -97,8 +96,7 @@ def calls(role: str, args: argparse.Namespace, model, tokenizer) -> dict[int, Ca
             rows = prompts(tokenizer, batch, 128, padded=True)
             out[batch] = lambda g=generation, r=rows: g.generate(r, [args.planner_tokens] * len(r), [])
         else:
-            config = CoderConfig(model="random", max_new_tokens=args.coder_tokens, batch_size=512, device=device,
-                                 cuda_graph=args.coder_graph)
+            config = CoderConfig(model="random", max_new_tokens=args.coder_tokens, batch_size=512, device=device)
             coder = TransformersBackend(config, model=model, tokenizer=tokenizer)
             rows = [shared + torch.randint(100, vocab, (OWN,), generator=rng).tolist() for _ in range(batch)]
             out[batch] = lambda c=coder, r=rows: (c._generate(r), c._generate(r))  # a rollout's two tool rounds
@@ -157,8 +155,6 @@ def main() -> None:
     parser.add_argument("--coder-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--processes", action="store_true", help="also: each model in a process of its own")
-    parser.add_argument("--coder-graph", action="store_true", help="the coder on its CUDA-graph decoder "
-                        "(coder.cuda_graph): one launch a step, so its thread holds the interpreter lock little")
     parser.add_argument("--switch-interval", type=float, help="threads: Python's GIL switch interval (default 5 ms)")
     args = parser.parse_args()
     if args.switch_interval:
@@ -192,8 +188,7 @@ def main() -> None:
         notes.append(f"batch {batch}: two cohorts of {batch} at once take {seconds['planner x2 (cohorts)']:.2f} s "
                      f"against {seconds[f'planner, {2 * batch} rows']:.2f} s for one call of {2 * batch} rows")
     print(table(f"Overlap on one GPU ({args.shape} planner + {args.shape} coder, bf16, planner {args.planner_tokens} "
-                f"new tokens, coder 2 x {args.coder_tokens}{' (CUDA graph)' if args.coder_graph else ''}; "
-                f"transformers {transformers.__version__}, torch "
+                f"new tokens, coder 2 x {args.coder_tokens}; transformers {transformers.__version__}, torch "
                 f"{torch.__version__}, {torch.cuda.get_device_name() if CUDA else 'cpu'}; GIL switch interval "
                 f"{1000 * sys.getswitchinterval():g} ms)",
                 ["batch", "what", "seconds", "serial", "gain"], rows))

@@ -71,7 +71,8 @@ class _Step:
             torch.cuda.current_stream().wait_stream(side)
             return output
         if self.output is None:
-            # Records, does not run (the replay below takes this step); other threads may use the GPU meanwhile.
+            # Records, does not run (the replay below takes this step). Other threads may use the GPU meanwhile,
+            # but not sample from it: PyTorch then fails on the generator's offset (bench/NOTES.md).
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.output = self.forward()
         self.graph.replay()
