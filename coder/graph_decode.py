@@ -3,12 +3,14 @@
 `generate` launches each decoding step's kernels from Python, about 1,300 of them for a 7B Qwen2.5; at the coder's
 batch of 256 rows that launching, not the GPU, sets the pace (bench/NOTES.md, fifth session). Here the step (the
 forward pass of one token per row into a `StaticCache`, under a 4D mask kept in a buffer) is recorded once per call
-and replayed: one launch a step, and the step's kernels are the eager ones (no `torch.compile`, whose attention
-copies the key/value heads over the whole preallocated cache). Choosing the next token (argmax, or temperature and
-top-p sampling through transformers' own warpers) stays outside the graph. On a CPU the same loop runs without it.
+and replayed: one launch a step, and the step's kernels are the eager ones (no `torch.compile`: transformers' SDPA
+code packs the query heads onto the key/value heads only outside it, and copies the key/value heads otherwise).
+Choosing the next token (argmax, or temperature and top-p sampling through transformers' own warpers) stays
+outside the graph. On a CPU the same loop runs without it.
 
 Rows carry `generate`'s left-padding layout: the positions where `mask` is 1 are the row's tokens, position ids
-count them, and a padded position sees only itself (so that no query row is empty), never seen by a real token.
+count them, and a padded position also sees itself (so that no query row is empty) and is never seen by a real
+token.
 """
 
 from __future__ import annotations
