@@ -135,14 +135,12 @@ def _decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shar
     eos = torch.tensor(eos_ids, device=device)
     out = torch.full((rows, max_new_tokens), pad_id, dtype=ids.dtype, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
-    taken = max_new_tokens
     for k in range(max_new_tokens):
         chosen = choose(logits)
         out[:, k] = torch.where(done, pad_id, chosen)
         done |= torch.isin(chosen, eos)
         if k == max_new_tokens - 1 or (k % CHECK_EVERY == CHECK_EVERY - 1 and bool(done.all())):
-            taken = k + 1
             break
         token.copy_(chosen[:, None])
         logits = step()
-    return out[:, :taken]
+    return out[:, : k + 1]

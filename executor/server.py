@@ -3,8 +3,8 @@
 Started by `Sandbox` as `python -m executor.server` (inside bubblewrap when the machine has it), it talks to its
 caller over stdin/stdout in length-prefixed JSON frames. Job processes are forked ahead of need (`ready` of them,
 at least `workers`, wait, already isolated, for their code; the pool is refilled while the server is idle), so a
-job's latency is a pipe write and the job itself. Every job's status
-is derived here, in the parent, from how the process ended and what the job reported.
+job's latency is a pipe write and the job itself. Every job's status is derived here, in the parent, from how the
+process ended and what the job reported.
 """
 
 from __future__ import annotations
