@@ -2,9 +2,10 @@
 
 `generate` launches each decoding step's kernels from Python, about 1,300 of them for a 7B Qwen2.5; at the coder's
 batch of 256 rows that launching, not the GPU, sets the pace (bench/NOTES.md, fifth session). Here the step (the
-forward pass of one token per row into a `StaticCache`, under a 4D mask kept in a buffer) is recorded once per call
+forward pass of one token per row into a `StaticCache`, under a 4D mask kept in a buffer) is recorded once per shape
 and replayed: one launch a step, and the step's kernels are the eager ones (no `torch.compile`: transformers' SDPA
 code packs the query heads onto the key/value heads only outside it, and copies the key/value heads otherwise).
+`GraphDecoder` keeps the last shapes' graphs, with their cache and buffers, for later calls.
 Choosing the next token (argmax, or temperature and top-p sampling through transformers' own warpers) stays
 outside the graph. On a CPU the same loop runs without it.
 
@@ -16,6 +17,7 @@ token.
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -81,6 +83,124 @@ class _Step:
         return self.output
 
 
+GRAPHS_KEPT = 2  # shapes whose captured step and preallocated cache stay for later calls
+ROWS_STEP = 32  # with a graph, rows and cache length round up to these, so that calls of nearby sizes share one
+LENGTH_STEP = 64
+
+
+class _Shape:
+    """One shape's buffers, KV cache and step: what a captured graph reads and writes, so kept across calls."""
+
+    def __init__(self, model: Any, rows: int, length: int, graph: bool) -> None:
+        device = model.device
+        self.cache = StaticCache(config=model.config, max_cache_len=length)
+        self.bias = torch.zeros(rows, length, dtype=model.dtype, device=device)  # the step's additive mask
+        self.token = torch.empty(rows, 1, dtype=torch.long, device=device)  # the step's input
+        self.position = torch.zeros(rows, 1, dtype=torch.long, device=device)  # the next token's position id
+        self.where = torch.zeros(1, dtype=torch.long, device=device)  # the next token's cache position
+
+        def forward() -> torch.Tensor:
+            self.bias.index_fill_(1, self.where, 0.0)
+            out = model(input_ids=self.token, attention_mask=self.bias[:, None, None, :], position_ids=self.position,
+                        cache=self.cache, use_cache=True).logits[:, -1]
+            self.position.add_(1)
+            self.where.add_(1)
+            return out
+
+        self.step = _Step(forward, graph)
+
+
+class GraphDecoder:
+    """Decodes left-padded micro-batches (see `decode`). On a GPU each shape's step is captured once and replayed;
+    the last `GRAPHS_KEPT` shapes stay captured, rows and cache length rounded up (`ROWS_STEP`, `LENGTH_STEP`; the
+    extra rows copy the last one and are dropped, the extra length is never seen), so that a later call of a
+    nearby size replays without warming up or capturing again. The prompt's width is not rounded: the prefill
+    would pay for every padded position."""
+
+    def __init__(self, model: Any, eos_ids: list[int], pad_id: int, graph: bool | None = None,
+                 kept: int = GRAPHS_KEPT, round_shapes: bool | None = None) -> None:
+        """`graph`: capture and replay the step (default: when the model is on a GPU); `round_shapes`: round rows
+        and cache length up (default: with a graph)."""
+        self.model = model
+        self.eos_ids = eos_ids
+        self.pad_id = pad_id
+        self.graph = model.device.type == "cuda" if graph is None else graph
+        self.round_shapes = self.graph if round_shapes is None else round_shapes
+        self.kept = kept
+        self.shapes: OrderedDict[tuple[int, int], _Shape] = OrderedDict()  # (rows, cache length)
+        self.built = 0  # shapes built (with a graph, each one captured) so far: for tests and benchmarks
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shared: int, max_new_tokens: int,
+                 temperature: float = 0.0, top_p: float = 1.0) -> torch.Tensor:
+        try:
+            with torch.inference_mode():
+                return self._decode(ids, mask, prefix, shared, max_new_tokens, temperature, top_p)
+        except BaseException:
+            self.shapes.clear()  # a capture cut short (out of memory, say) leaves no graph to replay
+            raise
+
+    def _shape(self, rows: int, length: int) -> _Shape:
+        key = (rows, length)
+        if key in self.shapes:
+            self.shapes.move_to_end(key)
+            shape = self.shapes[key]
+            shape.cache.reset()
+            return shape
+        while self.shapes and len(self.shapes) >= self.kept:
+            self.shapes.popitem(last=False)
+        shape = _Shape(self.model, rows, length, self.graph)
+        self.built += 1
+        if self.kept:
+            self.shapes[key] = shape
+        return shape
+
+    def _decode(self, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shared: int, max_new_tokens: int,
+                temperature: float, top_p: float) -> torch.Tensor:
+        model, device, real = self.model, ids.device, ids.shape[0]
+        if self.round_shapes and ids.shape[0] % ROWS_STEP:  # copies of the last row
+            extra = ROWS_STEP - ids.shape[0] % ROWS_STEP
+            ids, mask = torch.cat([ids, ids[-1:].expand(extra, -1)]), torch.cat([mask, mask[-1:].expand(extra, -1)])
+        rows, width = ids.shape
+        length = width + max_new_tokens
+        if self.round_shapes:
+            length += -length % LENGTH_STEP
+        shape = self._shape(rows, length)
+        cache = shape.cache
+        if prefix is not None:
+            for index, layer in enumerate(prefix.layers):  # the shared tokens' keys and values, in every row
+                cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), index)
+        valid = torch.zeros(rows, length, dtype=torch.bool, device=device)  # the cached positions a token may see
+        valid[:, :width] = mask.bool()
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+
+        at = torch.arange(length, device=device)[None, :]
+        own = torch.arange(shared, width, device=device)[:, None]  # the prefilled queries' cache positions
+        seen = (valid[:, None, :] & (at <= own)[None]) | (at == own)[None]  # (rows, queries, length)
+        blocked = torch.finfo(model.dtype).min  # additive masks: what both the eager and the SDPA attention take
+        prefill_mask = torch.zeros(seen.shape, dtype=model.dtype, device=device).masked_fill_(~seen, blocked)
+        choose = greedy_or_sampled(temperature, top_p)
+        logits = model(input_ids=ids[:, shared:], attention_mask=prefill_mask[:, None],
+                       position_ids=positions[:, shared:], cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        del seen, prefill_mask
+        shape.bias.zero_().masked_fill_(~valid, blocked)
+        shape.position.copy_(mask.long().sum(1, keepdim=True))
+        shape.where.fill_(width)
+
+        eos = torch.tensor(self.eos_ids, device=device)
+        out = torch.full((rows, max_new_tokens), self.pad_id, dtype=ids.dtype, device=device)
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        done[real:] = True  # the rounding's copies
+        for k in range(max_new_tokens):
+            chosen = choose(logits)
+            out[:, k] = torch.where(done, self.pad_id, chosen)
+            done |= torch.isin(chosen, eos)
+            if k == max_new_tokens - 1 or (k % CHECK_EVERY == CHECK_EVERY - 1 and bool(done.all())):
+                break
+            shape.token.copy_(chosen[:, None])
+            logits = shape.step()
+        return out[:real, : k + 1]
+
+
 def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shared: int, max_new_tokens: int,
            eos_ids: list[int], pad_id: int, temperature: float = 0.0, top_p: float = 1.0,
            graph: bool | None = None) -> torch.Tensor:
@@ -88,59 +208,8 @@ def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, share
 
     `ids`/`mask`: (rows, width), left-padded after the first `shared` positions, which every row shares and whose
     KV cache `prefix` (a one-row `DynamicCache`) already holds; `prefix` None and `shared` 0 without one.
-    `graph`: replay the step as a CUDA graph (default: when the model is on a GPU).
+    `graph`: replay the step as a CUDA graph (default: when the model is on a GPU); nothing is kept for a later
+    call (`GraphDecoder` keeps its graphs).
     """
-    with torch.inference_mode():
-        return _decode(model, ids, mask, prefix, shared, max_new_tokens, eos_ids, pad_id, temperature, top_p, graph)
-
-
-def _decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shared: int, max_new_tokens: int,
-            eos_ids: list[int], pad_id: int, temperature: float, top_p: float, graph: bool | None) -> torch.Tensor:
-    rows, width = ids.shape
-    device = ids.device
-    graph = device.type == "cuda" if graph is None else graph
-    length = width + max_new_tokens
-    cache = StaticCache(config=model.config, max_cache_len=length)
-    if prefix is not None:
-        for index, layer in enumerate(prefix.layers):  # the shared tokens' keys and values, in every row
-            cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), index)
-    valid = torch.zeros(rows, length, dtype=torch.bool, device=device)  # the cached positions a token may see
-    valid[:, :width] = mask.bool()
-    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-
-    at = torch.arange(length, device=device)[None, :]
-    own = torch.arange(shared, width, device=device)[:, None]  # the prefilled queries' cache positions
-    seen = (valid[:, None, :] & (at <= own)[None]) | (at == own)[None]  # (rows, queries, length)
-    blocked = torch.finfo(model.dtype).min  # additive masks: what both the eager and the SDPA attention take
-    prefill_mask = torch.zeros(seen.shape, dtype=model.dtype, device=device).masked_fill_(~seen, blocked)
-    choose = greedy_or_sampled(temperature, top_p)
-    logits = model(input_ids=ids[:, shared:], attention_mask=prefill_mask[:, None], position_ids=positions[:, shared:],
-                   cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    del seen, prefill_mask
-    bias = torch.zeros(rows, length, dtype=model.dtype, device=device).masked_fill_(~valid, blocked)
-
-    token = torch.empty(rows, 1, dtype=ids.dtype, device=device)  # the step's input, a graph buffer
-    position = mask.long().sum(1, keepdim=True)  # the next token's position id, per row
-    where = torch.tensor([width], device=device)  # the next token's cache position
-
-    def forward() -> torch.Tensor:
-        bias.index_fill_(1, where, 0.0)
-        out = model(input_ids=token, attention_mask=bias[:, None, None, :], position_ids=position, cache=cache,
-                    use_cache=True).logits[:, -1]
-        position.add_(1)
-        where.add_(1)
-        return out
-
-    step = _Step(forward, graph)
-    eos = torch.tensor(eos_ids, device=device)
-    out = torch.full((rows, max_new_tokens), pad_id, dtype=ids.dtype, device=device)
-    done = torch.zeros(rows, dtype=torch.bool, device=device)
-    for k in range(max_new_tokens):
-        chosen = choose(logits)
-        out[:, k] = torch.where(done, pad_id, chosen)
-        done |= torch.isin(chosen, eos)
-        if k == max_new_tokens - 1 or (k % CHECK_EVERY == CHECK_EVERY - 1 and bool(done.all())):
-            break
-        token.copy_(chosen[:, None])
-        logits = step()
-    return out[:, : k + 1]
+    return GraphDecoder(model, eos_ids, pad_id, graph, kept=0)(ids, mask, prefix, shared, max_new_tokens,
+                                                                temperature, top_p)

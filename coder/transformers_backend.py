@@ -2,12 +2,15 @@
 
 Every request of a micro-batch begins with the same tokens (the chat template and the system prompt): with
 `share_prefix`, those are run through the model once and their KV cache is copied to every row, so that `generate`
-prefills only each request's own tokens. Between the shared prefix and a request's tokens sits the request's left
-padding, masked out; position ids follow the attention mask, so a row sees the same positions as unpadded.
+prefills only each request's own tokens. The coder is frozen, so that cache is kept for the next call that begins
+with the same tokens (as the program cache keeps replies). Between the shared prefix and a request's tokens sits the
+request's left padding, masked out; position ids follow the attention mask, so a row sees the same positions as
+unpadded.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any
 
@@ -91,48 +94,46 @@ class TransformersBackend:
                                                          dtype=resolve_dtype(config.dtype, self.device))
             model.to(self.device)
         self.model = model.eval().requires_grad_(False)
+        self.prefix: tuple[list[int], Any] | None = None  # the last shared prefix's tokens and one-row KV cache
+        self.decoder = None
         if config.cuda_graph:
-            from coder.graph_decode import check_model
+            from coder.graph_decode import GraphDecoder, check_model
 
             check_model(self.model)
+            self.decoder = GraphDecoder(self.model, sorted(eos_ids(self.model, self.tokenizer)),
+                                        self.tokenizer.pad_token_id)
 
     def complete(self, conversations: list[Conversation]) -> list[str | BackendError]:
         texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
                  for c in conversations]
-        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        share = self.config.share_prefix and self.config.cache_implementation in (None, "dynamic")
+        shared = shared_prefix(encoded) if share else 0  # of the whole call: every micro-batch reuses its cache
+        shared = shared if shared >= MIN_SHARED_TOKENS else 0
         replies: list[str | BackendError] = [""] * len(texts)
         size = self.config.batch_size
         for start in range(0, len(order), size):
             chunk = order[start:start + size]
             try:
-                outputs: list[str | BackendError] = list(self._generate([encoded[i] for i in chunk]))
+                outputs: list[str | BackendError] = list(self._generate([encoded[i] for i in chunk], shared))
             except (RuntimeError, ValueError) as exc:  # e.g. CUDA out of memory: those requests fail, not the call
                 outputs = [BackendError(f"generate failed: {exc}")] * len(chunk)
             for index, output in zip(chunk, outputs, strict=True):
                 replies[index] = output
         return replies
 
-    def _generate(self, rows: list[list[int]]) -> list[str]:
+    def _generate(self, rows: list[list[int]], shared: int) -> list[str]:
         import torch
 
-        share = self.config.share_prefix and self.config.cache_implementation in (None, "dynamic")
-        shared = shared_prefix(rows) if share else 0
-        shared = shared if shared >= MIN_SHARED_TOKENS else 0
-        pad = self.tokenizer.pad_token_id
-        tails = [r[shared:] for r in rows]
-        width = max(len(t) for t in tails)
-        ids = torch.tensor([rows[0][:shared] + [pad] * (width - len(t)) + t for t in tails], device=self.device)
-        mask = torch.tensor([[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails], device=self.device)
+        ids, mask = padded(rows, shared, self.tokenizer.pad_token_id, self.device)
         with torch.inference_mode():
-            prefix = returned_cache(self.model(input_ids=ids[:1, :shared], use_cache=True)) if shared else None
-            if self.config.cuda_graph:
-                from coder.graph_decode import decode
-
-                generated = decode(self.model, ids, mask, prefix, shared, self.config.max_new_tokens,
-                                   sorted(eos_ids(self.model, self.tokenizer)), pad, self.config.temperature,
-                                   self.config.top_p)
+            prefix = self._prefix(rows[0][:shared])
+            if self.decoder is not None:
+                generated = self.decoder(ids, mask, prefix, shared, self.config.max_new_tokens,
+                                         self.config.temperature, self.config.top_p)
                 return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+            prefix = copy.deepcopy(prefix)  # `generate` grows the cache it is given
             sampling: dict[str, Any] = {"do_sample": False}
             if self.config.temperature > 0:
                 sampling = {"do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p}
@@ -142,9 +143,45 @@ class TransformersBackend:
                 resumed = cache_argument(self.model, prefix)
             generated = self.model.generate(input_ids=ids, attention_mask=mask,
                                             max_new_tokens=self.config.max_new_tokens,
-                                            pad_token_id=pad, cache_implementation=self.config.cache_implementation,
+                                            pad_token_id=self.tokenizer.pad_token_id,
+                                            cache_implementation=self.config.cache_implementation,
                                             **sampling, **resumed)
         return self.tokenizer.batch_decode(generated[:, ids.shape[1]:], skip_special_tokens=True)
 
+    def _prefix(self, tokens: list[int]) -> Any:
+        """The one-row KV cache of the shared tokens (None for none). The kept one serves as it is when these are
+        its tokens, and a copy of it is extended when they begin with its tokens; otherwise these are kept."""
+        import torch
+
+        if not tokens:
+            return None
+        kept = self.prefix
+        if kept is not None and kept[0] == tokens:
+            return kept[1]
+        if kept is not None and tokens[:len(kept[0])] == kept[0]:
+            extra = torch.tensor([tokens[len(kept[0]):]], device=self.device)
+            return returned_cache(self.model(input_ids=extra, use_cache=True,
+                                             **cache_argument(self.model, copy.deepcopy(kept[1]))))
+        self.prefix = (tokens, returned_cache(self.model(input_ids=torch.tensor([tokens], device=self.device),
+                                                         use_cache=True)))
+        return self.prefix[1]
+
     def close(self) -> None:
-        self.model = None
+        self.model = self.decoder = self.prefix = None
+
+
+def padded(rows: list[list[int]], shared: int, pad: int, device: str) -> tuple[Any, Any]:
+    """Input ids and attention mask: the first `shared` tokens (every row's), then each row's own tokens
+    left-padded to the longest."""
+    import numpy as np
+    import torch
+
+    width = shared + max(len(r) - shared for r in rows)
+    ids = np.full((len(rows), width), pad, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    ids[:, :shared] = rows[0][:shared]
+    mask[:, :shared] = 1
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) + shared:] = row[shared:]
+        mask[i, width - len(row) + shared:] = 1
+    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)

@@ -102,27 +102,35 @@ def test_shared_prefix_leaves_each_row_a_token():
 
 
 def test_sharing_the_prompt_prefix_changes_no_reply_and_prefills_less(config):
-    """The system prompt is run once per micro-batch and its KV cache copied to every row (`share_prefix`):
-    greedy replies are those of running every row's whole prompt, and the model is fed fewer prompt tokens."""
-    fed: dict[bool, int] = {}
-    replies: dict[bool, list[str]] = {}
+    """The system prompt is run once and its KV cache copied to every row (`share_prefix`), and kept for the next
+    micro-batch and the next call (the coder is frozen): greedy replies are those of running every row's whole
+    prompt, and the model is fed the system prompt once in all."""
+    fed: dict[object, int] = {}
+    replies: dict[object, list[str]] = {}
     for share in (False, True):
-        with build_coder(config.model_copy(update={"cache_size": 0, "share_prefix": share})) as coder:
+        with build_coder(config.model_copy(update={"cache_size": 0, "share_prefix": share, "batch_size": 2})) as coder:
             embed = coder.backend.model.get_input_embeddings()
-            fed[share] = 0
+            # The third call's requests share a word after the system prompt: a copy of the kept cache grows by it.
+            for call, requests in ((share, REQUESTS), ((share, "again"), REQUESTS[::-1]),
+                                   ((share, "longer"), [REQUESTS[2], REQUESTS[4]])):
+                fed[call] = 0
 
-            def count(module, args, share=share):
-                fed[share] += args[0].numel()
+                def count(module, args, call=call):
+                    fed[call] += args[0].numel()
 
-            hook = embed.register_forward_pre_hook(count)
-            try:
-                replies[share] = [p.reply for p in coder.write_programs(REQUESTS)]
-            finally:
-                hook.remove()
-    assert replies[True] == replies[False]
+                hook = embed.register_forward_pre_hook(count)
+                try:
+                    replies[call] = [p.reply for p in coder.write_programs(requests)]
+                finally:
+                    hook.remove()
+    assert replies[True] == replies[False] == replies[(True, "again")][::-1] == replies[(False, "again")][::-1]
+    assert replies[(True, "longer")] == replies[(False, "longer")] == [replies[False][2], replies[False][4]]
     assert len(set(replies[True])) > 1
     prompt = len(coder.backend.tokenizer(coder.system_prompt)["input_ids"])
-    assert fed[False] - fed[True] >= (len(REQUESTS) - 1) * prompt  # the system prompt fed once, not five times
+    # Three micro-batches of up to two rows: unshared, the system prompt is fed five times; shared, once in all.
+    assert fed[False] - fed[True] >= (len(REQUESTS) - 1) * prompt
+    assert fed[(False, "again")] - fed[(True, "again")] >= len(REQUESTS) * prompt
+    assert fed[(False, "longer")] - fed[(True, "longer")] >= 2 * prompt  # not re-run: only the shared word was fed
 
 
 @pytest.mark.parametrize("share", [True, False])
@@ -162,6 +170,31 @@ def test_graph_decoding_stops_every_row_at_its_eos(tiny_model_dir):
         assert stopped.shape[1] == 30 and stopped[1].tolist() == free[1].tolist()
 
 
+def test_graph_decoder_keeps_rounded_shapes_and_writes_what_a_fresh_loop_writes(tiny_model_dir):
+    """Calls of nearby sizes round up to one kept shape (rows and cache length), whose cache and buffers are
+    refilled for each call: every call's tokens equal those of a loop built for it alone; a third shape evicts the
+    oldest."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from coder.graph_decode import GRAPHS_KEPT, LENGTH_STEP, ROWS_STEP, GraphDecoder, decode
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    decoder = GraphDecoder(model, eos_ids=[], pad_id=0, graph=False, round_shapes=True)
+    batches = [(torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10], [0, 11, 12, 13]]), torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1],
+                                                                                           [0, 1, 1, 1]])),
+               (torch.tensor([[0, 21, 22], [23, 24, 25]]), torch.tensor([[0, 1, 1], [1, 1, 1]]))]
+    for ids, mask in [*batches, batches[0]]:
+        kept = decoder(ids, mask, None, 0, 12)
+        assert kept.tolist() == decode(model, ids, mask, None, 0, 12, eos_ids=[], pad_id=0).tolist()
+        assert kept.shape == (ids.shape[0], 12)
+    assert decoder.built == 1 and list(decoder.shapes) == [(ROWS_STEP, LENGTH_STEP)]
+    for new_tokens in (LENGTH_STEP, 2 * LENGTH_STEP):  # longer caches: two more shapes, the first one evicted
+        decoder(*batches[1], None, 0, new_tokens)
+    assert decoder.built == 3 and len(decoder.shapes) == GRAPHS_KEPT == 2
+    assert (ROWS_STEP, LENGTH_STEP) not in decoder.shapes
+
+
 def test_graph_decoding_refuses_flash_attention(config, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
@@ -176,7 +209,8 @@ def test_graph_decoding_refuses_flash_attention(config, tiny_model_dir):
 @pytest.mark.gpu
 def test_cuda_graph_replies_equal_generate_on_the_gpu(config):
     """On a CUDA device the step is captured and replayed (float32, so that the two attention paths agree to the
-    token): the greedy replies equal `generate`'s, for two batch shapes in a row (a graph per micro-batch)."""
+    token): the greedy replies equal `generate`'s, for two batches in a row and the first again (its shape's graph
+    kept and replayed without a new capture)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -185,8 +219,11 @@ def test_cuda_graph_replies_equal_generate_on_the_gpu(config):
     for graph in (False, True):
         update = {"cache_size": 0, "cuda_graph": graph, "max_new_tokens": 40, "device": "cuda", "dtype": "float32"}
         with build_coder(config.model_copy(update=update)) as coder:
-            replies[graph] = [[p.reply for p in coder.write_programs(batch)] for batch in (REQUESTS, REQUESTS[:2])]
+            replies[graph] = [[p.reply for p in coder.write_programs(batch)]
+                              for batch in (REQUESTS, REQUESTS[:2], REQUESTS)]
             if graph:
+                decoder = coder.backend.decoder
+                assert decoder.built == len(decoder.shapes) <= 2  # the third call built nothing
                 sampled = coder.backend.config.model_copy(update={"temperature": 1.0})
                 coder.backend.config = sampled
                 assert all(isinstance(r, str) for r in coder.backend.complete([[{"role": "user", "content": "x"}]]))
