@@ -10,6 +10,8 @@ other and against the same run's totals, not against the unwrapped table.
 
 from __future__ import annotations
 
+import gc
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -35,6 +37,7 @@ class Breakdown:
         self.side = "engine"
         self.forwards = 0  # of the current planner `generate` call: the first one is its prefill
         self.in_step = False
+        self.steps: list[float] = []  # the planner's decoding steps' seconds, in order
 
     def _sync(self) -> None:
         if torch.cuda.is_available() and not torch.cuda.is_current_stream_capturing():
@@ -95,7 +98,13 @@ class Breakdown:
             rows, width = ids.shape if ids is not None else (0, 0)
             if self.side == "planner":
                 self.forwards += 1
-                name = "forward: prefill" if self.forwards == 1 else "forward: decoding step"
+                if self.forwards > 1:  # a decoding step: each one's time kept, in order, for `step_rows`
+                    start = time.perf_counter()
+                    with self.timed("forward: decoding step"):
+                        output = inner(*args, **kwargs)
+                    self.steps.append(time.perf_counter() - start)
+                    return output
+                name = "forward: prefill"
             else:
                 name = ("forward: shared prefix" if rows == 1 and width > 1 else
                         "forward: prefill" if width > 1 else "forward: decoding step")
@@ -125,6 +134,18 @@ class Breakdown:
         self._wrap(self.model, "forward", forward, undo)
         for name, what in (("apply_chat_template", "chat templates"), ("batch_decode", "replies decoded")):
             self._wrap(self.tokenizer, name, part(what), undo)
+        collecting: dict[str, float] = {}
+
+        def collection(phase: str, info: dict[str, int]) -> None:  # Python's garbage collector, by generation
+            if phase == "start":
+                collecting["start"] = time.perf_counter()
+            elif "start" in collecting:
+                key = ("python", f"garbage collection, generation {info['generation']}")
+                self.seconds[key] += time.perf_counter() - collecting.pop("start")
+                self.calls[key] += 1
+
+        gc.callbacks.append(collection)
+        undo.append(lambda: gc.callbacks.remove(collection))
         try:
             yield self
         finally:
@@ -144,6 +165,18 @@ class Breakdown:
             calls = self.calls.get((side, part), 0)
             out.append([side, part, str(calls) if calls else "", f"{value:.3f}",
                         f"{1000 * value / calls:.2f}" if calls else ""])
+        return out
+
+
+    def step_rows(self, group: int) -> list[list[str]]:
+        """The planner's decoding steps in groups of `group` (a tool round's tokens), median and slowest: whether a
+        round's steps are slower throughout or only some of them."""
+        out = []
+        for start in range(0, len(self.steps), group):
+            part = self.steps[start:start + group]
+            out.append(["planner", f"decoding steps {start}-{start + len(part) - 1}", str(len(part)),
+                        f"{sum(part):.3f}", f"median {1000 * statistics.median(part):.1f}, "
+                                            f"max {1000 * max(part):.1f}"])
         return out
 
 

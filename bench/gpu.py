@@ -209,8 +209,9 @@ def rollout(args: argparse.Namespace) -> str:
         key = (most, args.sandbox_ready)
         print(f"warming up the coder ({args.coder_cache}) ...", file=sys.stderr, flush=True)
         run(args.rollouts, True, fast, boxes[key])
-        plan.insert(len(boxes), (f"{variant(*key, 1)}, coder {args.coder_cache}", args.rollouts, True, fast,
-                                 boxes[key], True, 1))
+        for ready in sorted({0, args.sandbox_ready}):  # with and without the ready pool's refilling beside it
+            plan.insert(len(boxes) + (ready > 0), (f"{variant(most, ready, 1)}, coder {args.coder_cache}",
+                                                   args.rollouts, True, fast, boxes[(most, ready)], True, 1))
     if args.compare_rollouts:
         plan += [("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, True, 1),
                  ("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts, True,
@@ -250,8 +251,9 @@ def rollout(args: argparse.Namespace) -> str:
     if args.breakdown:
         from breakdown import Breakdown  # bench/breakdown.py
 
-        chosen = {variant(most, args.sandbox_ready, 1), f"{variant(most, args.sandbox_ready, 1)}, coder "
-                  f"{args.coder_cache}", "same tokens, no tool calls"}
+        fastest_tools = (f"{variant(most, ready, 1)}, coder {args.coder_cache}" if args.coder_cache
+                         else variant(most, ready, 1) for ready in {0, args.sandbox_ready})
+        chosen = {*fastest_tools, "same tokens, no tool calls"}
         for name, count, tools, coder_like, sandbox_like, reuse, chunks in plan:
             if name not in chosen or count != args.rollouts:
                 continue
@@ -262,7 +264,7 @@ def rollout(args: argparse.Namespace) -> str:
             engine = [["engine", f"phase: {p}", "", f"{phases[p]:.3f}", ""] for p in PHASES]
             breakdowns.append(table(f"Breakdown: {name}, {count} rollouts, {seconds:.2f} s with every part "
                                     "synchronised", ["side", "part", "calls", "seconds", "ms per call"],
-                                    engine + parts.rows()))
+                                    engine + parts.rows() + parts.step_rows(args.segment_tokens - 1)))
     for box in boxes.values():
         box.box.close()
     return "\n".join(breakdowns)
