@@ -34,6 +34,11 @@ def check_model(model: Any) -> None:
     if attention not in ("sdpa", "eager"):
         raise ValueError(f"coder.cuda_graph passes 4D attention masks, which the {attention!r} attention does not "
                          "take; load the coder with attn_implementation='sdpa'")
+    types = getattr(model.config, "layer_types", None)
+    windowed = any(t != "full_attention" for t in types) if types else getattr(model.config, "sliding_window", None)
+    if windowed:
+        raise ValueError("coder.cuda_graph masks every cached position itself, which a sliding-window or other "
+                         "non-full attention layer does not allow; leave cuda_graph off for this model")
     if "cache" not in inspect.signature(model.forward).parameters:
         raise ValueError("coder.cuda_graph needs a transformers release whose models take `cache=` and whose "
                          "StaticCache counts its own length (5.24 was tested)")

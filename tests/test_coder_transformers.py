@@ -195,7 +195,7 @@ def test_graph_decoder_keeps_rounded_shapes_and_writes_what_a_fresh_loop_writes(
     assert (ROWS_STEP, LENGTH_STEP) not in decoder.shapes
 
 
-def test_graph_decoding_refuses_flash_attention(config, tiny_model_dir):
+def test_graph_decoding_refuses_flash_and_sliding_window_attention(config, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     from coder.transformers_backend import TransformersBackend
@@ -203,6 +203,10 @@ def test_graph_decoding_refuses_flash_attention(config, tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="4D attention masks"):
+        TransformersBackend(config.model_copy(update={"cuda_graph": True}), model=model)
+    model.config._attn_implementation = "sdpa"
+    model.config.layer_types = ["sliding_attention"] * len(model.config.layer_types)
+    with pytest.raises(ValueError, match="sliding-window"):
         TransformersBackend(config.model_copy(update={"cuda_graph": True}), model=model)
 
 
