@@ -58,13 +58,13 @@ class Breakdown:
     def _wrap(self, owner: Any, name: str, around: Callable[[Callable[..., Any], tuple, dict], Any],
               undo: list[Callable[[], None]]) -> None:
         inner = getattr(owner, name)
-        own = name in vars(owner)
+        raw = vars(owner).get(name)  # what to put back (a classmethod's descriptor, not its bound method)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             return around(inner, args, kwargs)
 
         setattr(owner, name, wrapper)
-        undo.append(lambda: setattr(owner, name, inner) if own else delattr(owner, name))
+        undo.append(lambda: setattr(owner, name, raw) if raw is not None else delattr(owner, name))
 
     @contextmanager
     def active(self) -> Iterator[Breakdown]:

@@ -1,11 +1,11 @@
 """The `transformers` backend: a local model, left-padded batched `generate` in micro-batches.
 
-Every request of a micro-batch begins with the same tokens (the chat template and the system prompt): with
-`share_prefix`, those are run through the model once and their KV cache is copied to every row, so that `generate`
-prefills only each request's own tokens. The coder is frozen, so that cache is kept for the next call that begins
-with the same tokens (as the program cache keeps replies). Between the shared prefix and a request's tokens sits the
-request's left padding, masked out; position ids follow the attention mask, so a row sees the same positions as
-unpadded.
+Every request of a call begins with the same tokens (the chat template and the system prompt): with
+`share_prefix`, those are run through the model once and their KV cache is copied to every row of each
+micro-batch, so that `generate` prefills only each request's own tokens. The coder is frozen, so that cache is kept
+for the next call that begins with the same tokens (as the program cache keeps replies). Between the shared prefix
+and a request's tokens sits the request's left padding, masked out; position ids follow the attention mask, so a
+row sees the same positions as unpadded.
 """
 
 from __future__ import annotations
