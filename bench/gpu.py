@@ -2,7 +2,7 @@
 printed as a table with its ratios measured side by side in the same run.
 
     python bench/gpu.py rollout [--shape 7b] [--rollouts 256] [--compare-rollouts 64] [--sandbox-servers 4 8]
-                                [--sandbox-ready 256] [--coder-cache graph]
+                                [--sandbox-ready 256] [--coder-cache graph] [--repeats 3] [--breakdown]
     python bench/gpu.py step    [--shape 1.5b] [--batch 64] [--group 8] [--completion-tokens 256]
     python bench/gpu.py memory  [--completion-tokens 2048]
 
@@ -159,26 +159,23 @@ def rollout(args: argparse.Namespace) -> str:
             planned[tuple(p)] = segments
         return questions, prompts, planned
 
-    def run(count: int, tools: bool, coder_like, sandbox_like, reuse: bool = True, chunks: int = 1,
-            repeats: int = 1) -> tuple[float, int, int, dict[str, float]]:
+    def run(count: int, tools: bool, coder_like, sandbox_like, reuse: bool = True, chunks: int = 1
+            ) -> tuple[float, int, int, dict[str, float]]:
+        """One timed run of `count` rollouts: seconds, planner tokens, tool calls, seconds per engine phase."""
         questions, prompts, planned = scripts(count, tools)
         forcer = PlannedScript(tokenizer, planned)
         generator = TransformersGeneration(model, tokenizer, temperature=1.0, batch_size=count,
                                            logits_processors=[forcer], reuse_cache=reuse)
         engine = RolloutEngine(protocol, generator, tokenizer, sandbox_like, coder_like,
                                EngineLimits(4 * args.segment_tokens + 64, 4, 500), tool_chunks=chunks)
-        best, phases = float("inf"), {}
-        for _ in range(repeats):
-            forcer.reset()
-            sync()
-            start = time.perf_counter()
-            trajectories = engine.run(questions, prompts)
-            sync()
-            if (seconds := time.perf_counter() - start) < best:
-                best, phases = seconds, dict(engine.seconds)
+        sync()
+        start = time.perf_counter()
+        trajectories = engine.run(questions, prompts)
+        sync()
+        seconds = time.perf_counter() - start
         tokens = sum(sum(t.env_mask) for t in trajectories)
         calls = sum(len(t.tool_calls) for t in trajectories)
-        return best, tokens, calls, phases
+        return seconds, tokens, calls, dict(engine.seconds)
 
     def sync() -> None:
         if args.device.startswith("cuda"):
@@ -209,9 +206,10 @@ def rollout(args: argparse.Namespace) -> str:
         key = (most, args.sandbox_ready)
         print(f"warming up the coder ({args.coder_cache}) ...", file=sys.stderr, flush=True)
         run(args.rollouts, True, fast, boxes[key])
+        after = len(boxes) * (1 + len(args.tool_chunks))  # the sandbox rows'
         for ready in sorted({0, args.sandbox_ready}):  # with and without the ready pool's refilling beside it
-            plan.insert(len(boxes) + (ready > 0), (f"{variant(most, ready, 1)}, coder {args.coder_cache}",
-                                                   args.rollouts, True, fast, boxes[(most, ready)], True, 1))
+            plan.insert(after + (ready > 0), (f"{variant(most, ready, 1)}, coder {args.coder_cache}",
+                                              args.rollouts, True, fast, boxes[(most, ready)], True, 1))
     if args.compare_rollouts:
         plan += [("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, True, 1),
                  ("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts, True,
@@ -221,7 +219,7 @@ def rollout(args: argparse.Namespace) -> str:
         for index, (name, count, tools, coder_like, sandbox_like, reuse, chunks) in enumerate(plan):
             print(f"measuring ({repeat + 1}/{args.repeats}): {name}, {count} rollouts ...", file=sys.stderr,
                   flush=True)
-            result = run(count, tools, coder_like, sandbox_like, reuse, chunks, repeats=1)
+            result = run(count, tools, coder_like, sandbox_like, reuse, chunks)
             if index not in fastest or result[0] < fastest[index][0]:
                 fastest[index] = result
     for index, (name, count, *_) in enumerate(plan):
