@@ -167,7 +167,6 @@ class Breakdown:
                         f"{1000 * value / calls:.2f}" if calls else ""])
         return out
 
-
     def step_rows(self, group: int) -> list[list[str]]:
         """The planner's decoding steps in groups of `group` (a tool round's tokens), median and slowest: whether a
         round's steps are slower throughout or only some of them."""

@@ -21,7 +21,7 @@ from transformers import (
     StopStringCriteria,
 )
 
-from coder.transformers_backend import cache_argument, eos_ids, returned_cache
+from coder.transformers_backend import cache_argument, eos_ids, padded, returned_cache
 from planner.sync import RankSync
 
 StopReason = Literal["eos", "stop", "length"]
@@ -178,9 +178,7 @@ class TransformersGeneration:
         """Padded input ids, attention mask, and the cache to continue from (None for a fresh micro-batch)."""
         device = self.model.device
         if resume is None:
-            width = max(len(p) for p in prompts)
-            ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+            ids, mask = padded(prompts, 0, self.pad_id, device)
             return ids, mask, None
         old, rows = resume
         index = torch.tensor(rows, device=device)
@@ -192,9 +190,7 @@ class TransformersGeneration:
         for k, c in enumerate(covered):
             mask[k, mask[k].nonzero().flatten()[c:]] = 0  # a prompt equal to its row: the last token is fed again
         tails = [p[c:] for p, c in zip(prompts, covered, strict=True)]
-        t = max(len(tail) for tail in tails)
-        tail_ids = torch.tensor([[self.pad_id] * (t - len(x)) + x for x in tails], device=device)
-        tail_mask = torch.tensor([[0] * (t - len(x)) + [1] * len(x) for x in tails], device=device)
+        tail_ids, tail_mask = padded(tails, 0, self.pad_id, device)
         self.reused_tokens += sum(covered)
         return torch.cat([old.ids[index], tail_ids], dim=1), torch.cat([mask, tail_mask], dim=1), cache
 
