@@ -5,6 +5,7 @@ printed as a table with its ratios measured side by side in the same run.
                                 [--sandbox-ready 256] [--coder-cache graph] [--repeats 3] [--breakdown]
     python bench/gpu.py step    [--shape 1.5b] [--batch 64] [--group 8] [--completion-tokens 256]
     python bench/gpu.py memory  [--completion-tokens 2048]
+    python bench/gpu.py profile [--shape 7b] [--rollouts 256] [--coder-tokens 32]
 
 Models are random Qwen2.5 shapes (speed and memory do not depend on the weights' values) with Qwen's vocabulary
 size, built on the GPU in bf16; the tokenizer is the local one. No weights are downloaded.
@@ -21,16 +22,23 @@ size, built on the GPU in bf16; the tokenizer is the local one. No weights are d
   the same model, prompts and completion lengths, no tool calls (`bench/train_step.py`).
 - `memory`: the 7B request recipe (`training/recipes/qwen2.5-7b-request.yaml`: LoRA, gradient checkpointing,
   group 8) with a 7B planner and a 7B coder in bf16 on one card, one GRPO step; the peak allocated memory.
+- `profile`: where the GPU time of one graphed coder call on a round's requests goes (torch.profiler; the kernels
+  replayed inside the captured graph are reported one by one), kernels grouped by kind, against the time the same
+  matrix products take alone (the ceiling).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -85,7 +93,7 @@ def saved_model(shape: str, where: Path) -> Path:
 
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
     line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths,
                                                                                            strict=True)))
     out = [f"\n{title}\n", line, "-" * len(line)]
@@ -159,9 +167,10 @@ def rollout(args: argparse.Namespace) -> str:
             planned[tuple(p)] = segments
         return questions, prompts, planned
 
-    def run(count: int, tools: bool, coder_like, sandbox_like, reuse: bool = True, chunks: int = 1
-            ) -> tuple[float, int, int, dict[str, float]]:
-        """One timed run of `count` rollouts: seconds, planner tokens, tool calls, seconds per engine phase."""
+    def run(count: int, tools: bool, coder_like, sandbox_like, reuse: bool = True, chunks: int = 1,
+            packed: bool = True) -> tuple[float, int, int, dict[str, float]]:
+        """One timed run of `count` rollouts: seconds, planner tokens, tool calls, seconds per engine phase;
+        `packed` False: the prefills' attention is transformers' own (`coder.attention`'s ablation)."""
         questions, prompts, planned = scripts(count, tools)
         forcer = PlannedScript(tokenizer, planned)
         generator = TransformersGeneration(model, tokenizer, temperature=1.0, batch_size=count,
@@ -170,7 +179,8 @@ def rollout(args: argparse.Namespace) -> str:
                                EngineLimits(4 * args.segment_tokens + 64, 4, 500), tool_chunks=chunks)
         sync()
         start = time.perf_counter()
-        trajectories = engine.run(questions, prompts)
+        with nullcontext() if packed else unpacked_attention():
+            trajectories = engine.run(questions, prompts)
         sync()
         seconds = time.perf_counter() - start
         tokens = sum(sum(t.env_mask) for t in trajectories)
@@ -192,12 +202,12 @@ def rollout(args: argparse.Namespace) -> str:
                           f"sandbox {servers} server{'s' if servers > 1 else ''}",
                           *([f"{ready} ready"] if ready else [])])
 
-    plan = [*((variant(servers, ready, chunks), args.rollouts, True, coder, box, True, chunks)
+    plan = [*((variant(servers, ready, chunks), args.rollouts, True, coder, box, True, chunks, True)
               for (servers, ready), box in boxes.items() for chunks in (1, *args.tool_chunks)),
-            *([("engine, coder prefills its whole prompt", args.rollouts, True, unshared, sandbox, True, 1),
-               ("engine, batched tool calls, no KV reuse", args.rollouts, True, coder, sandbox, False, 1)]
+            *([("engine, coder prefills its whole prompt", args.rollouts, True, unshared, sandbox, True, 1, True),
+               ("engine, batched tool calls, no KV reuse", args.rollouts, True, coder, sandbox, False, 1, True)]
               if args.ablations else []),
-            ("same tokens, no tool calls", args.rollouts, False, coder, sandbox, True, 1)]
+            ("same tokens, no tool calls", args.rollouts, False, coder, sandbox, True, 1, True)]
     if args.coder_cache:
         own = {"cuda_graph": True} if args.coder_cache == "graph" else {"cache_implementation": args.coder_cache}
         fast = build_coder(CoderConfig(model=f"random {args.shape}", device=args.device,
@@ -209,27 +219,38 @@ def rollout(args: argparse.Namespace) -> str:
         after = len(boxes) * (1 + len(args.tool_chunks))  # the sandbox rows'
         for ready in sorted({0, args.sandbox_ready}):  # with and without the ready pool's refilling beside it
             plan.insert(after + (ready > 0), (f"{variant(most, ready, 1)}, coder {args.coder_cache}",
-                                              args.rollouts, True, fast, boxes[(most, ready)], True, 1))
+                                              args.rollouts, True, fast, boxes[(most, ready)], True, 1, True))
     if args.compare_rollouts:
-        plan += [("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, True, 1),
+        plan += [("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, True, 1, True),
                  ("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts, True,
-                  OneAtATime(coder), OneAtATime(sandbox), True, 1)]
+                  OneAtATime(coder), OneAtATime(sandbox), True, 1, True)]
+    if args.attention_ablation:  # the fastest tools row's setting and the no-tool row, with the attention unpacked
+        tools_row = plan[max(i for i, (name, *_) in enumerate(plan) if name.startswith("engine, batched tool calls")
+                             and "chunks" not in name and "KV" not in name and "whole" not in name)]
+        plan += [(f"{tools_row[0]}, attention unpacked", *tools_row[1:7], False),
+                 ("same tokens, no tool calls, attention unpacked", args.rollouts, False, coder, sandbox, True, 1,
+                  False)]
     fastest: dict[int, tuple[float, int, int, dict[str, float]]] = {}
+    overheads = []  # each repeat's own tool overhead, from rows run minutes apart at most
+    tool_rows = [i for i, (name, count, *rest) in enumerate(plan) if count == args.rollouts and rest[-1]
+                 and name.startswith("engine, batched tool calls") and "KV" not in name]
+    plain_row = next(i for i, (name, *_) in enumerate(plan) if name == "same tokens, no tool calls")
     for repeat in range(args.repeats):  # the rows in turn, again and again: a slow spell slows every row alike
-        for index, (name, count, tools, coder_like, sandbox_like, reuse, chunks) in enumerate(plan):
+        seconds_now = {}
+        for index, (name, count, *setting) in enumerate(plan):
             print(f"measuring ({repeat + 1}/{args.repeats}): {name}, {count} rollouts ...", file=sys.stderr,
                   flush=True)
-            result = run(count, tools, coder_like, sandbox_like, reuse, chunks)
+            result = run(count, *setting)
+            seconds_now[index] = result[0]
             if index not in fastest or result[0] < fastest[index][0]:
                 fastest[index] = result
+        overheads.append(min(seconds_now[i] for i in tool_rows) / seconds_now[plain_row])
     for index, (name, count, *_) in enumerate(plan):
         seconds, tokens, calls, phases = fastest[index]
         measured[(name, count)] = seconds
         rows.append([name, str(count), f"{seconds:.2f}", *(f"{phases[p]:.2f}" for p in PHASES),
                      f"{tokens / seconds:,.0f}", str(tokens), str(calls)])
-    best = min(seconds for (name, count), seconds in measured.items()
-               if count == args.rollouts and name.startswith("engine, batched tool calls") and "KV" not in name)
-    overhead = best / measured[("same tokens, no tool calls", args.rollouts)]
+    overhead = min(fastest[i][0] for i in tool_rows) / fastest[plain_row][0]
     serial = measured.get(("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts))
     speedup = serial / measured[("engine, batched tool calls", args.compare_rollouts)] if serial else float("nan")
     text = table(f"Rollouts ({args.shape} planner and coder, one model object, bf16, dynamic KV cache kept "
@@ -241,6 +262,12 @@ def rollout(args: argparse.Namespace) -> str:
                   "planner tokens", "tool calls"], rows)
     text += (f"\n\ntool overhead (fastest batched tools row / no tools, {args.rollouts} rollouts): {overhead:.2f}x "
              "(target <= 1.25x)")
+    text += (f"\ntool overhead in each repeat (its fastest tools row / its no-tool row): "
+             f"{', '.join(f'{o:.2f}x' for o in overheads)}; median {statistics.median(overheads):.2f}x")
+    if args.attention_ablation:
+        slow = [i for i, (name, *_) in enumerate(plan) if name.endswith("attention unpacked")]
+        text += (f"\ntool overhead with the prefills' attention unpacked (transformers' own): "
+                 f"{fastest[slow[0]][0] / fastest[slow[1]][0]:.2f}x")
     if serial:
         text += (f"\nbatched vs one rollout at a time ({args.compare_rollouts} rollouts): {speedup:.2f}x "
                  "(target >= 4x)")
@@ -252,13 +279,13 @@ def rollout(args: argparse.Namespace) -> str:
         fastest_tools = (f"{variant(most, ready, 1)}, coder {args.coder_cache}" if args.coder_cache
                          else variant(most, ready, 1) for ready in {0, args.sandbox_ready})
         chosen = {*fastest_tools, "same tokens, no tool calls"}
-        for name, count, tools, coder_like, sandbox_like, reuse, chunks in plan:
+        for name, count, *setting in plan:
             if name not in chosen or count != args.rollouts:
                 continue
             print(f"breakdown: {name} ...", file=sys.stderr, flush=True)
             parts = Breakdown(model, tokenizer)
             with parts.active():
-                seconds, _, _, phases = run(count, tools, coder_like, sandbox_like, reuse, chunks)
+                seconds, _, _, phases = run(count, *setting)
             engine = [["engine", f"phase: {p}", "", f"{phases[p]:.3f}", ""] for p in PHASES]
             breakdowns.append(table(f"Breakdown: {name}, {count} rollouts, {seconds:.2f} s with every part "
                                     "synchronised", ["side", "part", "calls", "seconds", "ms per call"],
@@ -266,6 +293,130 @@ def rollout(args: argparse.Namespace) -> str:
     for box in boxes.values():
         box.box.close()
     return "\n".join(breakdowns)
+
+
+@contextmanager
+def unpacked_attention() -> Iterator[None]:
+    """`coder.attention`'s name served by transformers' own SDPA attention for the block (an ablation)."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from coder.attention import NAME, packed_sdpa
+
+    AttentionInterface.register(NAME, sdpa_attention_forward)
+    try:
+        yield
+    finally:
+        AttentionInterface.register(NAME, packed_sdpa)
+
+
+# --- profile -----------------------------------------------------------------------------------------------------
+
+KINDS = [("matrix products", ("gemm", "cutlass", "sm90_", "sm80_", "cublas", "nvjet")),
+         ("attention", ("fmha", "attention", "flash", "efficient")),
+         ("copies and casts", ("copy", "cat", "index", "fill", "elementwise_kernel_with_index")),
+         ("reductions (norms, softmax, argmax)", ("reduce", "softmax", "norm", "argmax"))]
+
+
+def kind(kernel: str) -> str:
+    name = kernel.lower()
+    return next((k for k, marks in KINDS if any(m in name for m in marks)), "other elementwise")
+
+
+def profile(args: argparse.Namespace) -> str:
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    from coder import CoderConfig, build_coder
+    from coder.transformers_backend import shared_prefix
+    from training.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = random_model(args.shape, tokenizer, args.device)
+    coder = build_coder(CoderConfig(model=f"random {args.shape}", device=args.device, max_new_tokens=args.coder_tokens,
+                                    cache_size=0, batch_size=args.rollouts, cuda_graph=True),
+                        model=model, tokenizer=tokenizer)
+    requests = [f"{1000 + i} times {2000 + i}" for i in range(args.rollouts)]
+    encoded = [tokenizer.apply_chat_template([{"role": "system", "content": coder.system_prompt},
+                                              {"role": "user", "content": r}], add_generation_prompt=True,
+                                             return_dict=True)["input_ids"] for r in requests]
+    own = max(len(e) for e in encoded) - shared_prefix(encoded)
+
+    def call() -> float:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        coder.write_programs(requests)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    call()  # captures the graph and keeps the shared prefix
+    wall = min(call() for _ in range(3))
+    with unpacked_attention():
+        unpacked = min(call() for _ in range(3))
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])]
+    with profiler(activities=activities, record_shapes=True) as prof:
+        call()
+    launchers: dict[str, Counter[str]] = {}  # kernel -> the operators (with their input shapes) that launched it
+    for event in prof.events():
+        for launched in event.kernels:
+            launchers.setdefault(launched.name, Counter())[f"{event.name} {event.input_shapes}"] += 1
+    kernels: dict[str, tuple[float, int]] = {}
+    for event in prof.key_averages():
+        if event.device_type == DeviceType.CUDA and "Command Buffer Full" not in event.key:
+            seconds, count = kernels.get(event.key, (0.0, 0))
+            kernels[event.key] = (seconds + event.self_device_time_total / 1e6, count + event.count)
+    total = sum(s for s, _ in kernels.values()) or float("nan")
+    by_kind: dict[str, float] = {}
+    for name, (seconds, _) in kernels.items():
+        by_kind[kind(name)] = by_kind.get(kind(name), 0.0) + seconds
+    rows = [[k, f"{s * 1e3:.1f}", f"{100 * s / total:.0f}"] for k, s in sorted(by_kind.items(), key=lambda x: -x[1])]
+    top = sorted(kernels.items(), key=lambda x: -x[1][0])[:20]
+    text = table(f"Coder call ({args.shape}, {args.rollouts} requests, {args.coder_tokens} new tokens, CUDA graph): "
+                 f"{wall:.3f} s wall (best of 3; {unpacked:.3f} s with the prefill's attention unpacked), GPU kernels "
+                 f"{total:.3f} s", ["kernels", "ms", "%"], rows)
+    text += table("The 20 kernels of most time (launched by: the operator and its input shapes; none for the "
+                  "graph's replays)", ["kernel", "calls", "ms", "us per call", "launched by"],
+                  [[name[:90], str(count), f"{s * 1e3:.1f}", f"{1e6 * s / count:.1f}",
+                    launchers[name].most_common(1)[0][0][:120] if name in launchers else ""]
+                   for name, (s, count) in top])
+    config = model.config
+    hidden, inner = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * hidden // config.num_attention_heads
+    shapes = {"q and o projections": (hidden, hidden), "k, v projections": (hidden, kv),
+              "gate, up projections": (hidden, inner), "down projection": (inner, hidden),
+              "lm head": (hidden, config.vocab_size)}
+    ceiling = []
+    for tokens in (args.rollouts, args.rollouts * own):
+        for name, (k, n) in shapes.items():
+            if name == "lm head" and tokens != args.rollouts:
+                continue  # the prefill keeps one position's logits a row
+            a = torch.randn(tokens, k, device=args.device, dtype=model.dtype)
+            b = torch.randn(k, n, device=args.device, dtype=model.dtype)
+            seconds = _timed(lambda a=a, b=b: a @ b, args.device)
+            ceiling.append([f"{tokens} x {k} x {n} ({name})", f"{seconds * 1e6:.0f}",
+                            f"{2 * tokens * k * n / seconds / 1e12:.0f}"])
+    return text + table("The same matrix products alone (the ceiling: a decoding step at the first row count, the "
+                        f"prefill of {own} tokens a row, the requests' own, at the second)",
+                        ["product", "us", "TFLOP/s"], ceiling)
+
+
+def _timed(fn, device: str, repeats: int = 20) -> float:
+    """Mean seconds of `fn` after a warm-up, timed with the device synchronised around the repeats."""
+    import torch
+
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
 
 
 # --- step ---------------------------------------------------------------------------------------------------------
@@ -327,7 +478,7 @@ def memory(args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["rollout", "step", "memory"], nargs="+")
+    parser.add_argument("what", choices=["rollout", "step", "memory", "profile"], nargs="+")
     parser.add_argument("--shape", default=None, help="rollout: 7b; step: 1.5b")
     parser.add_argument("--rollouts", type=int, default=256)
     parser.add_argument("--compare-rollouts", type=int, default=64, help="0: skip the one-at-a-time comparison")
@@ -345,6 +496,9 @@ def main() -> None:
                              "ahead (executor.ready)")
     parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                         help="rollout: the rows without the coder's shared prefix and without KV reuse")
+    parser.add_argument("--attention-ablation", action="store_true",
+                        help="rollout: the fastest tools row's setting and the no-tool row again with the prefills' "
+                             "attention unpacked (transformers' own, coder/attention.py)")
     parser.add_argument("--breakdown", action="store_true",
                         help="rollout: after the table, where the seconds go (bench/breakdown.py) in the fastest "
                              "tool rows and the no-tool row, one run each")
@@ -355,13 +509,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--completion-tokens", type=int, default=None, help="step: 256; memory: 2048")
     parser.add_argument("--work", default=tempfile.gettempdir())
-    parser.add_argument("--device", default="cuda", help="rollout only: cpu for a smoke run with --shape tiny")
+    parser.add_argument("--device", default="cuda", help="rollout, profile: cpu for a smoke run with --shape tiny")
     args = parser.parse_args()
     for what in args.what:
-        shape = args.shape or {"rollout": "7b", "step": "1.5b", "memory": "7b"}[what]
+        shape = args.shape or {"rollout": "7b", "step": "1.5b", "memory": "7b", "profile": "7b"}[what]
         tokens = args.completion_tokens or {"step": 256, "memory": 2048}.get(what, 0)
         sub = argparse.Namespace(**{**vars(args), "shape": shape, "completion_tokens": tokens})
-        print({"rollout": rollout, "step": step, "memory": memory}[what](sub), flush=True)
+        print({"rollout": rollout, "step": step, "memory": memory, "profile": profile}[what](sub), flush=True)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from transformers import StaticCache, TemperatureLogitsWarper, TopPLogitsWarper
 
+from coder.transformers_backend import last_logits
+
 CHECK_EVERY = 8  # steps between checks (one host sync) that every row has finished
 WARMUP_STEPS = 2  # eager steps on a side stream before the capture, as `torch.cuda.graphs` asks
 
@@ -185,7 +187,8 @@ class GraphDecoder:
         prefill_mask = torch.zeros(seen.shape, dtype=model.dtype, device=device).masked_fill_(~seen, blocked)
         choose = greedy_or_sampled(temperature, top_p)
         logits = model(input_ids=ids[:, shared:], attention_mask=prefill_mask[:, None],
-                       position_ids=positions[:, shared:], cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                       position_ids=positions[:, shared:], cache=cache, use_cache=True,
+                       **last_logits(model)).logits[:, -1]
         del seen, prefill_mask
         shape.bias.zero_().masked_fill_(~valid, blocked)
         shape.position.copy_(mask.long().sum(1, keepdim=True))

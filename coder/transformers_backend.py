@@ -44,6 +44,20 @@ def cache_argument(model: Any, cache: Any) -> dict[str, Any]:
     return {"cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values": cache}
 
 
+def last_logits(model: Any) -> dict[str, Any]:
+    """The keyword, for `generate` or a forward pass, that keeps the logits of each row's last position only: as an
+    index, not the count 1 that `generate` passes by itself. The count leaves the hidden states as a strided view,
+    on which PyTorch's matmul runs a frozen output layer as one matrix-vector product per row (pytorch/pytorch#186148):
+    the prefill of 256 rows of a 7B read its 1 GB output layer 256 times, 65 ms instead of 0.4 ms on the H200
+    (`python bench/gpu.py profile`). The index copies the last positions into one matrix first."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
+        return {}
+    return {"logits_to_keep": torch.tensor([-1], device=base.device)}
+
+
 def returned_cache(output: Any) -> Any:
     """The KV cache held by a model's or `generate`'s output, under either name (the keys, not `in output`: the
     renaming releases answer the old name too, with a warning)."""
@@ -126,8 +140,10 @@ class TransformersBackend:
     def _generate(self, rows: list[list[int]], shared: int) -> list[str]:
         import torch
 
+        from coder.attention import packed_attention
+
         ids, mask = padded(rows, shared, self.tokenizer.pad_token_id, self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), packed_attention(self.model):
             prefix = self._prefix(rows[0][:shared])
             if self.decoder is not None:
                 generated = self.decoder(ids, mask, prefix, shared, self.config.max_new_tokens,
@@ -141,7 +157,7 @@ class TransformersBackend:
             if prefix is not None:
                 prefix.batch_repeat_interleave(len(rows))
                 resumed = cache_argument(self.model, prefix)
-            generated = self.model.generate(input_ids=ids, attention_mask=mask,
+            generated = self.model.generate(input_ids=ids, attention_mask=mask, **last_logits(self.model),
                                             max_new_tokens=self.config.max_new_tokens,
                                             pad_token_id=self.tokenizer.pad_token_id,
                                             cache_implementation=self.config.cache_implementation,
@@ -160,10 +176,10 @@ class TransformersBackend:
             return kept[1]
         if kept is not None and tokens[:len(kept[0])] == kept[0]:
             extra = torch.tensor([tokens[len(kept[0]):]], device=self.device)
-            return returned_cache(self.model(input_ids=extra, use_cache=True,
+            return returned_cache(self.model(input_ids=extra, use_cache=True, **last_logits(self.model),
                                              **cache_argument(self.model, copy.deepcopy(kept[1]))))
         self.prefix = (tokens, returned_cache(self.model(input_ids=torch.tensor([tokens], device=self.device),
-                                                         use_cache=True)))
+                                                         use_cache=True, **last_logits(self.model))))
         return self.prefix[1]
 
     def close(self) -> None:

@@ -21,7 +21,8 @@ from transformers import (
     StopStringCriteria,
 )
 
-from coder.transformers_backend import cache_argument, eos_ids, padded, returned_cache
+from coder.attention import packed_attention
+from coder.transformers_backend import cache_argument, eos_ids, last_logits, padded, returned_cache
 from planner.sync import RankSync
 
 StopReason = Literal["eos", "stop", "length"]
@@ -210,10 +211,11 @@ class TransformersGeneration:
         keep = self.reuse_cache and not padding
         config.return_dict_in_generate = keep
         resumed = cache_argument(self.model, cache) if cache is not None else {}
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                                     logits_processor=LogitsProcessorList(processors),
-                                     stopping_criteria=StoppingCriteriaList([stops]),
-                                     synced_gpus=self.sync is not None, **resumed)
+        with packed_attention(self.model):
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                                         logits_processor=LogitsProcessorList(processors),
+                                         stopping_criteria=StoppingCriteriaList([stops]),
+                                         synced_gpus=self.sync is not None, **resumed, **last_logits(self.model))
         sequences = output.sequences if keep else output
         logprobs = recorder.finish(sequences[:, -1]).T.cpu().tolist()  # (batch, steps)
         new_tokens = sequences[:, width:].cpu().tolist()
