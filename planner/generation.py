@@ -187,9 +187,10 @@ class TransformersGeneration:
         cache.batch_select_indices(index)
         # A row's known tokens are a prefix of its prompt (`_continuations` checked); feed at least one token.
         covered = [min(len(old.known[r]), len(p) - 1) for r, p in zip(rows, prompts, strict=True)]
-        mask = old.mask[index].clone()
-        for k, c in enumerate(covered):
-            mask[k, mask[k].nonzero().flatten()[c:]] = 0  # a prompt equal to its row: the last token is fed again
+        mask = old.mask[index]
+        # A row keeps its first `covered` known positions (a prompt equal to its row: the last token is fed again).
+        seen = mask.cumsum(1)
+        mask = mask * (seen <= torch.tensor(covered, device=device)[:, None])
         tails = [p[c:] for p, c in zip(prompts, covered, strict=True)]
         tail_ids, tail_mask = padded(tails, 0, self.pad_id, device)
         self.reused_tokens += sum(covered)
@@ -247,11 +248,11 @@ class _Kept:
         steps = sequences.shape[1] - width
         mask = torch.cat([attention, torch.ones(len(prompts), steps, dtype=attention.dtype,
                                                 device=attention.device)], dim=1)[:, :length].clone()
-        known = []
-        for row, (p, out) in enumerate(zip(prompts, outputs, strict=True)):
-            kept = out.token_ids[: max(0, length - width)]
-            mask[row, width + len(kept):] = 0  # generated after the row stopped: never part of its sequence
-            known.append(list(p) + kept)
+        kept = [out.token_ids[: max(0, length - width)] for out in outputs]
+        # Positions generated after a row stopped: never part of its sequence.
+        lengths = torch.tensor([len(k) for k in kept], device=mask.device)
+        mask[:, width:] *= torch.arange(mask.shape[1] - width, device=mask.device)[None, :] < lengths[:, None]
+        known = [list(p) + k for p, k in zip(prompts, kept, strict=True)]
         return cls(cache, sequences[:, :length], mask, known)
 
 
