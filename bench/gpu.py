@@ -220,13 +220,16 @@ def rollout(args: argparse.Namespace) -> str:
         for ready in sorted({0, args.sandbox_ready}):  # with and without the ready pool's refilling beside it
             plan.insert(after + (ready > 0), (f"{variant(most, ready, 1)}, coder {args.coder_cache}",
                                               args.rollouts, True, fast, boxes[(most, ready)], True, 1, True))
+    # The fastest setting's tools row: the most servers, the ready pool and the coder option, calls unchunked.
+    tools_row = plan[max(i for i, (name, *_) in enumerate(plan) if name.startswith("engine, batched tool calls")
+                         and "chunks" not in name and "KV" not in name and "whole" not in name)]
+    if args.paired_only:
+        plan = [tools_row, next(row for row in plan if row[0] == "same tokens, no tool calls")]
     if args.compare_rollouts:
         plan += [("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, True, 1, True),
                  ("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts, True,
                   OneAtATime(coder), OneAtATime(sandbox), True, 1, True)]
     if args.attention_ablation:  # the fastest tools row's setting and the no-tool row, with the attention unpacked
-        tools_row = plan[max(i for i, (name, *_) in enumerate(plan) if name.startswith("engine, batched tool calls")
-                             and "chunks" not in name and "KV" not in name and "whole" not in name)]
         plan += [(f"{tools_row[0]}, attention unpacked", *tools_row[1:7], False),
                  ("same tokens, no tool calls, attention unpacked", args.rollouts, False, coder, sandbox, True, 1,
                   False)]
@@ -499,6 +502,9 @@ def main() -> None:
     parser.add_argument("--attention-ablation", action="store_true",
                         help="rollout: the fastest tools row's setting and the no-tool row again with the prefills' "
                              "attention unpacked (transformers' own, coder/attention.py)")
+    parser.add_argument("--paired-only", action="store_true",
+                        help="rollout: only the fastest setting's tools row and the no-tool row, for many paired "
+                             "repeats (with --repeats)")
     parser.add_argument("--breakdown", action="store_true",
                         help="rollout: after the table, where the seconds go (bench/breakdown.py) in the fastest "
                              "tool rows and the no-tool row, one run each")
