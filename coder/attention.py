@@ -32,7 +32,7 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
     groups = getattr(module, "num_key_value_groups", 1)
     rows, heads, tokens, dim = query.shape
     plain = (groups == 1 or tokens == 1 or attention_mask is None or attention_mask.dim() != 4
-             or attention_mask.shape[1] != 1 or torch.is_grad_enabled()
+             or attention_mask.shape[1] != 1 or attention_mask.shape[2] not in (1, tokens) or torch.is_grad_enabled()
              or any(kwargs.get(name) for name in ("position_bias", "softcap", "output_attentions")))
     if plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
