@@ -3,6 +3,7 @@ printed as a table with its ratios measured side by side in the same run.
 
     python bench/gpu.py rollout [--shape 7b] [--rollouts 256] [--compare-rollouts 64] [--sandbox-servers 4 8]
                                 [--sandbox-ready 256] [--coder-cache graph] [--repeats 3] [--breakdown]
+                                [--trl-loop] [--paired-only] [--attention-ablation]
     python bench/gpu.py step    [--shape 1.5b] [--batch 64] [--group 8] [--completion-tokens 256]
     python bench/gpu.py memory  [--completion-tokens 2048]
     python bench/gpu.py profile [--shape 7b] [--rollouts 256] [--coder-tokens 32]
@@ -17,7 +18,8 @@ size, built on the GPU in bf16; the tokenizer is the local one. No weights are d
   prefilling its whole prompt (`share_prefix` off); no KV reuse; the same planner tokens with no tool calls (the
   tool overhead), and the tool calls made one rollout at a time, the coder at batch 1 and the sandbox one job at a
   time: the pattern of TRL's built-in `tools=` loop, which calls each rollout's tools in turn (DESIGN.md).
-  This emulates that loop inside our engine; it is not TRL's own code.
+  This emulates that loop inside our engine; `--trl-loop` adds a row through TRL's own loop (`GRPOTrainer`'s
+  `tools=`, `bench/trl_loop.py`) with the same model, the coder and the sandbox wrapped as one tool function.
 - `step`: seconds per GRPO step through `training/grpo.py` (our rollout function) against TRL's vanilla GRPO on
   the same model, prompts and completion lengths, no tool calls (`bench/train_step.py`).
 - `memory`: the 7B request recipe (`training/recipes/qwen2.5-7b-request.yaml`: LoRA, gradient checkpointing,
@@ -107,6 +109,7 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> str:
 def rollout(args: argparse.Namespace) -> str:
     import torch
     from rollout import OneAtATime  # bench/rollout.py: tools one rollout after another (TRL's tools= pattern)
+    from trl_loop import trl_tools_rollouts  # bench/trl_loop.py
 
     from coder import CoderConfig, build_coder
     from executor import Sandbox, SandboxConfig
@@ -171,6 +174,10 @@ def rollout(args: argparse.Namespace) -> str:
             packed: bool = True) -> tuple[float, int, int, dict[str, float]]:
         """One timed run of `count` rollouts: seconds, planner tokens, tool calls, seconds per engine phase;
         `packed` False: the prefills' attention is transformers' own (`coder.attention`'s ablation)."""
+        if tools == "trl":  # TRL's own tools= loop (bench/trl_loop.py)
+            seconds, tokens, calls = trl_tools_rollouts(model, tokenizer, coder_like, sandbox_like, count,
+                                                        args.segment_tokens, words, PlannedScript, sync)
+            return seconds, tokens, calls, dict.fromkeys(PHASES, float("nan"))
         questions, prompts, planned = scripts(count, tools)
         forcer = PlannedScript(tokenizer, planned)
         generator = TransformersGeneration(model, tokenizer, temperature=1.0, batch_size=count,
@@ -228,7 +235,9 @@ def rollout(args: argparse.Namespace) -> str:
     if args.compare_rollouts:
         plan += [("engine, batched tool calls", args.compare_rollouts, True, coder, sandbox, True, 1, True),
                  ("tools one rollout at a time (TRL tools= pattern)", args.compare_rollouts, True,
-                  OneAtATime(coder), OneAtATime(sandbox), True, 1, True)]
+                  OneAtATime(coder), OneAtATime(sandbox), True, 1, True),
+                 *([("TRL GRPOTrainer's own tools= loop", args.compare_rollouts, "trl", coder, sandbox, True, 1,
+                     True)] if args.trl_loop else [])]
     if args.attention_ablation:  # the fastest tools row's setting and the no-tool row, with the attention unpacked
         plan += [(f"{tools_row[0]}, attention unpacked", *tools_row[1:7], False),
                  ("same tokens, no tool calls, attention unpacked", args.rollouts, False, coder, sandbox, True, 1,
@@ -271,6 +280,10 @@ def rollout(args: argparse.Namespace) -> str:
         slow = [i for i, (name, *_) in enumerate(plan) if name.endswith("attention unpacked")]
         text += (f"\ntool overhead with the prefills' attention unpacked (transformers' own): "
                  f"{fastest[slow[0]][0] / fastest[slow[1]][0]:.2f}x")
+    trl = measured.get(("TRL GRPOTrainer's own tools= loop", args.compare_rollouts))
+    if trl:
+        text += (f"\nbatched vs TRL's own tools= loop ({args.compare_rollouts} rollouts): "
+                 f"{trl / measured[('engine, batched tool calls', args.compare_rollouts)]:.2f}x (target >= 4x)")
     if serial:
         text += (f"\nbatched vs one rollout at a time ({args.compare_rollouts} rollouts): {speedup:.2f}x "
                  "(target >= 4x)")
@@ -502,6 +515,9 @@ def main() -> None:
     parser.add_argument("--attention-ablation", action="store_true",
                         help="rollout: the fastest tools row's setting and the no-tool row again with the prefills' "
                              "attention unpacked (transformers' own, coder/attention.py)")
+    parser.add_argument("--trl-loop", action="store_true",
+                        help="rollout: with --compare-rollouts, a row through TRL GRPOTrainer's own tools= loop "
+                             "(bench/trl_loop.py)")
     parser.add_argument("--paired-only", action="store_true",
                         help="rollout: only the fastest setting's tools row and the no-tool row, for many paired "
                              "repeats (with --repeats)")
