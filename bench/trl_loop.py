@@ -47,13 +47,12 @@ def trl_tools_rollouts(model: Any, tokenizer: Any, coder: Any, sandbox: Any, cou
     questions = [f"Question {i}: a farm holds {10**9 + 7 * i} eggs and sells {3 * i + 1} boxes of {12 + i % 5}. "
                  + "How many eggs are left? " * 8 for i in range(count)]
     prompts = [[{"role": "user", "content": q}] for q in questions]
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=2, num_generations=2,
-                      max_completion_length=4 * segment_tokens + 256, temperature=1.0, report_to="none",
-                      gradient_checkpointing=False, beta=0.0,
-                      use_cpu=model.device.type == "cpu", bf16=model.dtype.is_floating_point and
-                      model.device.type == "cuda", max_tool_calling_iterations=4, logging_steps=1)
+    config = GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=2, num_generations=2,
+                        max_completion_length=4 * segment_tokens + 256, temperature=1.0, report_to="none",
+                        gradient_checkpointing=False, beta=0.0, use_cpu=model.device.type == "cpu",
+                        bf16=model.device.type == "cuda", max_tool_calling_iterations=4, logging_steps=1)
     state = model.training, model.config.use_cache
-    trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
+    trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=config,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                           processing_class=tokenizer, tools=[compute])
     model.train(state[0])  # the trainer's settings, undone for the other rows (which share the model)
@@ -73,6 +72,7 @@ def trl_tools_rollouts(model: Any, tokenizer: Any, coder: Any, sandbox: Any, cou
     forcer = planned_script(tokenizer, planned)
     trainer._sync_tool_dicts = [{"compute": compute} for _ in prompts]  # as `_generate_and_score_completions` does
     trainer._async_tool_dicts = [{} for _ in prompts]
+
     def generate(*args: Any, **kwargs: Any) -> Any:  # forced when TRL's loop calls it, not when the coder does
         if kwargs.get("generation_config") is trainer.generation_config:
             kwargs["logits_processor"] = LogitsProcessorList([forcer])
