@@ -399,6 +399,10 @@ def profile(args: argparse.Namespace) -> str:
                   [[name[:90], str(count), f"{s * 1e3:.1f}", f"{1e6 * s / count:.1f}",
                     launchers[name].most_common(1)[0][0][:120] if name in launchers else ""]
                    for name, (s, count) in top])
+    if not args.device.startswith("cuda"):
+        return text
+    from kernels import timed  # bench/kernels.py: CUDA events around the repeats
+
     config = model.config
     hidden, inner = config.hidden_size, config.intermediate_size
     kv = config.num_key_value_heads * hidden // config.num_attention_heads
@@ -412,27 +416,11 @@ def profile(args: argparse.Namespace) -> str:
                 continue  # the prefill keeps one position's logits a row
             a = torch.randn(tokens, k, device=args.device, dtype=model.dtype)
             b = torch.randn(k, n, device=args.device, dtype=model.dtype)
-            seconds = _timed(lambda a=a, b=b: a @ b, args.device)
-            ceiling.append([f"{tokens} x {k} x {n} ({name})", f"{seconds * 1e6:.0f}",
-                            f"{2 * tokens * k * n / seconds / 1e12:.0f}"])
+            us = timed(lambda a=a, b=b: a @ b)
+            ceiling.append([f"{tokens} x {k} x {n} ({name})", f"{us:.0f}", f"{2 * tokens * k * n / us / 1e6:.0f}"])
     return text + table("The same matrix products alone (the ceiling: a decoding step at the first row count, the "
                         f"prefill of {own} tokens a row, the requests' own, at the second)",
                         ["product", "us", "TFLOP/s"], ceiling)
-
-
-def _timed(fn, device: str, repeats: int = 20) -> float:
-    """Mean seconds of `fn` after a warm-up, timed with the device synchronised around the repeats."""
-    import torch
-
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
 
 
 # --- step ---------------------------------------------------------------------------------------------------------
