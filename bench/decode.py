@@ -163,6 +163,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--rows", default="plain,ours", help="plain, ours, or both (comma-separated)")
+    parser.add_argument("--lora", action="store_true",
+                        help="a row of ours on the model under PEFT's LoRA (the recipe's defaults); the profiles "
+                             "then run on it")
     parser.add_argument("--trace", type=Path, help="profile a short call of ours; Chrome trace written here (.gz)")
     parser.add_argument("--profile-steps", type=int, default=12)
     parser.add_argument("--step-profile", type=int, default=0, metavar="N",
@@ -186,6 +189,17 @@ def main() -> None:
                                                 cache_implementation=None if cache == "dynamic" else cache)
             plan.append((f"ours, {cache} cache, padded prompts",
                          lambda g=generation: ours(g, mixed, args.new_tokens)))
+    if args.lora:  # the training recipe's planner: the same model under PEFT's LoRA (adapters not merged)
+        from peft import LoraConfig, get_peft_model
+
+        from training.recipe import LoraSection
+
+        lora = LoraSection()
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=lora.target_modules, task_type="CAUSAL_LM")).eval()
+        generation = TransformersGeneration(model, tokenizer, batch_size=args.batch)
+        plan.append((f"ours, dynamic cache, padded prompts, LoRA r{lora.r} on {len(lora.target_modules)} "
+                     "projections", lambda g=generation: ours(g, mixed, args.new_tokens)))
     rows = []
     for name, fn in plan:
         print(f"measuring: {name} ...", file=sys.stderr, flush=True)

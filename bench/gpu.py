@@ -5,7 +5,7 @@ printed as a table with its ratios measured side by side in the same run.
                                 [--sandbox-ready 256] [--coder-cache graph] [--repeats 3] [--breakdown]
                                 [--trl-loop] [--paired-only] [--attention-ablation]
     python bench/gpu.py step    [--shape 1.5b] [--batch 64] [--group 8] [--completion-tokens 256]
-    python bench/gpu.py memory  [--completion-tokens 2048]
+    python bench/gpu.py memory  [--completion-tokens 2048] [--tool-calls 2] [--coder-graph]
     python bench/gpu.py profile [--shape 7b] [--rollouts 256] [--coder-tokens 32]
 
 Models are random Qwen2.5 shapes (speed and memory do not depend on the weights' values) with Qwen's vocabulary
@@ -23,7 +23,9 @@ size, built on the GPU in bf16; the tokenizer is the local one. No weights are d
 - `step`: seconds per GRPO step through `training/grpo.py` (our rollout function) against TRL's vanilla GRPO on
   the same model, prompts and completion lengths, no tool calls (`bench/train_step.py`).
 - `memory`: the 7B request recipe (`training/recipes/qwen2.5-7b-request.yaml`: LoRA, gradient checkpointing,
-  group 8) with a 7B planner and a 7B coder in bf16 on one card, one GRPO step; the peak allocated memory.
+  group 8) with a 7B planner and a 7B coder in bf16 on one card, one GRPO step, every completion forced to make
+  `--tool-calls` requests (`CallsThenFree`) so the coder generates in the step; the peak allocated memory, of the
+  rollouts alone and of the whole step.
 - `profile`: where the GPU time of one graphed coder call on a round's requests goes (torch.profiler; the kernels
   replayed inside the captured graph are reported one by one), kernels grouped by kind, against the time the same
   matrix products take alone (the ceiling).
@@ -80,14 +82,14 @@ def random_model(shape: str, tokenizer, device: str = "cuda"):
     return model.eval()
 
 
-def saved_model(shape: str, where: Path) -> Path:
+def saved_model(shape: str, where: Path, device: str = "cuda") -> Path:
     """The random model and the local tokenizer written to `where` (for code that loads from a path)."""
     from training.tiny import build_tokenizer
 
     if (where / "config.json").exists():
         return where
     tokenizer = build_tokenizer()
-    model = random_model(shape, tokenizer)
+    model = random_model(shape, tokenizer, device)
     model.save_pretrained(where)
     tokenizer.save_pretrained(where)
     del model
@@ -442,12 +444,15 @@ def step(args: argparse.Namespace) -> str:
 def memory(args: argparse.Namespace) -> str:
     import torch
     import yaml
+    from transformers import AutoTokenizer
 
+    from planner.scripted import CallsThenFree
     from training import grpo
     from training.recipe import Recipe
 
+    cuda = args.device == "cuda"
     work = Path(args.work)
-    model = saved_model("7b", work / "random-7b")
+    model = saved_model(args.shape, work / f"random-{args.shape}", device=args.device)
     data = work / "memory-data.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"A farm holds {10**9 + i} eggs and sells {i} of them. "
                                                   "How many are left?", "answer": str(10**9)}) + "\n"
@@ -455,29 +460,54 @@ def memory(args: argparse.Namespace) -> str:
     recipe = yaml.safe_load((Path(__file__).resolve().parent.parent / "training" / "recipes" /
                              "qwen2.5-7b-request.yaml").read_text())
     recipe["planner"] |= {"model": str(model), "max_completion_tokens": args.completion_tokens}
-    recipe["coder"] |= {"model": str(model)}
+    recipe["coder"] |= {"model": str(model), "device": args.device, "cuda_graph": args.coder_graph and cuda,
+                        "cache_size": 0, "deduplicate": False}  # real requests differ; the forced ones do not
     recipe["data"] = {"path": str(data)}
     recipe["grpo"] |= {"output_dir": str(work / "memory-run"), "max_steps": 1, "report_to": "none",
-                       "save_strategy": "no"}
+                       "save_strategy": "no", **({} if cuda else {"use_cpu": True, "bf16": False})}
     recipe["logging"] = {"sample_every": 0}
-    torch.cuda.reset_peak_memory_stats()
+    # The random planner would make no calls: every completion writes this call in its first rounds, then samples
+    # freely to the token budget, and the random coder writes its whole max_new_tokens for each call.
+    call = "Let me hand this on. <request>Subtract the eggs sold from the eggs held and print the result.</request>"
+    forcer = CallsThenFree(AutoTokenizer.from_pretrained(model).encode(call, add_special_tokens=False),
+                           args.tool_calls)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    gib = (lambda: torch.cuda.max_memory_allocated() / 2**30) if cuda else (lambda: float("nan"))
     started = time.perf_counter()
-    run = grpo.build(Recipe.model_validate(recipe))
-    loaded = torch.cuda.memory_allocated() / 2**30
+    run = grpo.build(Recipe.model_validate(recipe), logits_processors=[forcer] if args.tool_calls else None)
+    loaded = torch.cuda.memory_allocated() / 2**30 if cuda else float("nan")
+    rollout_peak: list[float] = []
+    rollout_call = run.rollout.__call__
+
+    def measured_rollout(prompts, trainer):  # the peak of generation (planner and coder) alone
+        out = rollout_call(prompts, trainer)
+        rollout_peak.append(gib())
+        return out
+
+    run.trainer.rollout_func = measured_rollout
     try:
         run.trainer.train()
     finally:
         run.close()
     seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    reserved = torch.cuda.max_memory_reserved() / 2**30
-    g = recipe["grpo"]
-    rows = [["after loading (planner with LoRA + coder)", f"{loaded:.1f}"], ["peak allocated", f"{peak:.1f}"],
-            ["peak reserved by the allocator", f"{reserved:.1f}"]]
-    return table(f"Memory: 7B planner (LoRA r{recipe['lora']['r']}, gradient checkpointing) + 7B coder, bf16, one "
-                 f"card; group {g['num_generations']}, {g['per_device_train_batch_size']} completions per micro-batch "
-                 f"x {g['gradient_accumulation_steps']}, up to {args.completion_tokens} tokens; one step in "
-                 f"{seconds:.0f} s", ["what", "GiB"], rows) + f"\n\npeak allocated: {peak:.1f} GiB (target <= 75 GiB)"
+    peak = gib()
+    reserved = torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan")
+    last = run.rollout.last
+    calls = statistics.mean(len(t.tool_calls) for t in last)
+    lengths = [len(t.completion_ids) for t in last]
+    g, coder = recipe["grpo"], Recipe.model_validate(recipe).coder
+    phases = ", ".join(f"{name} {value:.0f} s" for name, value in run.rollout.seconds.items())
+    rows = [["after loading (planner with LoRA + coder)", f"{loaded:.1f}"],
+            ["peak allocated by the rollouts (planner and coder generating)", f"{max(rollout_peak):.1f}"],
+            ["peak allocated", f"{peak:.1f}"], ["peak reserved by the allocator", f"{reserved:.1f}"]]
+    title = (f"Memory: {args.shape} planner (LoRA r{recipe['lora']['r']}, gradient checkpointing) + {args.shape} "
+             f"coder (batch {coder.batch_size}, {coder.max_new_tokens} new tokens, cuda_graph "
+             f"{'on' if coder.cuda_graph else 'off'}), bf16, one card; group {g['num_generations']}, "
+             f"{g['per_device_train_batch_size']} completions per micro-batch x {g['gradient_accumulation_steps']}, "
+             f"up to {args.completion_tokens} tokens; {len(last)} completions: {calls:.1f} tool calls each, "
+             f"{min(lengths)}-{max(lengths)} tokens; one step in {seconds:.0f} s (rollout: {phases})")
+    return table(title, ["what", "GiB"], rows) + f"\n\npeak allocated: {peak:.1f} GiB (target <= 75 GiB)"
 
 
 def main() -> None:
@@ -518,8 +548,12 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--completion-tokens", type=int, default=None, help="step: 256; memory: 2048")
+    parser.add_argument("--tool-calls", type=int, default=2,
+                        help="memory: calls forced into every completion (CallsThenFree); 0: the random planner's own")
+    parser.add_argument("--coder-graph", action="store_true", help="memory: the coder on its CUDA-graph decoder")
     parser.add_argument("--work", default=tempfile.gettempdir())
-    parser.add_argument("--device", default="cuda", help="rollout, profile: cpu for a smoke run with --shape tiny")
+    parser.add_argument("--device", default="cuda",
+                        help="rollout, profile, memory: cpu for a smoke run with --shape tiny")
     args = parser.parse_args()
     for what in args.what:
         shape = args.shape or {"rollout": "7b", "step": "1.5b", "memory": "7b", "profile": "7b"}[what]

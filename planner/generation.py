@@ -259,24 +259,25 @@ class _Kept:
 def _continuations(kept: list[_Kept], prompts: list[list[int]]
                    ) -> tuple[list[tuple[_Kept, list[tuple[int, int]]]], list[int]]:
     """Prompts that extend a kept row (the row's known tokens are a prefix of the prompt), grouped by micro-batch
-    as (kept, [(prompt index, row)]); and the prompt indices that extend none."""
+    as (kept, [(prompt index, row)]); and the prompt indices that extend none. Several prompts may extend one row
+    (rows that wrote the same tokens, as greedy duplicates do): each gets its own copy of the row's cache, so they
+    continue in the same call rather than re-running their prefix in another."""
     def key(tokens: list[int], n: int) -> tuple[int, ...]:  # cheap: a row's length and its last tokens
         return (n, *tokens[max(0, n - 8):n])
 
     owners = {key(k.known[r], len(k.known[r])): (g, r) for g, k in enumerate(kept) for r in range(len(k.known))}
     lengths = sorted({n for n, *_ in owners}, reverse=True)
     groups: dict[int, list[tuple[int, int]]] = {}
-    fresh, used = [], set()
+    fresh = []
     for i, p in enumerate(prompts):
         hit = None
         for n in lengths:
             owner = owners.get(key(p, n)) if n <= len(p) else None
-            if owner is not None and kept[owner[0]].known[owner[1]] == p[:n]:  # confirmed in full, once
+            if owner is not None and kept[owner[0]].known[owner[1]] == p[:n]:  # confirmed in full
                 hit = owner
                 break
-        if hit is None or hit in used:
+        if hit is None:
             fresh.append(i)
             continue
-        used.add(hit)
         groups.setdefault(hit[0], []).append((i, hit[1]))
     return [(kept[g], pairs) for g, pairs in groups.items()], fresh

@@ -141,3 +141,40 @@ class PlannedScript(LogitsProcessor):
         forced = torch.full_like(scores, float("-inf"))
         forced.scatter_(1, self._targets[:, step: step + 1], 0.0)
         return forced
+
+
+class CallsThenFree(LogitsProcessor):
+    """A forcer for runs on random weights that must make tool calls whatever the prompt (the memory benchmark's
+    GRPO step): every row writes `segment` (token ids ending with a call's close marker) in each of its first
+    `calls` generation rounds, then samples on its own. A row's round is how often `segment` already occurs in it,
+    counted once per `generate` call, so rows of the same prompt (a GRPO group) and resumed rounds need no state."""
+
+    def __init__(self, segment: list[int], calls: int) -> None:
+        if not segment or calls < 0:
+            raise ValueError("CallsThenFree needs a non-empty segment and calls >= 0")
+        self.segment = list(segment)
+        self.calls = calls
+        self._width = self._batch = -1
+        self._start = 0
+        self._rows: torch.Tensor | None = None  # the rows forced in this generate call
+        self._any = False
+
+    def _count(self, ids: list[int]) -> int:
+        n, first = len(self.segment), self.segment[0]
+        return sum(1 for i, token in enumerate(ids) if token == first and ids[i:i + n] == self.segment)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        batch, width = input_ids.shape
+        if not (width == self._width + 1 and batch == self._batch):  # a new generate call
+            self._rows = torch.tensor([self._count(ids) < self.calls for ids in input_ids.tolist()],
+                                      device=scores.device)
+            self._any = bool(self._rows.any())
+            self._start = width
+        self._width, self._batch = width, batch
+        step = width - self._start
+        assert self._rows is not None
+        if step >= len(self.segment) or not self._any:
+            return scores
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.segment[step]] = 0.0
+        return torch.where(self._rows[:, None], forced, scores)

@@ -317,3 +317,54 @@ def test_kv_cache_reuse_across_rounds_changes_nothing(tokenizer, model, sandbox,
         assert a.rounds == b.rounds >= calls + 1 and a.completion_ids == b.completion_ids
         assert a.env_mask == b.env_mask
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-4
+
+
+def test_rows_that_wrote_the_same_tokens_resume_together(tokenizer, model, sandbox, monkeypatch):
+    """Greedy duplicates (or forced rows) end a round with the same tokens: each continues from its own copy of
+    the kept row, all in one call per round, not re-running its prefix in a second call; the tokens and
+    log-probabilities stay those of re-running the prefix."""
+    protocol = build_protocol("code", None, 2000, tokenizer)
+    probe = RolloutEngine(protocol, None, tokenizer, sandbox)
+    questions = ["What is six times seven?", "Hi", "What is six times seven?", "Hi", "What is six times seven?"]
+    prompts = [probe.prompt_ids("Answer.", q) for q in questions]
+    scripts = {tuple(p): [part for k in range(2) for part in (Say(f"<code>\nprint({len(p)} + {k})\n</code>"),
+                                                              Env("</result>\n"))] for p in prompts}
+    calls = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(k["input_ids"].shape[0]) or generate(*a, **k))
+    runs = {}
+    for reuse in (False, True):
+        calls.clear()
+        generator = TransformersGeneration(model, tokenizer, temperature=0.0, reuse_cache=reuse,
+                                           logits_processors=[ScriptedText(tokenizer, scripts, then="free")])
+        engine = RolloutEngine(protocol, generator, tokenizer, sandbox, None, EngineLimits(120, 4))
+        runs[reuse] = (engine.run(questions, prompts), list(calls), generator.reused_tokens)
+    (plain, _, _), (reused, reused_calls, saved) = runs[False], runs[True]
+    assert reused_calls == [5, 5, 5]  # one call per round, every row in it
+    assert saved >= 2 * sum(len(t.prompt_ids) for t in reused)  # rounds 2 and 3 of every row: prompts at least
+    for a, b in zip(plain, reused, strict=True):
+        assert a.rounds == b.rounds == 3 and a.completion_ids == b.completion_ids and a.env_mask == b.env_mask
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-4
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_calls_then_free_forces_every_row_then_lets_it_sample(tokenizer, model, sandbox, reuse):
+    """The memory benchmark's forcer: whatever the prompt, rows of one prompt included (a GRPO group), each row
+    writes the call in its first `calls` rounds and then samples on its own, with or without the kept cache."""
+    from planner.scripted import CallsThenFree
+
+    protocol = build_protocol("code", None, 2000, tokenizer)
+    probe = RolloutEngine(protocol, None, tokenizer, sandbox)
+    questions = ["first?", "first?", "a second, longer question?", "a second, longer question?"]
+    prompts = [probe.prompt_ids("Answer.", q) for q in questions]
+    segment = tokenizer.encode("<code>\nprint(2 + 3)\n</code>", add_special_tokens=False)
+    generator = TransformersGeneration(model, tokenizer, temperature=1.0, reuse_cache=reuse,
+                                       logits_processors=[CallsThenFree(segment, calls=2)])
+    trajectories = RolloutEngine(protocol, generator, tokenizer, sandbox, None, EngineLimits(160, 4)).run(questions,
+                                                                                                         prompts)
+    for t in trajectories:
+        sampled = [tok for tok, m in zip(t.completion_ids, t.env_mask, strict=True) if m]
+        assert sampled[:2 * len(segment)] == segment * 2
+        assert [call.result.stdout for call in t.tool_calls] == ["5\n", "5\n"] and t.rounds == 3
+        assert len(sampled) > 2 * len(segment)  # the third round sampled freely (not stopped at once)
+        assert sampled[2 * len(segment):][:len(segment)] != segment
