@@ -5,7 +5,7 @@ printed as a table with its ratios measured side by side in the same run.
                                 [--sandbox-ready 256] [--coder-cache graph] [--repeats 3] [--breakdown]
                                 [--trl-loop] [--paired-only] [--attention-ablation]
     python bench/gpu.py step    [--shape 1.5b] [--batch 64] [--group 8] [--completion-tokens 256]
-    python bench/gpu.py memory  [--completion-tokens 2048] [--tool-calls 2] [--coder-graph]
+    python bench/gpu.py memory  [--completion-tokens 2048] [--tool-calls 2] [--coder-graph] [--no-reuse]
     python bench/gpu.py profile [--shape 7b] [--rollouts 256] [--coder-tokens 32]
 
 Models are random Qwen2.5 shapes (speed and memory do not depend on the weights' values) with Qwen's vocabulary
@@ -441,6 +441,28 @@ def step(args: argparse.Namespace) -> str:
 
 # --- memory -------------------------------------------------------------------------------------------------------
 
+class StepClock:
+    """A logits processor that only watches: each planner `generate` call's rows, decoding steps and seconds from
+    its first step to its last (a call is a run of steps whose width grows by one at a constant batch)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[float]] = []  # [rows, steps, first step's time, last step's time, width]
+
+    def __call__(self, input_ids, scores):
+        now, (rows, width) = time.perf_counter(), input_ids.shape
+        last = self.calls[-1] if self.calls else None
+        if last is not None and last[0] == rows and last[4] + 1 == width:
+            last[1:] = [last[1] + 1, last[2], now, width]
+        else:
+            self.calls.append([rows, 1, now, now, width])
+        return scores
+
+    def rows(self) -> list[list[str]]:
+        return [[f"planner generate call {k + 1}", str(int(rows)), str(int(steps)),
+                 f"{1000 * (last - first) / max(1, steps - 1):.1f}"]
+                for k, (rows, steps, first, last, _) in enumerate(self.calls)]
+
+
 def memory(args: argparse.Namespace) -> str:
     import torch
     import yaml
@@ -459,7 +481,8 @@ def memory(args: argparse.Namespace) -> str:
                             for i in range(64)))
     recipe = yaml.safe_load((Path(__file__).resolve().parent.parent / "training" / "recipes" /
                              "qwen2.5-7b-request.yaml").read_text())
-    recipe["planner"] |= {"model": str(model), "max_completion_tokens": args.completion_tokens}
+    recipe["planner"] |= {"model": str(model), "max_completion_tokens": args.completion_tokens,
+                          "reuse_cache": args.reuse}
     recipe["coder"] |= {"model": str(model), "device": args.device, "cuda_graph": args.coder_graph and cuda,
                         "cache_size": 0, "deduplicate": False}  # real requests differ; the forced ones do not
     recipe["data"] = {"path": str(data)}
@@ -475,7 +498,8 @@ def memory(args: argparse.Namespace) -> str:
         torch.cuda.reset_peak_memory_stats()
     gib = (lambda: torch.cuda.max_memory_allocated() / 2**30) if cuda else (lambda: float("nan"))
     started = time.perf_counter()
-    run = grpo.build(Recipe.model_validate(recipe), logits_processors=[forcer] if args.tool_calls else None)
+    clock = StepClock()
+    run = grpo.build(Recipe.model_validate(recipe), logits_processors=[forcer, clock] if args.tool_calls else [clock])
     loaded = torch.cuda.memory_allocated() / 2**30 if cuda else float("nan")
     rollout_peak: list[float] = []
     rollout_call = run.rollout.__call__
@@ -506,8 +530,11 @@ def memory(args: argparse.Namespace) -> str:
              f"{'on' if coder.cuda_graph else 'off'}), bf16, one card; group {g['num_generations']}, "
              f"{g['per_device_train_batch_size']} completions per micro-batch x {g['gradient_accumulation_steps']}, "
              f"up to {args.completion_tokens} tokens; {len(last)} completions: {calls:.1f} tool calls each, "
-             f"{min(lengths)}-{max(lengths)} tokens; one step in {seconds:.0f} s (rollout: {phases})")
-    return table(title, ["what", "GiB"], rows) + f"\n\npeak allocated: {peak:.1f} GiB (target <= 75 GiB)"
+             f"{min(lengths)}-{max(lengths)} tokens; planner KV cache kept across rounds: "
+             f"{'yes' if args.reuse else 'no'}; one step in {seconds:.0f} s (rollout: {phases})")
+    return (table(title, ["what", "GiB"], rows) + f"\n\npeak allocated: {peak:.1f} GiB (target <= 75 GiB)"
+            + table("The step's planner generate calls, in order (from the first decoding step to the last)",
+                    ["call", "rows", "steps", "ms/step"], clock.rows()))
 
 
 def main() -> None:
@@ -551,6 +578,8 @@ def main() -> None:
     parser.add_argument("--tool-calls", type=int, default=2,
                         help="memory: calls forced into every completion (CallsThenFree); 0: the random planner's own")
     parser.add_argument("--coder-graph", action="store_true", help="memory: the coder on its CUDA-graph decoder")
+    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
+                        help="memory: the planner's KV cache kept across tool rounds (the recipe's setting)")
     parser.add_argument("--work", default=tempfile.gettempdir())
     parser.add_argument("--device", default="cuda",
                         help="rollout, profile, memory: cpu for a smoke run with --shape tiny")

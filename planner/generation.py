@@ -265,16 +265,18 @@ def _continuations(kept: list[_Kept], prompts: list[list[int]]
     def key(tokens: list[int], n: int) -> tuple[int, ...]:  # cheap: a row's length and its last tokens
         return (n, *tokens[max(0, n - 8):n])
 
-    owners = {key(k.known[r], len(k.known[r])): (g, r) for g, k in enumerate(kept) for r in range(len(k.known))}
+    owners: dict[tuple[int, ...], list[tuple[int, int]]] = {}  # rows of one length and tail: several prompts
+    for g, k in enumerate(kept):  # can end with the same tokens (a forced call, a common closing phrase)
+        for r, known in enumerate(k.known):
+            owners.setdefault(key(known, len(known)), []).append((g, r))
     lengths = sorted({n for n, *_ in owners}, reverse=True)
     groups: dict[int, list[tuple[int, int]]] = {}
     fresh = []
     for i, p in enumerate(prompts):
         hit = None
-        for n in lengths:
-            owner = owners.get(key(p, n)) if n <= len(p) else None
-            if owner is not None and kept[owner[0]].known[owner[1]] == p[:n]:  # confirmed in full
-                hit = owner
+        for n in (n for n in lengths if n <= len(p)):  # the longest kept row, confirmed in full
+            hit = next((o for o in owners.get(key(p, n), ()) if kept[o[0]].known[o[1]] == p[:n]), None)
+            if hit is not None:
                 break
         if hit is None:
             fresh.append(i)

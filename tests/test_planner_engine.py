@@ -321,12 +321,15 @@ def test_kv_cache_reuse_across_rounds_changes_nothing(tokenizer, model, sandbox,
 
 def test_rows_that_wrote_the_same_tokens_resume_together(tokenizer, model, sandbox, monkeypatch):
     """Greedy duplicates (or forced rows) end a round with the same tokens: each continues from its own copy of
-    the kept row, all in one call per round, not re-running its prefix in a second call; the tokens and
-    log-probabilities stay those of re-running the prefix."""
+    the kept row, all in one call per round, not re-running its prefix in a second call; so do different rows of
+    one length that end with the same tokens. The tokens and log-probabilities stay those of re-running the
+    prefix."""
     protocol = build_protocol("code", None, 2000, tokenizer)
     probe = RolloutEngine(protocol, None, tokenizer, sandbox)
-    questions = ["What is six times seven?", "Hi", "What is six times seven?", "Hi", "What is six times seven?"]
+    questions = ["What is six times seven?", "Hi", "What is six times seven?", "Hi", "What is six times seven?",
+                 "What is six times nine?"]
     prompts = [probe.prompt_ids("Answer.", q) for q in questions]
+    assert len(prompts[0]) == len(prompts[-1]) and prompts[0] != prompts[-1]  # the same script: the same tail
     scripts = {tuple(p): [part for k in range(2) for part in (Say(f"<code>\nprint({len(p)} + {k})\n</code>"),
                                                               Env("</result>\n"))] for p in prompts}
     calls = []
@@ -340,7 +343,7 @@ def test_rows_that_wrote_the_same_tokens_resume_together(tokenizer, model, sandb
         engine = RolloutEngine(protocol, generator, tokenizer, sandbox, None, EngineLimits(120, 4))
         runs[reuse] = (engine.run(questions, prompts), list(calls), generator.reused_tokens)
     (plain, _, _), (reused, reused_calls, saved) = runs[False], runs[True]
-    assert reused_calls == [5, 5, 5]  # one call per round, every row in it
+    assert reused_calls == [6, 6, 6]  # one call per round, every row in it
     assert saved >= 2 * sum(len(t.prompt_ids) for t in reused)  # rounds 2 and 3 of every row: prompts at least
     for a, b in zip(plain, reused, strict=True):
         assert a.rounds == b.rounds == 3 and a.completion_ids == b.completion_ids and a.env_mask == b.env_mask
