@@ -1,6 +1,7 @@
 """Decoding speed of one planner `generate` call on the GPU, and where its time goes (torch.profiler).
 
     python bench/decode.py [--shape 7b] [--batch 256] [--prompt-tokens 128] [--new-tokens 256] [--trace T.json.gz]
+                           [--lora] [--step-profile N]
 
 Rows, side by side in one run (random Qwen2.5 shape, bf16, the local tokenizer; no weights downloaded):
 transformers' plain `generate` with the dynamic and the static KV cache, on prompts of equal length (the issue's
