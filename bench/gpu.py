@@ -441,34 +441,12 @@ def step(args: argparse.Namespace) -> str:
 
 # --- memory -------------------------------------------------------------------------------------------------------
 
-class StepClock:
-    """A logits processor that only watches: each planner `generate` call's rows, decoding steps and seconds from
-    its first step to its last (a call is a run of steps whose width grows by one at a constant batch)."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[float]] = []  # [rows, steps, first step's time, last step's time, width]
-
-    def __call__(self, input_ids, scores):
-        now, (rows, width) = time.perf_counter(), input_ids.shape
-        last = self.calls[-1] if self.calls else None
-        if last is not None and last[0] == rows and last[4] + 1 == width:
-            last[1:] = [last[1] + 1, last[2], now, width]
-        else:
-            self.calls.append([rows, 1, now, now, width])
-        return scores
-
-    def rows(self) -> list[list[str]]:
-        return [[f"planner generate call {k + 1}", str(int(rows)), str(int(steps)),
-                 f"{1000 * (last - first) / max(1, steps - 1):.1f}"]
-                for k, (rows, steps, first, last, _) in enumerate(self.calls)]
-
-
 def memory(args: argparse.Namespace) -> str:
     import torch
     import yaml
     from transformers import AutoTokenizer
 
-    from planner.scripted import CallsThenFree
+    from planner.scripted import CallsThenFree, StepClock
     from training import grpo
     from training.recipe import Recipe
 
@@ -499,7 +477,8 @@ def memory(args: argparse.Namespace) -> str:
     gib = (lambda: torch.cuda.max_memory_allocated() / 2**30) if cuda else (lambda: float("nan"))
     started = time.perf_counter()
     clock = StepClock()
-    run = grpo.build(Recipe.model_validate(recipe), logits_processors=[forcer, clock] if args.tool_calls else [clock])
+    built = Recipe.model_validate(recipe)
+    run = grpo.build(built, logits_processors=[forcer, clock] if args.tool_calls else [clock])
     loaded = torch.cuda.memory_allocated() / 2**30 if cuda else float("nan")
     rollout_peak: list[float] = []
     rollout_call = run.rollout.__call__
@@ -520,7 +499,7 @@ def memory(args: argparse.Namespace) -> str:
     last = run.rollout.last
     calls = statistics.mean(len(t.tool_calls) for t in last)
     lengths = [len(t.completion_ids) for t in last]
-    g, coder = recipe["grpo"], Recipe.model_validate(recipe).coder
+    g, coder = recipe["grpo"], built.coder
     phases = ", ".join(f"{name} {value:.0f} s" for name, value in run.rollout.seconds.items())
     rows = [["after loading (planner with LoRA + coder)", f"{loaded:.1f}"],
             ["peak allocated by the rollouts (planner and coder generating)", f"{max(rollout_peak):.1f}"],
@@ -532,9 +511,11 @@ def memory(args: argparse.Namespace) -> str:
              f"up to {args.completion_tokens} tokens; {len(last)} completions: {calls:.1f} tool calls each, "
              f"{min(lengths)}-{max(lengths)} tokens; planner KV cache kept across rounds: "
              f"{'yes' if args.reuse else 'no'}; one step in {seconds:.0f} s (rollout: {phases})")
+    per_call = [[f"planner generate call {k + 1}", str(batch), str(steps), f"{1000 * wall / max(1, steps - 1):.1f}"]
+                for k, (batch, steps, wall) in enumerate(clock.summary())]
     return (table(title, ["what", "GiB"], rows) + f"\n\npeak allocated: {peak:.1f} GiB (target <= 75 GiB)"
             + table("The step's planner generate calls, in order (from the first decoding step to the last)",
-                    ["call", "rows", "steps", "ms/step"], clock.rows()))
+                    ["call", "rows", "steps", "ms/step"], per_call))
 
 
 def main() -> None:

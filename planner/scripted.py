@@ -9,6 +9,7 @@ only by how it ends. After the last part the model is forced to EOS.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -97,7 +98,20 @@ class ScriptedText(LogitsProcessor):
         return forced
 
 
-class PlannedScript(LogitsProcessor):
+class CallWatch:
+    """Tells a logits processor when `generate` starts a new call: within a call each step's input is one token
+    wider than the last at the same batch size."""
+
+    _width = _batch = -1
+
+    def new_call(self, input_ids: torch.Tensor) -> bool:
+        batch, width = input_ids.shape
+        new = not (width == self._width + 1 and batch == self._batch)
+        self._width, self._batch = width, batch
+        return new
+
+
+class PlannedScript(CallWatch, LogitsProcessor):
     """A fast forcer for benchmarks: each prompt's script is a list of token lists, one per generation round (the
     planner writes list k in its k-th round, then EOS once the last is written). The rows' plan is built once
     per `generate` call (Python per row); every decoding step is then one gather and one scatter on the GPU, so a
@@ -112,7 +126,7 @@ class PlannedScript(LogitsProcessor):
 
     def reset(self) -> None:
         self.rounds: dict[tuple[int, ...], int] = dict.fromkeys(self.scripts, 0)
-        self._width = self._batch = -1
+        self._width = self._batch = -1  # the next step starts a new call
         self._targets: torch.Tensor | None = None
 
     def _plan(self, input_ids: torch.Tensor) -> None:
@@ -132,18 +146,16 @@ class PlannedScript(LogitsProcessor):
         self._start = input_ids.shape[1]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        batch, width = input_ids.shape
-        if not (width == self._width + 1 and batch == self._batch):  # a new generate call
+        if self.new_call(input_ids):
             self._plan(input_ids)
-        self._width, self._batch = width, batch
         assert self._targets is not None
-        step = min(width - self._start, self._targets.shape[1] - 1)
+        step = min(input_ids.shape[1] - self._start, self._targets.shape[1] - 1)
         forced = torch.full_like(scores, float("-inf"))
         forced.scatter_(1, self._targets[:, step: step + 1], 0.0)
         return forced
 
 
-class CallsThenFree(LogitsProcessor):
+class CallsThenFree(CallWatch, LogitsProcessor):
     """A forcer for runs on random weights that must make tool calls whatever the prompt (the memory benchmark's
     GRPO step): every row writes `segment` (token ids ending with a call's close marker) in each of its first
     `calls` generation rounds, then samples on its own. A row's round is how often `segment` already occurs in it,
@@ -154,7 +166,6 @@ class CallsThenFree(LogitsProcessor):
             raise ValueError("CallsThenFree needs a non-empty segment and calls >= 0")
         self.segment = list(segment)
         self.calls = calls
-        self._width = self._batch = -1
         self._start = 0
         self._rows: torch.Tensor | None = None  # the rows forced in this generate call
         self._any = False
@@ -164,17 +175,35 @@ class CallsThenFree(LogitsProcessor):
         return sum(1 for i, token in enumerate(ids) if token == first and ids[i:i + n] == self.segment)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        batch, width = input_ids.shape
-        if not (width == self._width + 1 and batch == self._batch):  # a new generate call
+        if self.new_call(input_ids):
             self._rows = torch.tensor([self._count(ids) < self.calls for ids in input_ids.tolist()],
                                       device=scores.device)
             self._any = bool(self._rows.any())
-            self._start = width
-        self._width, self._batch = width, batch
-        step = width - self._start
+            self._start = input_ids.shape[1]
+        step = input_ids.shape[1] - self._start
         assert self._rows is not None
         if step >= len(self.segment) or not self._any:
             return scores
         forced = torch.full_like(scores, float("-inf"))
         forced[:, self.segment[step]] = 0.0
         return torch.where(self._rows[:, None], forced, scores)
+
+
+class StepClock(CallWatch, LogitsProcessor):
+    """Only watches (the memory benchmark's per-call clock): each `generate` call's rows, decoding steps and the
+    seconds from its first step to its last."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, float, float]] = []  # rows, steps, first step's time, last step's time
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        now = time.perf_counter()
+        if self.new_call(input_ids):
+            self.calls.append((input_ids.shape[0], 0, now, now))
+        rows, steps, first, _ = self.calls[-1]
+        self.calls[-1] = (rows, steps + 1, first, now)
+        return scores
+
+    def summary(self) -> list[tuple[int, int, float]]:
+        """(rows, steps, seconds from the first step to the last) of each call, in order."""
+        return [(rows, steps, last - first) for rows, steps, first, last in self.calls]
