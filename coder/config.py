@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MODELS_ENV = "DELEGATE_MODELS"  # where `python -m training.models fetch` prepares real models
+DEFAULT_MODELS_DIR = "~/.cache/delegate/models"
+
+
+def expand_model_path(value: str) -> str:
+    """A model's name as a recipe writes it: `${DELEGATE_MODELS}/NAME` (the prepared-models cache, by default
+    ~/.cache/delegate/models), other `$VARS` and `~` expanded. A hub id has none of these and stays as it is."""
+    if "$" not in value and not value.startswith("~"):
+        return value
+    models = os.environ.get(MODELS_ENV) or DEFAULT_MODELS_DIR
+    value = re.sub(r"\$\{?" + MODELS_ENV + r"\}?", lambda _: models, value)
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if "$" in expanded:
+        raise ValueError(f"{value!r}: an environment variable in it is not set")
+    return expanded
 
 # Fields that only one backend reads: setting one for another backend is a mistake worth failing on.
 BACKEND_FIELDS = {
@@ -52,6 +69,11 @@ class CoderConfig(BaseModel):
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(1, gt=0)
     max_model_len: int | None = Field(None, gt=0)
+
+    @field_validator("model")
+    @classmethod
+    def _expand(cls, value: str) -> str:
+        return expand_model_path(value)
 
     @model_validator(mode="after")
     def _fields_match_backend(self) -> CoderConfig:

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from coder import CoderConfig
+from coder.config import expand_model_path
 from executor import SandboxConfig
 from planner.protocols import Markers, ProtocolName
 
@@ -43,6 +44,11 @@ class PlannerConfig(BaseModel):
     tool_chunks: int = Field(1, ge=1, description="a round's calls go to the coder in this many chunks; each chunk's "
                              "programs run in the sandbox while the coder writes the next")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vllm backend")
+
+    @field_validator("model", "adapter")
+    @classmethod
+    def _expand(cls, value: str | None) -> str | None:
+        return None if value is None else expand_model_path(value)
 
     @property
     def prompt_file(self) -> str:

@@ -71,9 +71,10 @@ def gsm8k_row(row: Row) -> Row:
 
 
 def math_row(row: Row) -> Row:
-    kind = str(row.get("type", "")).lower().replace(" ", "_")
-    return {"prompt": row["problem"], "answer": last_boxed(row["solution"]) or "",
-            "source": f"math/{kind}" if kind else "math"}
+    """MATH (`type`, the answer boxed in `solution`) and MATH500 (`subject`, and its own `answer` column)."""
+    kind = str(row.get("type") or row.get("subject") or "").lower().replace(" ", "_")
+    answer = str(row.get("answer") or "").strip() or last_boxed(row["solution"]) or ""
+    return {"prompt": row["problem"], "answer": answer, "source": f"math/{kind}" if kind else "math"}
 
 
 def math_level(row: Row) -> int | None:
@@ -159,7 +160,8 @@ def detect_schema(columns: list[str]) -> str | None:
 
 _CHOICES = re.compile(r"(\(\s*[A-E]\s*\)|(^|\n)\s*[A-E][.:)]\s)")
 _CHOICE_WORDS = re.compile(r"\bwhich of the following\b|\banswer choices\b|\bchoose the correct\b", re.I)
-_PROOF = re.compile(r"\b(prove|show that|demonstrate that|justify|give a proof)\b", re.I)
+# "show that" only as an instruction: GSM8K says "his report card needs to show that he received 80".
+_PROOF = re.compile(r"\b(prove|justify|give a proof)\b|(^|[.!?:]\s+)(show|demonstrate) that\b", re.I)
 _CONCEPT = re.compile(r"^\s*(explain|describe|discuss|define|what is meant by|why does|why is|compare)\b", re.I)
 _WORDY = re.compile(r"[A-Za-z]{4,}")
 
@@ -206,13 +208,16 @@ def apply_filters(dataset: Any) -> Any:
 
 def load_problems(name_or_path: str, *, schema: str | None = None, split: str = "train",
                   levels: Iterable[int] | None = None, limit: int | None = None, filters: bool = True,
-                  question_field: str | None = None, answer_field: str | None = None) -> Any:
+                  question_field: str | None = None, answer_field: str | None = None, big_values: bool = False,
+                  seed: int = 0) -> Any:
     """A dataset with `prompt`, `answer` and `source` columns.
 
     `name_or_path`: a source name (`gsm8k`, `math`, `big-value-gsm`, `numinamath`, `openthoughts`), a hub id, or a
     local JSON/JSONL/Parquet file. `schema` names the source whose schema a local file or other hub id has
     (detected from the columns when left out). `levels` keeps MATH levels (e.g. 3 to 5). `question_field` and
-    `answer_field` name the columns of any other schema. `filters` applies `drop_reason`.
+    `answer_field` name the columns of any other schema. `filters` applies `drop_reason`. `big_values` rebuilds
+    GSM8K-schema data as big-value GSM8K (`training.bigvalue`, deterministic for `seed`): GSM8K's train file
+    gives the train split, its test file the test split.
     """
     if name_or_path in SOURCES:
         source_name, where = name_or_path, SOURCES[name_or_path].hub_id
@@ -223,6 +228,9 @@ def load_problems(name_or_path: str, *, schema: str | None = None, split: str = 
     source = SOURCES.get(source_name) if source_name else None
     config = source.config if source and where == source.hub_id else None
     raw = read_table(where, split, config)
+    if big_values:
+        raw = big_value_rows(raw, where, seed)
+        source_name, source = None, None
     columns = list(raw.column_names)
     if source is None and not (question_field or answer_field):
         source_name = detect_schema(columns)
@@ -253,6 +261,22 @@ def load_problems(name_or_path: str, *, schema: str | None = None, split: str = 
     if "question_type" in dataset.column_names:
         dataset = dataset.remove_columns("question_type")
     return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
+
+
+def big_value_rows(raw: Any, where: str, seed: int) -> Any:
+    from datasets import Dataset
+
+    from training import bigvalue
+
+    if not {"question", "answer"} <= set(raw.column_names):
+        raise ValueError(f"{where}: big_values needs GSM8K's schema (question, answer with <<expr=value>> "
+                         f"annotations); columns found: {', '.join(raw.column_names)}")
+    rows = list(bigvalue.build(raw, seed))
+    log.info("big-value GSM8K from %s: %d of %d problems kept (%.1f%%)", where, len(rows), len(raw),
+             100 * len(rows) / max(len(raw), 1))
+    if not rows:
+        raise ValueError(f"{where}: no problem's calculation chain could be replayed with big values")
+    return Dataset.from_list([{k: r[k] for k in ("prompt", "answer", "source")} for r in rows])
 
 
 def _required(source: str) -> set[str]:

@@ -220,7 +220,7 @@ def load_set(args: argparse.Namespace) -> list[dict[str, Any]]:
     from training.data import load_problems
 
     dataset = load_problems(args.data, schema=args.schema, split=args.split, levels=args.levels, limit=args.limit,
-                            filters=not args.no_filters)
+                            filters=not args.no_filters, big_values=args.big_values, seed=args.seed)
     return [dict(row) for row in dataset]
 
 
@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
     parser.add_argument("--levels", type=int, nargs="+", help="MATH levels to keep, e.g. 3 4 5")
     parser.add_argument("--limit", type=int, help="the first N problems")
     parser.add_argument("--no-filters", action="store_true", help="keep multiple-choice, proofs and the rest")
+    parser.add_argument("--big-values", action="store_true", help="rebuild GSM8K-schema data as big-value GSM8K")
+    parser.add_argument("--seed", type=int, default=0, help="the big values' seed")
     parser.add_argument("--no-tools", action="store_true", help="the same planner with its tool disabled")
     parser.add_argument("--batch-size", type=int, help="problems per solve_many call (default: planner.batch_size)")
     parser.add_argument("--out", type=Path, help="the run's directory (default: runs/eval/<recipe>-<data>)")

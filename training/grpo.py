@@ -36,7 +36,8 @@ def load_prompts(recipe: Recipe):
     """The training set as a `datasets.Dataset` with `prompt`, `answer` and `source` columns."""
     data = recipe.data
     return load_problems(data.path, schema=data.schema_, split=data.split, levels=data.levels, limit=data.limit,
-                         filters=data.filters, question_field=data.question_field, answer_field=data.answer_field)
+                         filters=data.filters, question_field=data.question_field, answer_field=data.answer_field,
+                         big_values=data.big_values, seed=data.seed)
 
 
 @dataclass

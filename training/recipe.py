@@ -42,6 +42,9 @@ class DataSection(BaseModel):
     filters: bool = Field(True, description="drop multiple-choice, proof and concept questions, and unverifiable "
                                             "answers")
     limit: int | None = Field(None, gt=0)
+    big_values: bool = Field(False, description="rebuild GSM8K-schema data as big-value GSM8K (9- to 11-digit "
+                                                "numbers, answers recomputed exactly; training.bigvalue)")
+    seed: int = Field(0, description="the big values' seed")
 
 
 class RewardsSection(BaseModel):

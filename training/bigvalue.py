@@ -1,0 +1,288 @@
+"""Big-value GSM8K: GSM8K problems whose numbers are 9- to 11-digit values, answers recomputed exactly.
+
+```bash
+python -m training.bigvalue ../shared/data/gsm8k/test.jsonl --out runs/data/big-value-gsm8k-test.jsonl
+```
+```python
+load_problems("../shared/data/gsm8k/train.jsonl", big_values=True, seed=0)   # the same, inside a recipe's data:
+```
+
+GSM8K's worked answers annotate every calculation as `<<expr=value>>`. A problem is rebuilt only when that chain
+can be replayed: each number in each expression is either a number of the question or the value of an earlier
+step (never both, never neither), each expression recomputes exactly to its annotated value, and the final answer
+(after `####`) is one step's value. Each distinct quantity of the question is then replaced by a new value whose
+integer part has 9 to 11 digits (a decimal keeps its decimal places; cardinal words such as "three" become digits),
+drawn in the same order as the originals so that "more" stays more. Percentages, 1, "half", "twice", "dozen" and
+the conversions of units the question names (7 days a week, 60 minutes an hour) stay as they are. The chain is
+replayed in exact rational arithmetic, and a draw is kept if every step that was positive stays positive and the
+answer is a decimal of at most 6 places; otherwise up to `tries` other draws are made (half of them multiples of
+720720, so that dividing by a small count comes out even), then the problem is dropped. Everything is
+deterministic for a seed and a question.
+
+The `train` split is built from GSM8K train and the `test` split from GSM8K test, so they share no problem.
+Replaying a chain with the original values reproduces GSM8K's own answer; the tests check it on every problem kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+# A number as GSM8K's questions write it: 80,000 or 1.5 or 16; not part of a word or of another number.
+_LITERAL = re.compile(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\w]|[.,]\d)(%?)")
+_STEP = re.compile(r"<<([^=<>]*)=([^<>]*)>>")
+_EXPR_NUMBER = re.compile(r"\d*\.\d+|\d+")
+_EXPR_CHARS = re.compile(r"[\d.+\-*/() ]+")
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+         "seventeen eighteen nineteen twenty")
+_CARDINALS = {w: i for i, w in enumerate(_ONES.split())} | {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+                                                           "seventy": 70, "eighty": 80, "ninety": 90}
+_WORD = re.compile(r"\b(" + "|".join(sorted(_CARDINALS, key=len, reverse=True)) + r")\b", re.I)
+# Words that stand for a number the chain uses but that are no quantity to enlarge: kept as they are.
+_CONSTANT_WORDS = {"half": (2, Fraction(1, 2)), "halves": (2, Fraction(1, 2)), "twice": (2,), "double": (2,),
+                   "doubles": (2,), "triple": (3,), "thrice": (3,), "dozen": (12,), "dozens": (12,),
+                   "quarter": (4, Fraction(1, 4)), "quarters": (4, Fraction(1, 4))}
+# Units whose conversions a solution may use without the question writing them (the unit's word must be there).
+_UNIT_WORDS = {"week": (7, 52), "weeks": (7, 52), "weekly": (7, 52), "day": (24, 7, 365, 30), "days": (24, 7, 365, 30),
+               "daily": (7, 365, 30), "hour": (60, 24), "hours": (60, 24), "minute": (60,), "minutes": (60,),
+               "month": (12, 30), "months": (12, 30), "monthly": (12,), "year": (12, 52, 365), "years": (12, 52, 365),
+               "cents": (100,), "cent": (100,), "foot": (12,), "feet": (12,), "inches": (12,), "yard": (3,),
+               "yards": (3,), "pound": (16,), "pounds": (16,), "ounces": (16,), "gallon": (4, 128),
+               "gallons": (4, 128), "quarts": (4,), "kilometers": (1000,), "kilograms": (1000,), "meters": (100,),
+               "liters": (1000,), "milliliters": (1000,)}
+
+
+class NotReplayable(ValueError):
+    """Why a problem's calculation chain cannot be replayed (the reason is the message)."""
+
+
+@dataclass(frozen=True)
+class Literal:
+    start: int
+    end: int
+    value: Fraction
+    places: int  # decimal places as written
+    word: bool = False  # written as a word ("three"); replaced by digits
+
+
+@dataclass(frozen=True)
+class Step:
+    expr: str
+    value: Fraction
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    answer: str  # exact, as a plain decimal string
+    mapping: dict[str, str]  # original value -> new value, as strings
+
+
+def literals(question: str) -> tuple[list[Literal], set[Fraction]]:
+    """The question's quantities to enlarge (digits and cardinal words other than "one"), and the values it names
+    that stay as they are: percentages (p, p/100 and 100), 1, "half", "twice", "dozen" and the like, and the
+    conversions of the units it names (60 for minutes, 7 and 52 for weeks, ...)."""
+    found, constants = [], {Fraction(1)}
+    for m in _LITERAL.finditer(question):
+        whole, frac, percent = m.group(1), m.group(2) or "", m.group(3)
+        value = Fraction(whole.replace(",", "") + frac)
+        if percent:
+            constants |= {value, value / 100, Fraction(100)}
+        else:
+            found.append(Literal(m.start(), m.end(), value, len(frac) - 1 if frac else 0))
+    for m in _WORD.finditer(question):
+        value = Fraction(_CARDINALS[m.group(1).lower()])
+        if value <= 1:
+            constants.add(value)
+        else:
+            found.append(Literal(m.start(), m.end(), value, 0, word=True))
+    for word in re.findall(r"[a-z]+", question.lower()):
+        constants.update(Fraction(v) for v in _CONSTANT_WORDS.get(word, ()) + _UNIT_WORDS.get(word, ()))
+    return sorted(found, key=lambda lit: lit.start), constants
+
+
+def steps(answer: str) -> list[Step]:
+    chain = []
+    for m in _STEP.finditer(answer):
+        expr, value = m.group(1).strip(), m.group(2).strip().replace(",", "")
+        if not _EXPR_CHARS.fullmatch(expr) or not re.fullmatch(r"-?(\d*\.\d+|\d+)", value):
+            raise NotReplayable(f"step not plain arithmetic: <<{m.group(1)}={m.group(2)}>>")
+        chain.append(Step(expr, Fraction(value)))
+    if not chain:
+        raise NotReplayable("no annotated steps")
+    return chain
+
+
+def evaluate(expr: str, values: list[Fraction]) -> Fraction:
+    """`expr` with its numbers replaced, in order, by `values`, evaluated exactly (+ - * / and brackets)."""
+    tokens = re.findall(r"\d*\.\d+|\d+|[+\-*/()]", expr)
+    numbers = iter(values)
+    pos = 0
+
+    def atom() -> Fraction:
+        nonlocal pos
+        token = tokens[pos] if pos < len(tokens) else ""
+        pos += 1
+        if token == "(":
+            value = total()
+            if pos >= len(tokens) or tokens[pos] != ")":
+                raise NotReplayable(f"unbalanced brackets in {expr!r}")
+            pos += 1
+            return value
+        if token in ("-", "+"):
+            return -atom() if token == "-" else atom()
+        if token and token[0] in "0123456789.":
+            return next(numbers)
+        raise NotReplayable(f"cannot read {expr!r}")
+
+    def product() -> Fraction:
+        nonlocal pos
+        value = atom()
+        while pos < len(tokens) and tokens[pos] in "*/":
+            op = tokens[pos]
+            pos += 1
+            right = atom()
+            if op == "/" and right == 0:
+                raise NotReplayable(f"division by zero in {expr!r}")
+            value = value * right if op == "*" else value / right
+        return value
+
+    def total() -> Fraction:
+        nonlocal pos
+        value = product()
+        while pos < len(tokens) and tokens[pos] in "+-":
+            op = tokens[pos]
+            pos += 1
+            value = value + product() if op == "+" else value - product()
+        return value
+
+    result = total()
+    if pos != len(tokens):
+        raise NotReplayable(f"cannot read {expr!r}")
+    return result
+
+
+def final_answer(answer: str) -> Fraction:
+    text = answer.rsplit("####", 1)[-1].strip().replace(",", "")
+    if not re.fullmatch(r"-?\d+(\.\d+)?", text):
+        raise NotReplayable(f"final answer not a number: {text!r}")
+    return Fraction(text)
+
+
+def plan(question: str, answer: str) -> tuple[list[Literal], list[Step], list[list[tuple[str, Fraction]]], int]:
+    """Check the chain and say where each step's numbers come from: ("q", value) or ("s", index of the step)."""
+    (found, constants), chain = literals(question), steps(answer)
+    enlarged = {lit.value for lit in found}
+    question_values = enlarged | constants
+    sources: list[list[tuple[str, Fraction]]] = []
+    for i, step in enumerate(chain):
+        numbers = [Fraction(n) for n in _EXPR_NUMBER.findall(step.expr)]
+        earlier = {s.value: j for j, s in enumerate(chain[:i])}
+        origin = []
+        for n in numbers:
+            in_question, in_steps = n in question_values, n in earlier
+            if in_question == in_steps:
+                raise NotReplayable(f"{n} in <<{step.expr}>> is {'both' if in_question else 'neither'} a question "
+                                    "number and/nor an earlier result")
+            if n in enlarged and n in constants:
+                raise NotReplayable(f"{n} in <<{step.expr}>> is both a quantity and a fixed word or percentage")
+            origin.append(("q", n) if in_question else ("s", Fraction(earlier[n])))
+        if evaluate(step.expr, numbers) != step.value:
+            raise NotReplayable(f"<<{step.expr}={step.value}>> does not recompute")
+        sources.append(origin)
+    target = final_answer(answer)
+    last = [i for i, s in enumerate(chain) if s.value == target]
+    if not last:
+        raise NotReplayable("the final answer is no step's value")
+    return found, chain, sources, last[-1]
+
+
+def replay(chain: list[Step], sources: list[list[tuple[str, Fraction]]], new: dict[Fraction, Fraction]
+           ) -> list[Fraction]:
+    """Every step's value with the question's values replaced by `new` (missing ones kept)."""
+    values: list[Fraction] = []
+    for step, origin in zip(chain, sources, strict=True):
+        numbers = [new.get(x, x) if kind == "q" else values[int(x)] for kind, x in origin]
+        values.append(evaluate(step.expr, numbers))
+    return values
+
+
+def terminating(value: Fraction, max_places: int = 6) -> bool:
+    d = value.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1 and len(decimal(value).partition(".")[2]) <= max_places
+
+
+def decimal(value: Fraction) -> str:
+    """A terminating fraction as a plain decimal string (no exponent, no trailing zeros)."""
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    whole, rest = divmod(value.numerator, value.denominator)
+    places = ""
+    while rest and len(places) < 30:
+        rest *= 10
+        digit, rest = divmod(rest, value.denominator)
+        places += str(digit)
+    return f"{sign}{whole}" + (f".{places}" if places else "")
+
+
+def rebuild(question: str, answer: str, seed: int = 0, tries: int = 20) -> Problem:
+    """The big-value version of one GSM8K problem, or NotReplayable saying why there is none."""
+    found, chain, sources, answer_step = plan(question, answer)
+    originals = sorted({lit.value for lit in found})
+    places = {lit.value: lit.places for lit in found}
+    rng = random.Random(int(hashlib.sha256(f"{seed}\0{question}".encode()).hexdigest()[:16], 16))
+    for attempt in range(tries):
+        # Half the draws are multiples of 720720 (every number up to 16 divides it), so that a chain that divides
+        # by a small count ("shared among 3") still ends on a short decimal.
+        step = 1 if attempt % 2 == 0 else 720720
+        wholes = sorted(step * w for w in rng.sample(range(10**8 // step + 1, 10**11 // step), len(originals)))
+        new = {v: Fraction(w) + (Fraction(rng.randint(1, 10 ** places[v] - 1), 10 ** places[v]) if places[v] else 0)
+               for v, w in zip(originals, wholes, strict=True)}
+        values = replay(chain, sources, new)
+        if all(v > 0 for v, s in zip(values, chain, strict=True) if s.value > 0) and terminating(values[answer_step]):
+            text, end = [], 0
+            for lit in found:
+                text += [question[end:lit.start], decimal(new[lit.value])]
+                end = lit.end
+            text.append(question[end:])
+            return Problem("".join(text), decimal(values[answer_step]),
+                           {decimal(k): decimal(v) for k, v in new.items()})
+    raise NotReplayable(f"no draw in {tries} kept every result positive and the answer a short decimal")
+
+
+def build(rows: Iterable[dict], seed: int = 0) -> Iterator[dict]:
+    """Big-value rows (`prompt`, `answer`, `source`, the original and the mapping) for every replayable row."""
+    for row in rows:
+        try:
+            problem = rebuild(row["question"], row["answer"], seed)
+        except NotReplayable:
+            continue
+        yield {"prompt": problem.question, "answer": problem.answer, "source": "big-value-gsm8k",
+               "original_question": row["question"], "original_answer": row["answer"].rsplit("####", 1)[-1].strip(),
+               "mapping": json.dumps(problem.mapping)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.bigvalue", description=__doc__.split("\n\n")[0])
+    parser.add_argument("gsm8k", help="a GSM8K JSONL file (question, answer with <<expr=value>> annotations)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    rows = [json.loads(line) for line in Path(args.gsm8k).read_text().splitlines() if line.strip()]
+    kept = list(build(rows, args.seed))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    print(f"{len(kept)} of {len(rows)} problems kept ({len(kept) / max(len(rows), 1):.1%}) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
