@@ -9,6 +9,7 @@ the sandbox (`start_many`) while the coder writes the next, so that the sandbox'
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -75,6 +76,8 @@ class RolloutEngine:
         self.rounds = 0  # of the last run: rounds made, and rounds this rank had nothing to generate (synced)
         self.idle_rounds = 0
         self.seconds = dict.fromkeys(PHASES, 0.0)  # of the last run: wall time in each phase
+        # a coder that sees only the request (the default) can compute nothing from a request without numbers
+        self.coder_blind = getattr(getattr(coder, "config", None), "context", "none") == "none"
 
     def prompt_ids(self, system_prompt: str, question: str) -> list[int]:
         text = self.protocol.prompt_text(self.tokenizer, system_prompt, question)
@@ -122,6 +125,10 @@ class RolloutEngine:
             t.finish_reason = "answer"
         elif (call := self.protocol.find_call(segment)) is not None:
             t.violations += call.violations
+            if any(previous.request == call.text for previous in t.tool_calls):
+                t.violations.append("repeated_call")
+            if self.protocol.uses_coder and self.coder_blind and not re.search(r"\d", call.text):
+                t.violations.append("request_without_numbers")
             if len(t.tool_calls) < self.limits.max_tool_calls:
                 rollout.pending = call
             elif rollout.over_limit == 0:
@@ -132,6 +139,9 @@ class RolloutEngine:
                 t.finish_reason = "tool_limit"
         elif output.stop == "eos":
             t.finish_reason = "eos"
+            after = t.completion_ids[rollout.segment_start:]
+            if t.tool_calls and not self.tokenizer.decode(after, skip_special_tokens=True).strip():
+                t.violations.append("eos_after_result")  # stopped right after a result, with no answer
         elif output.stop == "length" or len(t.completion_ids) >= self.limits.max_completion_tokens:
             if self.protocol.open_call(segment):
                 t.violations.append("unclosed_call")
@@ -234,6 +244,8 @@ class RolloutEngine:
         t.text = self._decode(t.completion_ids)
         planner_text = self._decode([tok for tok, m in zip(t.completion_ids, t.env_mask, strict=True) if m])
         t.answer = last_boxed(planner_text)
+        if self.protocol.unparsed_call(planner_text):
+            t.violations.append("unparsed_call")
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -8,6 +8,7 @@ inserts exactly what the template renders for a tool turn (derived from the temp
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,6 +47,28 @@ DEFAULT_MARKERS = {
     "chat": Markers(open="<tool_call>", close="</tool_call>", result_open="<tool_response>",
                     result_close="</tool_response>"),
 }
+
+
+# Format problems the engine records on a trajectory (`Trajectory.violations`), with what each means. Rewards
+# (`training.rewards.FORMAT_PENALTIES`) and the logged metrics read the same names.
+VIOLATIONS = {
+    "planner_wrote_result": "the planner wrote a result marker itself (the rollout ends)",
+    "unclosed_call": "the budget ran out inside a call",
+    "nested_open": "a call opened inside another",
+    "empty_call": "a call with nothing in it",
+    "call_too_long": "a call over max_request_chars",
+    "invalid_json": "a chat tool call that is not JSON",
+    "unknown_tool": "a chat tool call to a tool other than ask_coder",
+    "bad_arguments": "a chat tool call without a request string",
+    "over_tool_limit": "a call past max_tool_calls",
+    "repeated_call": "a call the same rollout already made, word for word",
+    "request_without_numbers": "a request to a coder that cannot see the question, with no number in it",
+    "unparsed_call": "a call in a form the protocol does not parse (a ```python fence in code mode, fenced JSON "
+                     "in chat mode): nothing runs it",
+    "eos_after_result": "the planner stopped right after a result, with no answer",
+}
+_FENCED_CODE = re.compile(r"```(?:python|py)\s*\n")
+_FENCED_JSON = re.compile(r"```(?:json)?\s*\n\s*\{\s*\"name\"")
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,15 @@ class Protocol:
 
     def render_result(self, text: str) -> str:
         return f"{self.markers.result_open}{text}{self.markers.result_close}"
+
+    def unparsed_call(self, planner_text: str) -> bool:
+        """Whether the planner's own text holds a call in a form this protocol does not run: real Qwen2.5 models
+        write ```python fences in code mode and fenced JSON in chat mode unprompted."""
+        if self.name == "code" and "```" not in self.markers.open:
+            return bool(_FENCED_CODE.search(planner_text))
+        if self.name == "chat":
+            return bool(_FENCED_JSON.search(planner_text))
+        return False
 
     def program(self, call: Call) -> str:
         """What the sandbox runs for a call that needs no coder."""

@@ -371,3 +371,24 @@ def test_calls_then_free_forces_every_row_then_lets_it_sample(tokenizer, model, 
         assert [call.result.stdout for call in t.tool_calls] == ["5\n", "5\n"] and t.rounds == 3
         assert len(sampled) > 2 * len(segment)  # the third round sampled freely (not stopped at once)
         assert sampled[2 * len(segment):][:len(segment)] != segment
+
+
+def test_a_repeated_request_and_one_without_numbers_are_recorded(tokenizer, model, sandbox, coder):
+    script = [Say("<request>the total number of flowers</request>"), Env("</result>\n"),
+              Say("<request>the total number of flowers</request>"), Env("</result>\n"),
+              Say("<request>6 times 7</request>"), Env("</result>\n"), Say("\\boxed{42}")]
+    (t,), _, _ = rollout("request", tokenizer, model, sandbox, coder, {"Flowers?": script})
+    assert t.violations == ["request_without_numbers", "repeated_call", "request_without_numbers"]
+    assert len(t.tool_calls) == 3 and t.answer == "42"
+
+
+def test_a_fenced_program_in_code_mode_is_an_unparsed_call(tokenizer, model, sandbox):
+    script = [Say("```python\nprint(6 * 7)\n```\nSo it is \\boxed{42}")]
+    (t,), _, _ = rollout("code", tokenizer, model, sandbox, None, {"Six sevens?": script})
+    assert t.tool_calls == [] and t.violations == ["unparsed_call"]
+
+
+def test_stopping_right_after_a_result_is_recorded(tokenizer, model, sandbox):
+    (t,), _, _ = rollout("code", tokenizer, model, sandbox, None,
+                         {"Stop?": [Say("<code>\nprint(1)\n</code>"), Env("</result>\n")]})
+    assert t.finish_reason == "eos" and t.answer is None and t.violations == ["eos_after_result"]

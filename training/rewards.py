@@ -35,6 +35,10 @@ FORMAT_PENALTIES = {
     "unknown_tool": 0.2,
     "bad_arguments": 0.2,
     "over_tool_limit": 0.2,
+    "unparsed_call": 0.2,  # a call nothing runs: the planner believes it delegated
+    "repeated_call": 0.1,
+    "request_without_numbers": 0.1,
+    "eos_after_result": 0.0,  # no_answer already costs it
     "several_answers": 0.1,
 }
 

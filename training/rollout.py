@@ -17,7 +17,7 @@ from coder import Coder
 from executor import Sandbox
 from executor.result import STATUSES
 from planner import EngineLimits, RolloutEngine, Trajectory, TransformersGeneration
-from planner.protocols import Protocol
+from planner.protocols import VIOLATIONS, Protocol
 from planner.sync import RankSync, TorchDistributedSync
 from planner.trajectory import FinishReason
 
@@ -134,8 +134,7 @@ def zero_stage(trainer: Any) -> int | None:
 
 
 FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)
-ENGINE_VIOLATIONS = ("planner_wrote_result", "unclosed_call", "nested_open", "empty_call", "call_too_long",
-                     "invalid_json", "unknown_tool", "bad_arguments", "over_tool_limit")
+ENGINE_VIOLATIONS = tuple(VIOLATIONS)
 
 
 def rollout_counts(trajectories: list[Trajectory], coder: Coder | None) -> dict[str, float]:
