@@ -26,16 +26,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from coder.config import resolve
 from training.models import fetch
 
-FENCES = {"open": "```python\n", "close": "\n```", "result_open": "```output\n", "result_close": "\n```\n"}
+FENCES = {"open": "```python\n", "close": "\n```", "result_open": "\n```output\n", "result_close": "\n```\n"}
 # (row name, protocol, prompt file, markers or None, tools)
 VARIANTS = [
     ("no tools", "request", "prompts/planner_request.txt", None, False),
     ("request v1 (example)", "request", "prompts/variants/planner_request_v1.txt", None, True),
     ("request v2", "request", "prompts/variants/planner_request_v2.txt", None, True),
     ("request v3 (template)", "request", "prompts/variants/planner_request_v3.txt", None, True),
+    ("request v4 (cannot calculate)", "request", "prompts/variants/planner_request_v4.txt", None, True),
+    ("request v5 (cannot calculate, template)", "request", "prompts/variants/planner_request_v5.txt", None, True),
     ("code v1 (example)", "code", "prompts/variants/planner_code_v1.txt", None, True),
     ("code v2", "code", "prompts/variants/planner_code_v2.txt", None, True),
-    ("code fenced", "code", "prompts/variants/planner_code_fenced.txt", FENCES, True),
+    ("code fenced", "code", "prompts/planner_code_fenced.txt", FENCES, True),
     ("chat v1", "chat", "prompts/variants/planner_chat_v1.txt", None, True),
     ("chat v2", "chat", "prompts/variants/planner_chat_v2.txt", None, True),
     ("repl v1 (example)", "repl", "prompts/variants/planner_repl_v1.txt", None, True),

@@ -125,6 +125,25 @@ def test_code_protocol_with_the_real_tokenizer(tokenizer, model, sandbox):
     assert_token_exact(t, forcer, engine)
 
 
+def test_fenced_code_markers_as_qwen_writes_them(tokenizer, model, sandbox):
+    """The 0.5B code recipe's markers: a ```python block, answered by an ```output block. The opening fence after a
+    newline also ends in the close marker ("\n```"): generation pauses there, finds no call, and goes on."""
+    from planner.protocols import Markers
+
+    fences = Markers(open="```python\n", close="\n```", result_open="\n```output\n", result_close="\n```\n")
+    protocol = build_protocol("code", fences, 500, tokenizer)
+    script = [Say("Compute.\n```python\nprint(2**70)\n```"), Env("\n```\n"), Say("\\boxed{1180591620717411303424}")]
+    prompt = RolloutEngine(protocol, None, tokenizer, sandbox).prompt_ids(SYSTEM, "2 to the 70?")
+    forcer = ScriptedText(tokenizer, {tuple(prompt): script})
+    engine = RolloutEngine(protocol, TransformersGeneration(model, tokenizer, temperature=0.0, logits_processors=[
+        forcer]), tokenizer, sandbox, None, EngineLimits(200, 3, 300))
+    (t,) = engine.run(["2 to the 70?"], [prompt])
+    assert [c.code for c in t.tool_calls] == ["print(2**70)"]
+    assert "print(2**70)\n```\n```output\n1180591620717411303424\n```\n\\boxed" in t.text
+    assert t.answer == "1180591620717411303424" and t.violations == [] and t.rounds == 3
+    assert_token_exact(t, forcer, engine)
+
+
 def test_chat_protocol_against_qwen_s_real_template(tokenizer, model, sandbox, coder):
     call = '{"name": "ask_coder", "arguments": {"request": "the product of 6 and 7"}}'
     script = [Say(f"<tool_call>\n{call}\n</tool_call>"), Env("<|im_start|>assistant\n"), Say("\\boxed{42}")]
