@@ -63,8 +63,8 @@ VIOLATIONS = {
     "over_tool_limit": "a call past max_tool_calls",
     "repeated_call": "a call the same rollout already made, word for word",
     "request_without_numbers": "a request to a coder that cannot see the question, with no number in it",
-    "unparsed_call": "a call in a form the protocol does not parse (a ```python fence in code mode, fenced JSON "
-                     "in chat mode): nothing runs it",
+    "unparsed_call": "a call in a form the protocol does not parse (a ```python fence in code or request mode, "
+                     "fenced JSON in chat mode): nothing runs it",
     "eos_after_result": "the planner stopped right after a result, with no answer",
 }
 _FENCED_CODE = re.compile(r"```(?:python|py)\s*\n")
@@ -134,8 +134,8 @@ class Protocol:
 
     def unparsed_call(self, planner_text: str) -> bool:
         """Whether the planner's own text holds a call in a form this protocol does not run: real Qwen2.5 models
-        write ```python fences in code mode and fenced JSON in chat mode unprompted."""
-        if self.name == "code" and "```" not in self.markers.open:
+        write ```python fences in code and request mode and fenced JSON in chat mode unprompted."""
+        if self.name in ("code", "request") and "```" not in self.markers.open:
             return bool(_FENCED_CODE.search(planner_text))
         if self.name == "chat":
             return bool(_FENCED_JSON.search(planner_text))
