@@ -392,3 +392,9 @@ def test_stopping_right_after_a_result_is_recorded(tokenizer, model, sandbox):
     (t,), _, _ = rollout("code", tokenizer, model, sandbox, None,
                          {"Stop?": [Say("<code>\nprint(1)\n</code>"), Env("</result>\n")]})
     assert t.finish_reason == "eos" and t.answer is None and t.violations == ["eos_after_result"]
+
+
+def test_a_fenced_program_in_request_mode_is_an_unparsed_call(tokenizer, model, sandbox, coder):
+    (t,), _, _ = rollout("request", tokenizer, model, sandbox, coder,
+                         {"Six sevens?": [Say("```python\nprint(6 * 7)\n```\nSo \\boxed{42}")]})
+    assert t.tool_calls == [] and t.violations == ["unparsed_call"]
