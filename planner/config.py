@@ -39,7 +39,7 @@ class PlannerConfig(BaseModel):
     batch_size: int = Field(64, gt=0, description="rollouts per generate call")
     cache_implementation: Literal["dynamic", "static"] | None = Field(
         None, description="KV cache for transformers generate; 'static' is faster on the GPU")
-    reuse_cache: bool = Field(False, description="transformers backend, dynamic cache: continue each tool round "
+    reuse_cache: bool = Field(True, description="transformers backend, dynamic cache: continue each tool round "
                               "from the previous round's KV cache instead of re-running the prefix")
     tool_chunks: int = Field(1, ge=1, description="a round's calls go to the coder in this many chunks; each chunk's "
                              "programs run in the sandbox while the coder writes the next")

@@ -104,13 +104,13 @@ class TransformersGeneration:
     for generation): every rank makes the same number of `generate` calls (a rank with fewer micro-batches, or
     none, pads with a one-token prompt) and each call runs with `synced_gpus`, so ranks step together.
 
-    `reuse_cache` (off by default; dynamic cache, one process): each micro-batch's KV cache is kept after its
-    `generate` call, and a next call whose sequences extend that micro-batch's rows (the engine's next round: the
-    same rows plus the inserted result) continues from it, feeding only the tokens the cache lacks instead of
-    re-running the whole prefix. Positions a row did not keep (tokens generated after its stop, padding) stay in
-    the cache, masked out; position ids follow the attention mask. `release()` drops the caches. Equal to
-    re-running the prefix (tested), and a toy GRPO run learns the same with it (bench/NOTES.md); off by default
-    (`planner.reuse_cache`) because it saves little where prefixes are short.
+    `reuse_cache` (dynamic cache, one process; `planner.reuse_cache`, on by default in recipes): each
+    micro-batch's KV cache is kept after its `generate` call, and a next call whose sequences extend that
+    micro-batch's rows (the engine's next round: the same rows plus the inserted result) continues from it, feeding
+    only the tokens the cache lacks instead of re-running the whole prefix. Positions a row did not keep (tokens
+    generated after its stop, padding) stay in the cache, masked out; position ids follow the attention mask.
+    `release()` drops the caches. Equal to re-running the prefix (tested on the tiny and the real models), and a toy
+    GRPO run learns the same with it (bench/NOTES.md). It matters most for `repl`, which pauses at every newline.
     """
 
     def __init__(self, model: Any, tokenizer: Any, temperature: float = 1.0, top_p: float = 1.0,

@@ -64,12 +64,13 @@ def coder(qwen_dir, model):
 
 
 def scripted(protocol_name, tokenizer, model, sandbox, coder, script, question="What is 6 times 7?", then="eos",
-             budget=200):
+             budget=200, reuse=False):
     protocol = build_protocol(protocol_name, None, 500, tokenizer)
     probe = RolloutEngine(protocol, None, tokenizer, sandbox, coder if protocol.uses_coder else None)
     prompt = probe.prompt_ids(SYSTEM, question)
     forcer = ScriptedText(tokenizer, {tuple(prompt): script}, then=then)
-    generator = TransformersGeneration(model, tokenizer, temperature=0.0, batch_size=4, logits_processors=[forcer])
+    generator = TransformersGeneration(model, tokenizer, temperature=0.0, batch_size=4, logits_processors=[forcer],
+                                       reuse_cache=reuse)
     engine = RolloutEngine(protocol, generator, tokenizer, sandbox, coder if protocol.uses_coder else None,
                            EngineLimits(budget, 3, 300))
     (trajectory,) = engine.run([question], [prompt])
@@ -184,6 +185,20 @@ def test_free_sampling_after_a_call_is_token_exact(protocol, tokenizer, model, s
     assert len(t.completion_ids) > result_end  # the model wrote on after the result
     assert_sampled_logprobs_reproduce(model, t, after=result_end)
     assert t.text == engine._decode(t.completion_ids)
+
+
+@pytest.mark.parametrize("protocol", ["repl", "request"])
+def test_kv_reuse_across_rounds_writes_what_re_running_the_prefix_writes(protocol, tokenizer, model, sandbox, coder):
+    """`planner.reuse_cache` (on by default): after a call, the next round continues from the kept KV cache; the
+    real model then writes the same tokens, with the same log-probabilities, as when the prefix is run again."""
+    first = {"repl": [Say("Compute.\n>>> 2**70\n"), Env("\n")],
+             "request": [Say("<request>2 to the power 70</request>"), Env("</result>\n")]}[protocol]
+    (fresh, _, _), (reused, _, engine) = (
+        scripted(protocol, tokenizer, model, sandbox, coder, first, question="What is 2 to the power 70?",
+                 then="free", budget=100, reuse=reuse) for reuse in (False, True))
+    assert engine.generator.reused_tokens > len(reused.prompt_ids)  # the second round did not re-run the prefix
+    assert reused.rounds >= 2 and reused.completion_ids == fresh.completion_ids
+    assert max(abs(a - b) for a, b in zip(fresh.logprobs, reused.logprobs, strict=True)) < 1e-4
 
 
 # --- the tool disabled: every spelling of the marker banned ----------------------------------------------------
