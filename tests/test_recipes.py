@@ -46,3 +46,24 @@ def test_tiny_recipe_trains_in_every_protocol(tmp_path, tiny_model_dir, protocol
     monkeypatch.chdir(tmp_path)  # works from any working directory
     out = grpo.main(["--config", str(recipe)])
     assert (out / "adapter_model.safetensors").exists() and (out / "agent.yaml").exists()
+
+
+def recipe_with(**planner) -> dict:
+    return {"planner": {"model": "m", **planner}, "data": {"path": "d.jsonl"}, "grpo": {"output_dir": "runs/x"}}
+
+
+def test_a_training_recipe_must_sample():
+    with pytest.raises(ValueError, match=r"planner\.temperature is 0"):
+        Recipe.model_validate(recipe_with())  # the default temperature is 0: greedy
+    assert Recipe.model_validate(recipe_with(temperature=0.7)).planner.temperature == 0.7
+
+
+@pytest.mark.parametrize(("field", "planner_field"), [("temperature", "temperature"),
+                                                       ("max_completion_length", "max_completion_tokens")])
+def test_grpo_cannot_sample_differently_from_the_engine(field, planner_field):
+    data = recipe_with(temperature=0.7, max_completion_tokens=256)
+    data["grpo"][field] = 0.9 if field == "temperature" else 128
+    with pytest.raises(ValueError, match=rf"grpo\.{field} .* differs from planner\.{planner_field}"):
+        Recipe.model_validate(data)
+    data["grpo"][field] = 0.7 if field == "temperature" else 256
+    assert Recipe.model_validate(data)

@@ -81,7 +81,7 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
                              planner.temperature, planner.top_p, planner.batch_size, planner.cache_implementation,
                              logits_processors, reuse_cache=planner.reuse_cache, tool_chunks=planner.tool_chunks)
     config = GRPOConfig(**{"max_completion_length": planner.max_completion_tokens,
-                           "temperature": planner.temperature or 1.0, **recipe.grpo})
+                           "temperature": planner.temperature, **recipe.grpo})
     model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=torch.bfloat16 if config.bf16 else torch.float32)
     lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                       target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")

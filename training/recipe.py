@@ -101,6 +101,21 @@ class Recipe(BaseModel):
             raise ValueError(f"not GRPOConfig fields: {', '.join(unknown)}")
         return value
 
+    @model_validator(mode="after")
+    def _one_sampling_setting(self) -> Recipe:
+        """The engine samples; TRL recomputes log-probabilities at its own temperature over its own budget. One
+        setting for both, or the loss compares log-probabilities of two different distributions."""
+        if self.planner.temperature == 0:
+            raise ValueError("planner.temperature is 0: greedy rollouts make every group score the same, every group "
+                             "is filtered and GRPO learns nothing; set planner.temperature (e.g. 1.0)")
+        for grpo_field, planner_field in (("temperature", "temperature"),
+                                          ("max_completion_length", "max_completion_tokens")):
+            if grpo_field in self.grpo and self.grpo[grpo_field] != getattr(self.planner, planner_field):
+                raise ValueError(f"grpo.{grpo_field} ({self.grpo[grpo_field]}) differs from planner.{planner_field} "
+                                 f"({getattr(self.planner, planner_field)}): the engine samples with the planner's "
+                                 f"setting, so set planner.{planner_field} only")
+        return self
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
         return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
