@@ -71,6 +71,20 @@ def test_slow_server_timeout_is_honoured():
     assert elapsed < 2 * 0.5 + 8.0  # two attempts plus at most one client backoff, never a hang
 
 
+def test_many_requests_to_a_hung_server_wait_one_timeout_not_one_each():
+    """A server that accepts and never answers: the call's first requests time out; the rest are not sent."""
+    with SilentServer() as silent, build_coder(openai_config(silent.base_url, "tiny", timeout_s=0.5, retries=1,
+                                                             concurrency=2)) as coder:
+        start = time.monotonic()
+        programs = coder.write_programs([f"the value {i}" for i in range(16)])
+        elapsed = time.monotonic() - start
+    assert all(p.failure for p in programs)
+    sent = [p for p in programs if "not sent" not in p.failure]
+    assert 1 <= len(sent) <= 2 and all("timed out after 0.5 s" in p.failure for p in sent)
+    assert all("not sent: timed out" in p.failure for p in programs if p not in sent)
+    assert elapsed < 2 * 0.5 + 8.0  # one request's worst case, where 8 rounds of two used to wait 8 times over
+
+
 def test_nothing_listening_fails_fast_and_clearly():
     config = openai_config(f"http://127.0.0.1:{free_port()}/v1", "tiny", retries=2, timeout_s=5.0)
     with build_coder(config) as coder:
