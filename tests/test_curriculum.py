@@ -25,7 +25,8 @@ def test_command_samples_with_the_engine_and_writes_the_order(tmp_path, tiny_mod
     data.write_text("".join(json.dumps({"prompt": q, "answer": a}) + "\n" for q, a in problems.items()))
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
-        "planner": {"model": str(tiny_model_dir), "device": "cpu", "protocol": "code", "max_completion_tokens": 64},
+        "planner": {"model": str(tiny_model_dir), "device": "cpu", "protocol": "code", "max_completion_tokens": 64,
+                    "temperature": 1.0},
         "coder": {"model": str(tiny_model_dir), "device": "cpu"},
         "executor": {"timeout_s": 5.0, "workers": 2},
         "data": {"path": str(data)},
