@@ -23,14 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.models import MODELS, assemble, download, fetch, model_dir
-
 PIECE_BYTES = 56 << 20
 CARRY = Path(".carry/gguf")
 RECEIVED = Path("/root/delegate-gguf")
 
 
 def split(name: str) -> list[Path]:
+    from training.models import MODELS, assemble, download
+
     model = MODELS[name]
     CARRY.mkdir(parents=True, exist_ok=True)
     for old in CARRY.glob(f"{name}.part*"):
@@ -53,6 +53,8 @@ def receive(piece: Path) -> None:
 
 
 def build(name: str) -> Path:
+    from training.models import fetch, model_dir
+
     if (model_dir(name) / "delegate-model.json").is_file():
         return model_dir(name)
     pieces = sorted(RECEIVED.glob(f"{name}.part*"))
@@ -66,11 +68,12 @@ def build(name: str) -> Path:
 
 
 def main() -> None:
+    # training.models is imported by `split` and `build` only: `receive` runs before the wheels are installed
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("split").add_argument("name", choices=list(MODELS))
+    sub.add_parser("split").add_argument("name", help="a model of training.models, e.g. qwen2.5-coder-0.5b")
     sub.add_parser("receive").add_argument("piece", type=Path)
-    sub.add_parser("build").add_argument("name", choices=list(MODELS))
+    sub.add_parser("build").add_argument("name", help="a model of training.models, e.g. qwen2.5-coder-0.5b")
     args = parser.parse_args()
     if args.command == "split":
         for piece in split(args.name):
