@@ -22,12 +22,13 @@ test: install-dev system-deps test-deps real-models
 lint: install-dev
 	$(BIN)/ruff check .
 
-# bubblewrap gives the sandbox its namespaces; without it the sandbox still runs, with a loud warning.
+# The sandbox refuses to run without its isolation layers: bubblewrap (namespaces, the allowlist filesystem),
+# setpriv from util-linux (a root caller drops to an unprivileged uid) and libseccomp2 (the seccomp filter).
 system-deps:
-	@command -v bwrap >/dev/null 2>&1 || { \
+	@{ command -v bwrap && command -v setpriv && ldconfig -p | grep -q libseccomp.so.2; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
-	  else echo "note: install bubblewrap (apt-get install bubblewrap) for full sandbox isolation"; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap util-linux libseccomp2; \
+	  else echo "note: install bubblewrap, util-linux and libseccomp2: the sandbox refuses to run without them"; fi; }
 
 # Debian's Chromium and its driver: the viewer's test opens the HTML report in a real headless browser.
 test-deps:

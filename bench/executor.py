@@ -1,6 +1,7 @@
 """Executor benchmark: the sandbox against a fresh interpreter per job, side by side in one run.
 
-Executors: (a) `Sandbox` (pre-warmed fork server), (b) `python -c` per job importing numpy and sympy first (how
+Executors: (a) `Sandbox` (pre-warmed fork server, every isolation layer), (a0) the same with `isolation: none`
+(what the layers cost, measured in the same run), (b) `python -c` per job importing numpy and sympy first (how
 most tool-RL stacks run code), (c) `python -c` per job with no imports. Workloads: `print(1)`, a big-integer and
 Decimal computation, a sympy solve. For each: latency p50/p90 at concurrency 1, and jobs/s at concurrency 1, 2, 8.
 
@@ -76,8 +77,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     sandbox = Sandbox(SandboxConfig(timeout_s=30.0)).start()
+    open_box = Sandbox(SandboxConfig(timeout_s=30.0, isolation="none")).start()
     executors: dict[str, Callable[[str], bool]] = {
         "(a) sandbox": lambda code: sandbox.run(code).ok,
+        "(a0) sandbox, isolation none": lambda code: open_box.run(code).ok,
         "(b) python -c +numpy,sympy": subprocess_runner("import numpy, sympy\n"),
         "(c) python -c": subprocess_runner(""),
     }
@@ -97,21 +100,26 @@ def main() -> None:
             failed = sum(c[2] for c in cells.values())
             rows.append((name, workload, p50, p90, {c: cells[c][1] for c in args.concurrency}, failed))
     batch = 256
-    print(f"  measuring (a) sandbox / print(1) / run_many of {batch} ...", file=sys.stderr, flush=True)
-    sandbox.run_many(["print(1)"] * batch)
-    t0 = time.perf_counter()
-    batch_ok = sum(r.ok for r in sandbox.run_many(["print(1)"] * batch))
-    batch_rate = batch / (time.perf_counter() - t0)
+    batch_rates, batch_ok = {}, 0
+    for name, box in (("(a) sandbox", sandbox), ("(a0) sandbox, isolation none", open_box)):
+        print(f"  measuring {name} / print(1) / run_many of {batch} ...", file=sys.stderr, flush=True)
+        box.run_many(["print(1)"] * batch)
+        t0 = time.perf_counter()
+        ok = sum(r.ok for r in box.run_many(["print(1)"] * batch))
+        batch_rates[name] = batch / (time.perf_counter() - t0)
+        batch_ok = batch_ok if box is open_box else ok
+    batch_rate = batch_rates["(a) sandbox"]
     sandbox.close()
+    open_box.close()
 
-    header = (f"{'executor':<28} {'workload':<15} {'p50 ms':>8} {'p90 ms':>8} "
+    header = (f"{'executor':<29} {'workload':<15} {'p50 ms':>8} {'p90 ms':>8} "
               + " ".join(f"{'jobs/s@' + str(c):>10}" for c in args.concurrency) + f" {'failed':>7}")
     print(f"\nExecutor benchmark ({len(sandbox.layers.present)} isolation layers: "
           f"{', '.join(sandbox.layers.present)}; workers={sandbox.config.workers})\n")
     print(header)
     print("-" * len(header))
     for name, workload, p50, p90, throughput, failed in rows:
-        print(f"{name:<28} {workload:<15} {p50:8.1f} {p90:8.1f} "
+        print(f"{name:<29} {workload:<15} {p50:8.1f} {p90:8.1f} "
               + " ".join(f"{throughput[c]:10.1f}" for c in args.concurrency) + f" {failed:7d}")
 
     by_key = {(r[0], r[1]): r for r in rows}
@@ -124,6 +132,9 @@ def main() -> None:
     print(f"  (a) sandbox, print(1) as one run_many of {batch} (the engine's call): {batch_rate:.0f} jobs/s, "
           f"{batch - batch_ok} failed")
     print(f"  trivial jobs/s in the sandbox: {best:.0f} (target >= {TARGETS['jobs_per_s_trivial']:.0f})")
+    unisolated = by_key[("(a0) sandbox, isolation none", "print(1)")]
+    print(f"  cost of the isolation layers, print(1): p50 {sandbox_trivial[2]:.1f} ms against {unisolated[2]:.1f} ms; "
+          f"run_many of {batch} {batch_rate:.0f} against {batch_rates['(a0) sandbox, isolation none']:.0f} jobs/s")
     for workload in WORKLOADS:
         ratio = by_key[("(a) sandbox", workload)][4][top] / by_key[("(b) python -c +numpy,sympy", workload)][4][top]
         print(f"  throughput sandbox / (b) at concurrency {top}, {workload}: {ratio:.0f}x "

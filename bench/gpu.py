@@ -126,7 +126,8 @@ def rollout(args: argparse.Namespace) -> str:
 
         def __init__(self, servers: int, ready: int = 0) -> None:
             pool = {"ready": ready, "max_processes": max(512, 4 * ready)} if ready else {}
-            self.box = Sandbox(SandboxConfig(timeout_s=10.0, servers=servers, **pool)).start()  # before CUDA work
+            self.box = Sandbox(SandboxConfig(timeout_s=10.0, servers=servers, isolation=args.isolation,
+                                            **pool)).start()  # before CUDA work
 
         def run_many(self, codes: list[str]) -> list:
             return self.start_many(codes).results()
@@ -521,6 +522,8 @@ def memory(args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["rollout", "step", "memory", "profile"], nargs="+")
+    parser.add_argument("--isolation", choices=["full", "none"], default="full",
+                        help="the sandbox's isolation; none where bubblewrap is missing (the GPU machine)")
     parser.add_argument("--shape", default=None, help="rollout: 7b; step: 1.5b")
     parser.add_argument("--rollouts", type=int, default=256)
     parser.add_argument("--compare-rollouts", type=int, default=64, help="0: skip the one-at-a-time comparison")

@@ -53,7 +53,7 @@ def row_config(model: str, protocol: str, prompt: str, markers: dict | None, too
         planner["markers"] = markers
     return {"planner": planner,
             "coder": {"model": model, "device": args.device, "max_new_tokens": 256, "batch_size": args.batch},
-            "executor": {"timeout_s": 10.0}}
+            "executor": {"timeout_s": 10.0, "isolation": args.isolation}}
 
 
 def extra_counts(records: list[dict], prompt_text: str) -> dict[str, float]:
@@ -68,6 +68,8 @@ def extra_counts(records: list[dict], prompt_text: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True)
+    parser.add_argument("--isolation", choices=["full", "none"], default="full",
+                        help="the sandbox's isolation; none where bubblewrap is missing (the GPU machine)")
     parser.add_argument("--big-values", action="store_true")
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--model", default=None, help="a model directory (default: the prepared real 0.5B)")
@@ -96,7 +98,7 @@ def main() -> None:
     coder_tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = [v for v in VARIANTS if not args.rows or any(v[0].startswith(r) for r in args.rows)]
     table = []
-    with Sandbox(SandboxConfig(timeout_s=10.0)) as sandbox, \
+    with Sandbox(SandboxConfig(timeout_s=10.0, isolation=args.isolation)) as sandbox, \
             build_coder(CoderConfig(model=model_dir, device=args.device, max_new_tokens=256,
                                     batch_size=args.batch), model=model, tokenizer=coder_tokenizer) as coder:
         for name, protocol, prompt, markers, tools in rows:

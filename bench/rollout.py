@@ -54,11 +54,13 @@ def main() -> None:
     parser.add_argument("--shape", choices=SHAPES, default="tiny")
     parser.add_argument("--cache", choices=["dynamic", "static"], default=None, help="KV cache of generate")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--isolation", choices=["full", "none"], default="full",
+                        help="the sandbox's isolation; none where bubblewrap is missing (the GPU machine)")
     args = parser.parse_args()
 
     import torch
 
-    sandbox = Sandbox(SandboxConfig(timeout_s=10.0)).start()  # before any CUDA work
+    sandbox = Sandbox(SandboxConfig(timeout_s=10.0, isolation=args.isolation)).start()  # before CUDA
     tokenizer = build_tokenizer()
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model = build_model(tokenizer, **SHAPES[args.shape]).to(args.device, dtype).eval()

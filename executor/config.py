@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -41,7 +42,16 @@ class SandboxConfig(BaseModel):
                               "all servers, at least `workers`): a burst of this many jobs waits for no fork. The "
                               "pool is refilled while the servers are idle; None: `workers`")
     preload: tuple[str, ...] = Field(DEFAULT_PRELOAD, description="modules imported and warmed once in the server")
-    require_isolation: bool = Field(False, description="refuse to start unless every isolation layer is present")
+    isolation: Literal["full", "none"] = Field(
+        "full", description="full: refuse to start unless every isolation layer is present (bubblewrap with an "
+        "allowlist filesystem, an unprivileged host identity, per-job namespaces, the seccomp filter); none: run "
+        "jobs as the caller with the host's files and network, an explicit and loudly logged opt-in")
+    uid: int = Field(65534, ge=1, description="host uid the sandbox runs as when the caller is root (nobody)")
+    gid: int = Field(65534, ge=1, description="host gid the sandbox runs as when the caller is root (nogroup)")
+    memory_total_mb: int | None = Field(
+        None, gt=0, description="memory ceiling of the whole sandbox (a cgroup's limit, where one is writable), "
+        "shared out over the servers; None: 512 MB per server plus memory_mb and two tmpfs_mb per worker, at "
+        "most half of the host's memory")
     start_timeout_s: float = Field(60.0, gt=0, description="how long the server may take to import and warm up")
 
     @model_validator(mode="after")
@@ -57,6 +67,13 @@ class SandboxConfig(BaseModel):
     @property
     def server_count(self) -> int:
         return self.servers if self.servers is not None else max(1, self.workers // WORKERS_PER_SERVER)
+
+    def memory_of(self, server: int, host_bytes: int) -> int:
+        """The memory ceiling of one server's group, in bytes."""
+        if self.memory_total_mb is not None:
+            return _share(self.memory_total_mb, self.server_count, server) << 20
+        wanted = 512 + self.workers_of(server) * (self.memory_mb + 2 * self.tmpfs_mb)
+        return min(wanted << 20, host_bytes // 2 // self.server_count)
 
     def workers_of(self, server: int) -> int:
         """The workers of one server: `workers` shared out, the first servers taking one more where it is uneven."""

@@ -1,18 +1,26 @@
 """The isolation layers of the sandbox and the Linux primitives they need.
 
 Layers, outermost first:
-- `bubblewrap`: the server runs inside bwrap, in new user, mount, network, IPC, UTS and PID namespaces, with a
-  read-only view of the host's files, a private /tmp and /dev, no network but its own loopback, and as PID 1
-  (so no job can signal it: the kernel drops signals to a namespace's init that it has no handler for).
-- `job_namespaces`: each job is PID 1 of its own PID namespace with its own mount namespace: a private /proc
-  that shows only its own processes, a private size-limited tmpfs as working directory, no capabilities and
-  `no_new_privs`. When a job ends the kernel kills everything it started, `setsid` grandchildren included.
-- `process_limit`: a pids cgroup around the whole sandbox (when one is writable), else `RLIMIT_NPROC` (which the
-  kernel does not enforce for root).
+- `bubblewrap` (`executor.launch`): the server sees an allowlist of host paths, read-only, in new user, mount,
+  network, IPC, UTS and PID namespaces, with a private /tmp, a read-only /dev and its own /proc; it is PID 1 of its
+  namespace (so no job can signal it: the kernel drops signals to a namespace's init that it has no handler for).
+- `identity`: a caller that is root drops to an unprivileged uid/gid (65534) with no supplementary groups before
+  the user namespace is made, so root's files, root-owned sockets and the sysctls stay out of reach even where a
+  mount leaks; a caller that is not root is unprivileged already.
+- `job_namespaces`: each job is PID 1 of its own PID namespace with its own mount, IPC and UTS namespaces and a
+  fresh session keyring: a private /proc (its /proc/sys read-only) that shows only its own processes, a private
+  size-limited tmpfs as working directory and /tmp, its own size-limited /dev/shm, no capabilities and
+  `no_new_privs`. When a job ends the kernel kills everything it started, `setsid` grandchildren included, and
+  its files, IPC objects and keys go with it.
+- `seccomp` (`executor.syscalls`): loaded by every job after its setup; no keyrings, namespaces, mounts, ptrace,
+  bpf, perf events, io_uring, userfaultfd.
+- `process_limit` and `memory_limit` (`executor.cgroup`): a cgroup (v1 or v2) around each server, where one is
+  writable; else `RLIMIT_NPROC` for processes (binding for the unprivileged identity, not for root). The jobs'
+  `oom_score_adj` is 1000, so the kernel's OOM killer takes a job before the trainer.
 - `rlimits`: always: address space, CPU time, file size, open files, no core dumps.
 
-Not covered: reading the host's files (the view is read-only, not hidden), timing side channels, and jobs that
-run at the same time talking to each other over the sandbox's own loopback.
+Not covered: timing side channels, and jobs that run at the same time talking to each other over the sandbox's
+own loopback.
 """
 
 from __future__ import annotations
@@ -20,7 +28,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +36,10 @@ log = logging.getLogger(__name__)
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUTS = 0x04000000
+MS_RDONLY = 1
+MS_REMOUNT = 32
 MS_BIND = 4096
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -42,6 +53,7 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+KEYCTL_JOIN_SESSION_KEYRING = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -96,91 +108,19 @@ def last_capability() -> int:
     return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
 
 
-def bwrap_argv(bwrap: str, tmp_binds: list[str]) -> list[str]:
-    """bwrap's options for the server: new namespaces, read-only host, private /tmp, /dev and /proc.
-
-    `tmp_binds` are host paths under /tmp that the interpreter needs (a checkout or virtualenv there); they are
-    bound back, read-only, over the private /tmp. The server keeps CAP_SYS_ADMIN and CAP_SETPCAP inside its own
-    user namespace only, to give each job its own PID and mount namespaces and then drop them in the job.
-    """
-    binds = [arg for path in tmp_binds for arg in ("--ro-bind", path, path)]
-    return [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--as-pid-1", "--die-with-parent", "--new-session",
-            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", *binds,
-            "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP", "--chdir", "/", "--"]
+def sethostname(name: str) -> None:
+    _check(_libc.sethostname(name.encode(), len(name)), "sethostname")
 
 
-def interpreter_paths_under_tmp() -> list[str]:
-    """The smallest set of directories under /tmp that hold this interpreter, its packages or this project."""
-    candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
-                  str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if p)}
-    under_tmp = sorted({os.path.realpath(p) for p in candidates if os.path.isdir(p)
-                        and os.path.realpath(p).startswith("/tmp/")})
-    return [p for p in under_tmp if not any(p.startswith(q + "/") for q in under_tmp if q != p)]
+def join_new_session_keyring(keyctl_nr: int) -> None:
+    """Replace the session keyring with a fresh, empty, anonymous one (`keyctl(KEYCTL_JOIN_SESSION_KEYRING,
+    NULL)`), so that nothing the caller or an earlier job holds in a keyring is reachable."""
+    if _libc.syscall(ctypes.c_long(keyctl_nr), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), None) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"keyctl(JOIN_SESSION_KEYRING): {os.strerror(err)}")
 
 
-def probe_bwrap(bwrap: str | None) -> str | None:
-    """None if bwrap can start a sandbox here, else why not."""
-    if bwrap is None:
-        return "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
-    try:
-        done = subprocess.run([*bwrap_argv(bwrap, []), "true"], capture_output=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"bubblewrap failed to run: {exc}"
-    if done.returncode != 0:
-        return f"bubblewrap cannot create namespaces here: {done.stderr.decode(errors='replace').strip()}"
-    return None
-
-
-@dataclass
-class PidsCgroup:
-    """A pids cgroup (v1 or v2) that bounds how many processes the whole sandbox holds."""
-
-    path: Path
-
-    @classmethod
-    def create(cls, max_processes: int, name: str) -> PidsCgroup | None:
-        for root in _pids_roots():
-            path = root / name
-            try:
-                path.mkdir()
-            except OSError as exc:
-                log.debug("pids cgroup under %s unusable: %s", root, exc)
-                continue
-            try:
-                (path / "pids.max").write_text(str(max_processes))
-            except OSError as exc:
-                log.debug("pids.max under %s not writable: %s", root, exc)
-                _rmdir(path)
-                continue
-            return cls(path)
-        return None
-
-    def wrap(self, argv: list[str]) -> list[str]:
-        """Run argv inside this cgroup: the shell moves itself in, then execs argv."""
-        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs"), *argv]
-
-    def remove(self) -> None:
-        _rmdir(self.path)
-
-
-def _rmdir(path: Path) -> None:
-    try:
-        path.rmdir()
-    except OSError as exc:
-        log.debug("could not remove cgroup %s: %s", path, exc)
-
-
-def _pids_roots() -> list[Path]:
-    roots = []
-    v1 = Path("/sys/fs/cgroup/pids")
-    if v1.is_dir() and os.access(v1, os.W_OK):
-        roots.append(v1)
-    for v2 in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
-        control = v2 / "cgroup.subtree_control"
-        if control.exists() and "pids" in control.read_text().split() and os.access(v2, os.W_OK):
-            roots.append(v2)
-    return roots
+REQUIRED = ("bubblewrap", "identity", "job_namespaces", "seccomp")  # isolation "full" refuses to run without
 
 
 @dataclass
@@ -190,8 +130,12 @@ class Layers:
     present: list[str] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
 
-    def describe_missing(self) -> str:
-        return "; ".join(f"{name}: {why}" for name, why in self.missing.items())
+    def describe_missing(self, names: tuple[str, ...] | None = None) -> str:
+        return "; ".join(f"{name}: {why}" for name, why in self.missing.items() if names is None or name in names)
+
+    @property
+    def missing_required(self) -> list[str]:
+        return [name for name in REQUIRED if name in self.missing]
 
 
 def server_command() -> tuple[list[str], dict[str, str]]:

@@ -18,15 +18,16 @@ import signal
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from executor import isolation
+from executor import isolation, syscalls
 
 JOB_FILENAME = "<job>"
 JOB_DIR = "/tmp/delegate-job"  # a job's working directory, on its private tmpfs
 SETUP_FAILED = 121  # exit code of a job process whose isolation could not be set up
 JOB_FD, REPORT_FD = 3, 4
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_OWN_STREAMS: list[Any] = []  # the job's stdout and stderr as set up here, flushed at the end whatever it did
 
 
 class TimeLimitExceeded(BaseException):
@@ -47,6 +48,8 @@ class JobSetup:
     last_cap: int
     workdir: str | None  # the job's directory when it has no private tmpfs
     binds: tuple[str, ...] = ()  # host paths under /tmp (a checkout, a virtualenv) to bind back read-only
+    keyctl_nr: int | None = None  # the keyctl system call's number: each job gets a fresh session keyring
+    seccomp: bytes | None = None  # the compiled filter (`executor.syscalls`), loaded at the end of the setup
 
 
 def job_main(setup: JobSetup, job_r: int, out_w: int, err_w: int, report_w: int) -> NoReturn:
@@ -56,6 +59,8 @@ def job_main(setup: JobSetup, job_r: int, out_w: int, err_w: int, report_w: int)
         _isolate(setup)
         _redirect(job_r, out_w, err_w, report_w)
         _limit(setup)  # after the inherited descriptors are closed: the server holds more than a job may open
+        if setup.seccomp is not None:
+            syscalls.install(setup.seccomp)  # last: the setup above needs mount, unshare and keyctl
     except BaseException:  # noqa: BLE001 - any failure here must end this process, never the server
         _last_words(err_w)
         os._exit(SETUP_FAILED)
@@ -73,10 +78,15 @@ def _isolate(setup: JobSetup) -> None:
     os.setsid()
     isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
     if setup.namespaced:
-        isolation.unshare(isolation.CLONE_NEWNS)
+        # Its own mount, IPC (SysV and POSIX message queues) and UTS (hostname) namespaces: nothing a job leaves
+        # there outlives it. (The PID namespace was made by the server, before the fork.)
+        isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWIPC | isolation.CLONE_NEWUTS)
         isolation.mount("none", "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
         nosuid_nodev = isolation.MS_NOSUID | isolation.MS_NODEV
         isolation.mount("proc", "/proc", "proc", nosuid_nodev | isolation.MS_NOEXEC)
+        isolation.mount("/proc/sys", "/proc/sys", None, isolation.MS_BIND | isolation.MS_REC)
+        isolation.mount("none", "/proc/sys", None, isolation.MS_BIND | isolation.MS_REMOUNT | isolation.MS_RDONLY
+                        | nosuid_nodev | isolation.MS_NOEXEC)
         # The new /tmp hides what the interpreter needs there; fds opened first (in this mount namespace, as
         # bind mounts require) still reach the read-only originals.
         hidden = [(path, os.open(path, os.O_PATH)) for path in setup.binds]
@@ -88,6 +98,9 @@ def _isolate(setup: JobSetup) -> None:
         isolation.mount("tmpfs", "/dev/shm", "tmpfs", nosuid_nodev, f"size={setup.tmpfs_mb}m,mode=1777")
         os.mkdir(JOB_DIR)
         os.chdir(JOB_DIR)
+        isolation.sethostname("sandbox")
+        if setup.keyctl_nr is not None:
+            isolation.join_new_session_keyring(setup.keyctl_nr)
         isolation.drop_capabilities(setup.last_cap)
     else:
         assert setup.workdir is not None
@@ -134,6 +147,7 @@ def _redirect(job_r: int, out_w: int, err_w: int, report_w: int) -> None:
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
                                   line_buffering=True)
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    _OWN_STREAMS[:] = [sys.stdout, sys.stderr]
 
 
 def _read_all(fd: int) -> bytes:
@@ -169,11 +183,11 @@ def _run(code: str, timeout_s: float) -> int:
         exit_code = 1
         _report_exception(exc)
     signal.setitimer(signal.ITIMER_REAL, 0)
-    for stream in (sys.stdout, sys.stderr):
+    for stream in {id(s): s for s in (sys.stdout, sys.stderr, *_OWN_STREAMS)}.values():
         try:
             stream.flush()
-        except (OSError, ValueError):
-            pass  # the job closed or broke its own stream; what it wrote before is in the pipe
+        except Exception:  # noqa: BLE001 - the job replaced, closed or broke its stream (None, an object
+            pass  # without flush): what it wrote through ours is flushed by the loop's other turns
     return exit_code
 
 
@@ -191,8 +205,8 @@ def _report_exception(exc: BaseException) -> None:
     tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
     try:
         traceback.print_exception(type(exc), exc, tb)
-    except (OSError, ValueError):
-        pass  # stderr closed by the job
+    except Exception:  # noqa: BLE001 - the job closed or replaced stderr (None); the report below still goes
+        pass
     line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else None
     for frame, lineno in traceback.walk_tb(tb):
         if frame.f_code.co_filename == JOB_FILENAME:

@@ -18,12 +18,14 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import Future
 from typing import IO, Any
 
-from executor import isolation
+from executor import isolation, launch
+from executor.cgroup import SandboxCgroup, host_memory_bytes
 from executor.config import SandboxConfig
 from executor.protocol import FRAME, encode
 from executor.result import ExecutionResult
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 STALL_MARGIN_S = 10.0  # beyond timeout + grace, how long a silent server with work in flight may take
 _warned: set[str] = set()
-_bwrap_probe: dict[str | None, str | None] = {}
+_probes: dict[tuple[str, ...], str | None] = {}
 
 
 def _empty_program() -> Future[ExecutionResult]:
@@ -63,6 +65,7 @@ class _Connection:
         except OSError as exc:
             raise SandboxError(f"cannot start the sandbox server ({argv[0]}): {exc}") from exc
         self.pending: dict[int, Future[ExecutionResult]] = {}
+        self.timeouts: dict[int, float] = {}  # job id -> its time limit, while pending
         self.lock = threading.Lock()
         self.alive = True
         self.last_heard = time.monotonic()
@@ -93,7 +96,10 @@ class _Connection:
             if not self.alive:
                 future.set_result(ExecutionResult.crashed("the sandbox server is not running"))
                 return future
+            if not self.pending:
+                self.last_heard = time.monotonic()  # idle until now: silence before this job is not a stall
             self.pending[job_id] = future
+            self.timeouts[job_id] = timeout_s
         try:
             self.send({"id": job_id, "code": code, "timeout_s": timeout_s})
         except (BrokenPipeError, OSError, ValueError):
@@ -116,6 +122,7 @@ class _Connection:
             if message["type"] == "result":
                 with self.lock:
                     future = self.pending.pop(message["id"], None)
+                    self.timeouts.pop(message["id"], None)
                 if future is not None:
                     future.set_result(ExecutionResult.from_dict(message["result"]))
             elif not self.hello.done():
@@ -137,19 +144,30 @@ class _Connection:
         with self.lock:
             self.alive = False
             pending, self.pending = self.pending, {}
+            self.timeouts.clear()
         for future in pending.values():
             if not future.done():
                 future.set_result(ExecutionResult.crashed(reason))
 
     def abort(self, reason: str) -> None:
         """Kill the server and fail every job it holds; the next call starts a new one."""
-        self.proc.kill()
+        self.kill()
         self._fail_pending(reason)
 
-    def stalled(self, limit_s: float) -> bool:
+    def kill(self) -> None:
+        """Kill the outermost process. With bubblewrap that is the outer bwrap, whose death kills PID 1 of the
+        PID namespace that holds the whole sandbox, so the kernel takes everything with it; without, the server."""
+        self.proc.kill()
+
+    def stalled(self, grace_s: float) -> bool:
+        """Busy, and silent for longer than any job in flight may take. A busy server answers at least once per
+        `timeout + grace` (each job ends by then, killed if need be, and the next one starts), so silence is
+        counted from the last answer, or from the moment it became busy."""
         with self.lock:
-            busy = bool(self.pending)
-        return busy and time.monotonic() - self.last_heard > limit_s
+            if not self.pending:
+                return False
+            limit = max(self.timeouts.values()) + grace_s + STALL_MARGIN_S
+        return time.monotonic() - self.last_heard > limit
 
     def close(self, timeout_s: float = 5.0) -> None:
         if self.proc.stdin is not None:
@@ -160,7 +178,7 @@ class _Connection:
         try:
             self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.kill()
             self.proc.wait()
         self._fail_pending("the sandbox was closed")
 
@@ -169,7 +187,7 @@ class Sandbox:
     """Runs untrusted Python programs in isolated, pre-forked processes of a warmed server.
 
     Bad code never raises here: it comes back as an `ExecutionResult` with a status. Only a sandbox that cannot
-    start at all (or lacks isolation that `require_isolation` demands) raises `SandboxError`.
+    start at all, or (with `isolation: full`, the default) lacks an isolation layer, raises `SandboxError`.
     """
 
     def __init__(self, config: SandboxConfig | None = None) -> None:
@@ -177,7 +195,8 @@ class Sandbox:
         self.layers = isolation.Layers()
         self.restarts = 0
         self._conns: list[_Connection | None] = [None] * self.config.server_count
-        self._cgroups: list[isolation.PidsCgroup | None] = [None] * self.config.server_count
+        self._cgroups: list[SandboxCgroup | None] = [None] * self.config.server_count
+        self._jobs_dirs: list[str | None] = [None] * self.config.server_count
         self._ids = itertools.count()
         self._start_lock = threading.Lock()
 
@@ -200,6 +219,7 @@ class Sandbox:
                 try:
                     started.append((index, *self._launch(index)))
                 except SandboxError as exc:
+                    self._stop(index)
                     failures.append(exc)
             for index, conn, layers in started:
                 try:
@@ -238,57 +258,95 @@ class Sandbox:
     def _launch(self, index: int) -> tuple[_Connection, isolation.Layers]:
         cfg = self.config
         layers = isolation.Layers(present=["rlimits"])
-        bwrap = shutil.which("bwrap")
-        if bwrap not in _bwrap_probe:
-            _bwrap_probe[bwrap] = isolation.probe_bwrap(bwrap)
-        why_no_bwrap = _bwrap_probe[bwrap]
         command, env = isolation.server_command()
         tmp_binds: list[str] = []
-        if why_no_bwrap is None and bwrap is not None:
-            layers.present.append("bubblewrap")
-            tmp_binds = isolation.interpreter_paths_under_tmp()
-            command = isolation.bwrap_argv(bwrap, tmp_binds) + command
+        if cfg.isolation == "full":
+            prefix, why_not = self._isolated_prefix()
+            if why_not is None:
+                layers.present += ["bubblewrap", "identity"]
+                command = prefix + command
+                tmp_binds = [p for p in launch.runtime_paths() if p.startswith("/tmp/")]
+            else:
+                layers.missing["bubblewrap" if "bubblewrap" in why_not else "identity"] = why_not
         else:
-            layers.missing["bubblewrap"] = why_no_bwrap or "not found"
-        cgroup = isolation.PidsCgroup.create(cfg.max_processes // cfg.server_count,
-                                             f"delegate-sandbox-{os.getpid()}-{id(self)}-{index}")
+            layers.missing["bubblewrap"] = "isolation is 'none' (the config's choice)"
+        if layers.missing_required and cfg.isolation == "full":
+            raise SandboxError(self._refusal(layers))
+        limits = {"pids": cfg.max_processes // cfg.server_count,
+                  "memory": cfg.memory_of(index, host_memory_bytes())}
+        cgroup, no_cgroup = SandboxCgroup.create(limits)
         self._cgroups[index] = cgroup
+        command = cgroup.wrap(command)
         nproc = None
-        if cgroup is not None:
+        if "pids" in cgroup.limits:
             layers.present.append("process_limit")
-            command = cgroup.wrap(command)
-        elif os.getuid() != 0:
-            layers.present.append("process_limit")
+        elif os.geteuid() != 0 or "identity" in layers.present:
+            layers.present.append("process_limit")  # RLIMIT_NPROC binds an unprivileged uid
             nproc = cfg.max_processes
         else:
-            layers.missing["process_limit"] = ("no writable pids cgroup, and RLIMIT_NPROC does not bind root: "
-                                               "a job may start processes until its deadline")
+            layers.missing["process_limit"] = (f"{no_cgroup['pids']}, and RLIMIT_NPROC does not bind root: a job "
+                                               "may start processes until its deadline")
+        if "memory" in cgroup.limits:
+            layers.present.append("memory_limit")
+        else:
+            layers.missing["memory_limit"] = (f"{no_cgroup['memory']}: only each job's address-space limit holds, "
+                                              "not their sum")
+        jobs_dir = None
+        if "bubblewrap" not in layers.present:  # jobs run in host directories: ours to make and to remove
+            jobs_dir = self._jobs_dirs[index] = tempfile.mkdtemp(prefix="delegate-jobs-")
         server_config = {**cfg.model_dump(mode="json"), "workers": cfg.workers_of(index), "ready": cfg.ready_of(index),
-                         "in_bwrap": "bubblewrap" in layers.present, "nproc": nproc, "tmp_binds": tmp_binds}
+                         "in_bwrap": "bubblewrap" in layers.present, "nproc": nproc, "tmp_binds": tmp_binds,
+                         "jobs_dir": jobs_dir}
         return _Connection(command, env, server_config), layers
+
+    def _isolated_prefix(self) -> tuple[list[str], str | None]:
+        """The bubblewrap command prefix for this caller, and None, or why the sandbox cannot be built here."""
+        bwrap, setpriv = shutil.which("bwrap"), shutil.which("setpriv")
+        if bwrap is None:
+            return [], "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+        identity = None
+        if os.geteuid() == 0:
+            if setpriv is None:
+                return [], ("identity: the caller is root and setpriv, needed to drop to an unprivileged uid, is "
+                            "not installed (Debian/Ubuntu: apt-get install util-linux)")
+            identity = (self.config.uid, self.config.gid)
+        prefix = launch.server_argv(bwrap, setpriv, identity, launch.runtime_paths())
+        key = tuple(prefix)
+        if key not in _probes:
+            _probes[key] = launch.probe(prefix)
+        return prefix, _probes[key]
+
+    def _refusal(self, layers: isolation.Layers) -> str:
+        return (f"the sandbox refuses to run without {', '.join(layers.missing_required)}: "
+                f"{layers.describe_missing(isolation.REQUIRED)}. Running model-written code unisolated is an "
+                "explicit opt-in: executor.isolation: none")
 
     def _ready(self, index: int, conn: _Connection, layers: isolation.Layers) -> _Connection:
         cfg = self.config
         try:
             conn.wait_ready(cfg.start_timeout_s)
         except SandboxError:
-            self._remove_cgroup(index)
+            self._stop(index)
             raise
-        why_no_ns = conn.hello_message.get("job_namespaces")
-        if why_no_ns:
-            layers.missing["job_namespaces"] = why_no_ns
-        else:
-            layers.present.append("job_namespaces")
+        for layer in ("job_namespaces", "seccomp"):
+            why_not = conn.hello_message.get(layer)
+            if why_not:
+                layers.missing[layer] = why_not
+            else:
+                layers.present.append(layer)
         if conn.hello_message.get("preload_missing"):
             _warn_once(f"sandbox: could not preload {', '.join(conn.hello_message['preload_missing'])}")
         self.layers = layers
-        if layers.missing:
-            message = f"sandbox runs without some isolation: {layers.describe_missing()}"
-            if cfg.require_isolation:
-                conn.close()
-                self._remove_cgroup(index)
-                raise SandboxError(message + " (require_isolation is set)")
-            _warn_once(message)
+        if cfg.isolation == "none":
+            _warn_once("sandbox: executor.isolation is 'none': model-written code runs UNISOLATED, as this "
+                       "process's user, with the host's files and network")
+        elif layers.missing_required:
+            conn.close()
+            self._stop(index)
+            raise SandboxError(self._refusal(layers))
+        optional = {name: why for name, why in layers.missing.items() if name not in isolation.REQUIRED}
+        if optional and cfg.isolation == "full":
+            _warn_once("sandbox runs without some limits: " + "; ".join(f"{k}: {v}" for k, v in optional.items()))
         return conn
 
     def _stop(self, index: int) -> None:
@@ -296,13 +354,14 @@ class Sandbox:
         if conn is not None:
             conn.close()
             self._conns[index] = None
-        self._remove_cgroup(index)
-
-    def _remove_cgroup(self, index: int) -> None:
         cgroup = self._cgroups[index]
         if cgroup is not None:
             cgroup.remove()
             self._cgroups[index] = None
+        jobs_dir = self._jobs_dirs[index]
+        if jobs_dir is not None:
+            shutil.rmtree(jobs_dir, ignore_errors=True)
+            self._jobs_dirs[index] = None
 
     # --- running ----------------------------------------------------------------------------------------------
     def run(self, code: str, timeout_s: float | None = None) -> ExecutionResult:
@@ -325,15 +384,15 @@ class Sandbox:
         for index, code in enumerate(codes):  # spread over the servers, one job each in turn
             conn = conns[index % len(conns)]
             jobs.append((conn.submit(next(self._ids), code, timeout) if code.strip() else _empty_program(), conn))
-        return Running(jobs, timeout + self.config.grace_s + STALL_MARGIN_S)
+        return Running(jobs, self.config.grace_s)
 
 
 class Running:
     """Programs handed to the sandbox's servers (`Sandbox.start_many`), not yet waited for."""
 
-    def __init__(self, jobs: list[tuple[Future[ExecutionResult], _Connection]], stall_limit_s: float) -> None:
+    def __init__(self, jobs: list[tuple[Future[ExecutionResult], _Connection]], grace_s: float) -> None:
         self.jobs = jobs
-        self.stall_limit_s = stall_limit_s
+        self.grace_s = grace_s
 
     @property
     def futures(self) -> list[Future[ExecutionResult]]:
@@ -347,7 +406,7 @@ class Running:
                 try:
                     future.result(timeout=0.5)
                 except TimeoutError:
-                    if conn.stalled(self.stall_limit_s):
+                    if conn.stalled(self.grace_s):
                         log.error("a sandbox server stopped answering; killing it")
                         conn.abort("the sandbox server stopped answering")
         return [future.result() for future, _ in self.jobs]

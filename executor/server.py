@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from executor import isolation
+from executor import isolation, syscalls
 from executor.job import SETUP_FAILED, JobSetup, job_main
 from executor.protocol import FRAME, read_frame_blocking, write_frame
 
@@ -101,7 +101,7 @@ class Server:
         self.namespaced = False
         self.setup: JobSetup | None = None
         self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY)
-        self.jobs_dir = tempfile.mkdtemp(prefix="delegate-jobs-")
+        self.jobs_dir: str | None = config.get("jobs_dir")  # made and removed by the caller (no namespaces)
 
     # --- start-up ---------------------------------------------------------------------------------------------
     def warm_up(self) -> list[str]:
@@ -117,8 +117,8 @@ class Server:
         gc.freeze()  # keep the warmed objects out of the collector, so forked jobs do not copy their pages
         return missing
 
-    def choose_isolation(self) -> str | None:
-        """Use per-job namespaces if a probe job runs with them; else say why not."""
+    def choose_isolation(self) -> dict[str, str | None]:
+        """Per-job namespaces and the seccomp filter, if a probe job runs with them; for each, None or why not."""
         vm_kb = int(Path("/proc/self/status").read_text().split("VmSize:")[1].split()[0])
         cfg = self.config
         base = dict(tmpfs_mb=cfg["tmpfs_mb"], address_space_bytes=vm_kb * 1024 + cfg["memory_mb"] * 2**20,
@@ -127,12 +127,20 @@ class Server:
                     binds=tuple(cfg["tmp_binds"]))
         if not cfg["in_bwrap"]:
             self.setup = JobSetup(namespaced=False, **base)
-            return "the server does not run inside bubblewrap, so jobs cannot get namespaces of their own"
-        self.namespaced, self.setup = True, JobSetup(namespaced=True, **base)
+            why = "the server does not run inside bubblewrap"
+            return {"job_namespaces": why + ", so jobs cannot get namespaces of their own",
+                    "seccomp": why + " (isolation: none)"}
+        why_no_seccomp = syscalls.missing()
+        filter_ = keyctl = None
+        if why_no_seccomp is None:
+            filter_, keyctl = syscalls.compile_filter(syscalls.build()), syscalls.number("keyctl")
+        self.namespaced = True
+        self.setup = JobSetup(namespaced=True, keyctl_nr=keyctl, seccomp=filter_, **base)
         why = self._probe()
         if why is not None:
             self.namespaced, self.setup = False, JobSetup(namespaced=False, **base)
-        return why
+            why_no_seccomp = why_no_seccomp or "jobs could not be set up in namespaces"
+        return {"job_namespaces": why, "seccomp": why_no_seccomp}
 
     def _probe(self) -> str | None:
         try:
@@ -161,7 +169,7 @@ class Server:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         report_r, report_w = os.pipe()
-        workdir = None if self.namespaced else tempfile.mkdtemp(dir=self.jobs_dir)
+        workdir = None if self.namespaced else tempfile.mkdtemp(dir=self.jobs_dir or None)
         setup = self.setup if workdir is None else replace(self.setup, workdir=workdir)
         pid = -1
         try:
@@ -333,7 +341,8 @@ class Server:
             self._kill(worker, "shutdown")
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(worker.pid, 0)
-        shutil.rmtree(self.jobs_dir, ignore_errors=True)
+        if self.jobs_dir:
+            shutil.rmtree(self.jobs_dir, ignore_errors=True)
 
     # --- helpers ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -463,10 +472,14 @@ def main() -> None:
     if not config["in_bwrap"]:
         isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the caller
         isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)  # catch the jobs' escaped grandchildren
+    with contextlib.suppress(OSError):  # the OOM killer takes the sandbox's processes (jobs inherit) first
+        Path("/proc/self/oom_score_adj").write_text("1000")
     server = Server(config)
     missing = server.warm_up()
     why_not = server.choose_isolation()
-    write_frame(1, {"type": "hello", "job_namespaces": why_not, "preload_missing": missing})
+    if server.setup is not None and server.setup.keyctl_nr is not None:
+        isolation.join_new_session_keyring(server.setup.keyctl_nr)  # nothing of the caller's session, even here
+    write_frame(1, {"type": "hello", **why_not, "preload_missing": missing})
     try:
         server.serve()
     finally:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -69,10 +70,28 @@ class AgentConfig(BaseModel):
     executor: SandboxConfig = Field(default_factory=SandboxConfig)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> AgentConfig:
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> AgentConfig:
         """Load a recipe; a wrong or misspelled field fails here, naming it (e.g. `planner.temprature`).
         A training recipe's own sections are left to `training.recipe.Recipe`."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a recipe is a mapping with planner, coder and executor sections")
+        data = load_recipe(path, overrides)
         return cls.model_validate({k: v for k, v in data.items() if k not in TRAINING_SECTIONS})
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A recipe's YAML mapping with `section.field=value` overrides applied (the value read as YAML), as the
+    command lines' `--set` gives them: `--set executor.isolation=none --set planner.temperature=0.7`."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe is a mapping with planner, coder and executor sections")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {override!r}: expected section.field=value")
+        *sections, leaf = key.strip().split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {override!r}: {section} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return data

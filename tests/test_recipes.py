@@ -67,3 +67,16 @@ def test_grpo_cannot_sample_differently_from_the_engine(field, planner_field):
         Recipe.model_validate(data)
     data["grpo"][field] = 0.7 if field == "temperature" else 256
     assert Recipe.model_validate(data)
+
+
+def test_command_line_overrides_reach_the_recipe_and_are_validated():
+    path = ROOT / "training" / "recipes" / "qwen2.5-0.5b-request.yaml"
+    recipe = Recipe.from_yaml(path, ["executor.isolation=none", "planner.temperature=0.7", "grpo.temperature=0.7"])
+    assert recipe.executor.isolation == "none" and recipe.planner.temperature == 0.7
+    assert AgentConfig.from_yaml(path, ["executor.timeout_s=3"]).executor.timeout_s == 3.0
+    with pytest.raises(ValueError, match="section.field=value"):
+        Recipe.from_yaml(path, ["executor.isolation"])
+    with pytest.raises(ValueError, match="isolation"):
+        Recipe.from_yaml(path, ["executor.isolation=off"])  # not a choice: refused, never silently open
+    with pytest.raises(ValueError, match="isolaton"):
+        AgentConfig.from_yaml(path, ["executor.isolaton=none"])

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import time
 
 import pytest
 from pydantic import ValidationError
 
 from executor import ExecutionResult, Sandbox, SandboxConfig, SandboxError
+from executor.sandbox import STALL_MARGIN_S
 from tests.helpers import alive, descendants, open_fds, processes_with_cmdline, rss_kb, server_python_pid, wait_until
 
 FAST = SandboxConfig(timeout_s=3.0, grace_s=0.5, workers=2)
@@ -96,34 +100,114 @@ def test_close_leaves_no_process_behind():
     assert wait_until(lambda: not any(alive(pid) for pid in processes | busy_processes), timeout_s=5.0)
 
 
-def test_missing_bubblewrap_warns_once_and_still_runs(monkeypatch, caplog):
+UNISOLATED = FAST.model_copy(update={"isolation": "none"})
+
+
+def test_missing_bubblewrap_refuses_to_start_and_says_how_to_fix_it(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    with caplog.at_level(logging.WARNING, logger="executor.sandbox"), Sandbox(FAST) as sandbox:
+    sandbox = Sandbox(FAST)
+    with pytest.raises(SandboxError) as refused:
+        sandbox.start()
+    message = str(refused.value)
+    assert "bubblewrap" in message and "apt-get install bubblewrap" in message and "isolation: none" in message
+    assert sandbox.server_pids == []  # nothing was started
+
+
+def test_missing_setpriv_refuses_to_start_as_root(monkeypatch, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("only a root caller needs setpriv to drop its identity")
+    (tmp_path / "bwrap").symlink_to(shutil.which("bwrap"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # bwrap, but no setpriv
+    with pytest.raises(SandboxError, match="setpriv"):
+        Sandbox(FAST).start()
+
+
+def test_isolation_none_is_an_explicit_loud_opt_in(monkeypatch, caplog):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with caplog.at_level(logging.WARNING, logger="executor.sandbox"), Sandbox(UNISOLATED) as sandbox:
         assert sandbox.run("print(1)").stdout == "1\n"
-        assert "bubblewrap" in sandbox.layers.missing and "job_namespaces" in sandbox.layers.missing
-    assert any("bubblewrap is not installed" in r.getMessage() for r in caplog.records)
+        assert {"bubblewrap", "job_namespaces", "seccomp"} <= set(sandbox.layers.missing)
+    assert any("UNISOLATED" in r.getMessage() for r in caplog.records)
 
 
-def test_missing_bubblewrap_still_kills_setsid_grandchildren(monkeypatch):
+def test_unisolated_still_kills_setsid_grandchildren(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     marker = "271828.182"
     code = f"import os\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sleep', ['sleep', '{marker}'])\n"
-    with Sandbox(FAST) as sandbox:
+    with Sandbox(UNISOLATED) as sandbox:
         assert sandbox.run(code).status == "ok"
         assert wait_until(lambda: not processes_with_cmdline(f"sleep {marker}"), timeout_s=3.0)
 
 
-def test_require_isolation_refuses_to_start_without_bubblewrap(monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")
-    sandbox = Sandbox(FAST.model_copy(update={"require_isolation": True}))
-    with pytest.raises(SandboxError, match="bubblewrap"):
-        sandbox.start()
+def test_unisolated_killed_server_leaves_no_job_directory():
+    def job_dirs() -> set[str]:
+        return set(glob.glob(os.path.join(tempfile.gettempdir(), "delegate-jobs-*")))
+
+    before = job_dirs()
+    with Sandbox(UNISOLATED) as sandbox:
+        assert sandbox.run("open('x', 'w').write('1')").status == "ok"
+        assert len(job_dirs() - before) == 1
+        os.kill(sandbox.server_pid, signal.SIGKILL)
+        assert wait_until(lambda: sandbox.run("print(1)").stdout == "1\n", timeout_s=10.0)
+        assert sandbox.restarts == 1 and len(job_dirs() - before) == 1  # the new server's only
+    assert job_dirs() == before
 
 
 def test_full_isolation_is_present_here():
     """CI installs bubblewrap and runs as root: every layer must be there (else the hostile tests mean less)."""
-    with Sandbox(FAST.model_copy(update={"require_isolation": True})) as sandbox:
-        assert set(sandbox.layers.present) >= {"bubblewrap", "job_namespaces", "process_limit", "rlimits"}
+    with Sandbox(FAST) as sandbox:
+        assert set(sandbox.layers.present) >= {"bubblewrap", "identity", "job_namespaces", "seccomp",
+                                               "process_limit", "memory_limit", "rlimits"}, sandbox.layers
+
+
+def _cgroup_dirs() -> set[str]:
+    return set(glob.glob("/sys/fs/cgroup/**/delegate-sandbox-*", recursive=True))
+
+
+def test_restarted_server_gets_a_fresh_cgroup_with_its_limits_and_close_removes_it():
+    before = _cgroup_dirs()
+    bomb = "import os, time\nn = 0\ntry:\n    for _ in range(2000):\n        if os.fork() == 0:\n" \
+           "            time.sleep(5)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nprint(n)"
+    config = FAST.model_copy(update={"max_processes": 64})
+    with Sandbox(config) as sandbox:
+        if "process_limit" not in sandbox.layers.present:
+            pytest.skip(f"no process limit here: {sandbox.layers.missing}")
+        first = _cgroup_dirs() - before
+        os.killpg(sandbox.server_pid, signal.SIGKILL)
+        assert wait_until(lambda: sandbox.run("print(1)").stdout == "1\n", timeout_s=10.0)
+        result = sandbox.run(bomb)  # runs on the restarted server
+        assert sandbox.restarts == 1
+        assert result.status == "ok" and int(result.stdout) < 64, result
+        second = _cgroup_dirs() - before
+        assert second and not second & first  # a new name; the old group is gone
+    assert wait_until(lambda: _cgroup_dirs() == before, timeout_s=5.0), _cgroup_dirs() - before
+
+
+def test_the_whole_sandbox_has_a_memory_ceiling():
+    """Two jobs, each within its own address-space limit, together above the sandbox's ceiling: the kernel stops
+    at least one of them (its oom_score_adj makes a job the victim, not the trainer) and the sandbox goes on."""
+    config = FAST.model_copy(update={"memory_mb": 700, "memory_total_mb": 900, "timeout_s": 20.0})
+    touch = "import time\nb = bytearray(500 * 2**20)\nfor i in range(0, len(b), 4096):\n    b[i] = 1\n" \
+            "time.sleep(2)\nprint('survived')"
+    with Sandbox(config) as sandbox:
+        if "memory_limit" not in sandbox.layers.present:
+            pytest.skip(f"no memory limit here: {sandbox.layers.missing}")
+        results = sandbox.run_many([touch, touch])
+        assert sandbox.run("print(open('/proc/self/oom_score_adj').read())").stdout == "1000\n\n"
+        assert sandbox.run("print(1)").stdout == "1\n"
+    statuses = [r.status for r in results]
+    assert statuses.count("ok") <= 1 and set(statuses) <= {"ok", "crashed", "memory"}, results
+
+
+def test_a_busy_server_after_a_long_idle_gap_is_not_called_stalled():
+    """The stall deadline counts from when the server became busy, not from its last answer before an idle gap."""
+    config = SandboxConfig(timeout_s=2.0, grace_s=0.5, workers=1)
+    with Sandbox(config) as sandbox:
+        assert sandbox.run("print(0)").status == "ok"
+        time.sleep(config.timeout_s + config.grace_s + STALL_MARGIN_S + 1.0)
+        result = sandbox.run("import time\ntime.sleep(1)\nprint('done')")
+        assert result.status == "ok" and result.stdout == "done\n", result
+        assert sandbox.restarts == 0
 
 
 def test_config_rejects_unknown_and_invalid_fields():

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import sys
 import tempfile
 import textwrap
 import threading
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+import executor
 from executor import Sandbox, SandboxConfig
-from tests.helpers import alive, descendants, processes_with_cmdline, wait_until
+from tests.helpers import alive, cmdline, descendants, processes_with_cmdline, wait_until
 
 CONFIG = SandboxConfig(timeout_s=2.0, grace_s=0.5, memory_mb=512, workers=2, max_output_bytes=8192,
                        stop_output_bytes=1 << 20)
@@ -29,9 +33,19 @@ def sandbox():
 
 
 @pytest.fixture
-def visible_dir():
-    """A host directory that the sandbox can see (read-only); /tmp is private to each job."""
+def host_dir():
+    """A host directory outside the sandbox's allowlist (world-readable, so that only the sandbox hides it)."""
     path = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="delegate-canary-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def visible_dir():
+    """A host directory the sandbox shows (read-only): inside the executor package, which every job needs."""
+    path = Path(tempfile.mkdtemp(dir=Path(executor.__file__).parent, prefix=".canary-"))
+    path.chmod(0o777)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -128,8 +142,9 @@ def test_one_gigabyte_file_write_fails(sandbox):
     assert "File too large" in result.error or "No space left" in result.error
 
 
-def test_writes_outside_the_job_directory_fail(sandbox, visible_dir):
-    tmp_path = visible_dir
+@pytest.mark.parametrize("where", ["visible_dir", "host_dir"])
+def test_writes_outside_the_job_directory_fail(sandbox, where, request):
+    tmp_path = request.getfixturevalue(where)
     canary = tmp_path / "canary.txt"
     canary.write_text("alive")
     result = run(sandbox, f"""
@@ -140,16 +155,19 @@ def test_writes_outside_the_job_directory_fail(sandbox, visible_dir):
             print("remove:", type(exc).__name__)
         open({str(tmp_path / 'new.txt')!r}, "w").write("pwned")
     """)
-    assert result.status == "error" and "Read-only file system" in result.error
+    # A shown directory is read-only; any other is not there at all.
+    expected = "Read-only file system" if where == "visible_dir" else "No such file or directory"
+    assert result.status == "error" and expected in result.error
     assert canary.read_text() == "alive" and not (tmp_path / "new.txt").exists()
 
 
-def test_rm_rf_through_the_shell_leaves_the_host_alone(sandbox, visible_dir):
-    tmp_path = visible_dir
+@pytest.mark.parametrize("where", ["visible_dir", "host_dir"])
+def test_rm_rf_through_the_shell_leaves_the_host_alone(sandbox, where, request):
+    tmp_path = request.getfixturevalue(where)
     canary = tmp_path / "canary.txt"
     canary.write_text("alive")
     result = run(sandbox, f"import os\nprint(os.system('rm -rf {tmp_path}'))\n")
-    assert result.status == "ok" and result.stdout.strip() != "0"
+    assert result.status == "ok"
     assert canary.read_text() == "alive"
 
 
@@ -347,3 +365,272 @@ def test_each_job_sees_only_itself_and_a_fresh_directory(sandbox):
     first = run(sandbox, "import os\nopen('left.txt', 'w').write('x')\nprint(os.listdir('.'))\n")
     second = run(sandbox, "import os\nprint(os.listdir('.'), os.path.exists('left.txt'), os.getcwd())\n")
     assert first.stdout == "['left.txt']\n" and second.stdout == "[] False /tmp/delegate-job\n"
+
+
+# --- least privilege: what a job must not see, reach or leave behind ----------------------------------------------
+
+def _status_field(pid: int, name: str) -> list[str]:
+    for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return line.split()[1:]
+    return []
+
+
+def test_jobs_run_as_an_unprivileged_host_user(sandbox):
+    """Seen from the host: the server and a running job hold no privileged uid or gid and no supplementary group."""
+    running = sandbox.start_many(["import time\ntime.sleep(1.5)"])
+    time.sleep(0.7)
+    outer = sandbox.server_pid
+    pythons = [pid for pid in descendants(outer) if "executor.server" in cmdline(pid)
+               and Path(cmdline(pid).split(" ", 1)[0]).name.startswith("python")]
+    owners = {pid: (_status_field(pid, "Uid"), _status_field(pid, "Gid"), _status_field(pid, "Groups"))
+              for pid in pythons}
+    assert running.results()[0].status == "ok"
+    assert len(pythons) >= 2, pythons  # the server and at least the busy job
+    expected = str(CONFIG.uid) if os.geteuid() == 0 else str(os.geteuid())
+    for uids, gids, groups in owners.values():
+        assert set(uids) == {expected} and groups == [], owners
+        assert "0" not in gids
+
+
+def test_planted_secrets_are_out_of_reach(sandbox, host_dir):
+    """Secrets where a careless host keeps them: a file in the home directory, a caller-owned 0600 file, the
+    project's checkout and data. The job finds none of them, nor the directories that hold them."""
+    secret = f"delegate-secret-{uuid.uuid4().hex}"
+    home_file = Path.home() / f".delegate-canary-{uuid.uuid4().hex}"
+    private_file = host_dir / "token"
+    checkout = Path(executor.__file__).resolve().parent.parent
+    try:
+        for path in (home_file, private_file):
+            path.write_text(secret)
+            path.chmod(0o600)
+        result = run(sandbox, f"""
+            import os
+            for path in {[str(home_file), str(private_file), "/etc/shadow", str(checkout / "pyproject.toml"),
+                          str(checkout / "README.md")]!r}:
+                try:
+                    print(open(path).read())
+                except OSError as exc:
+                    print(path, type(exc).__name__)
+            print(sorted(os.listdir("/")))
+            for path in ("/home", "/var", "/run", "/srv", "/opt", "/mnt", "/work", {str(Path.home())!r},
+                         {str(checkout)!r}):
+                print(path, os.path.isdir(path) and sorted(os.listdir(path)))
+        """)
+    finally:
+        home_file.unlink(missing_ok=True)
+    assert result.status == "ok", result.error
+    assert secret not in result.stdout + result.stderr
+    assert "root:" not in result.stdout and "[project]" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert all(line.endswith(("FileNotFoundError", "PermissionError")) for line in lines[:5]), lines[:5]
+    top = set(eval(lines[5]))
+    assert top <= {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc", "tmp",
+                   *(Path(p).parts[1] for p in (sys.prefix, sys.base_prefix, str(checkout)))}, top
+    shown = dict(line.split(" ", 1) for line in lines[6:])
+    for path in ("/home", "/var", "/run", "/srv", "/opt", "/mnt"):
+        assert shown[path] == "False", (path, shown[path])
+    # What is left of the checkout is the executor package (and a virtual environment inside it, if any).
+    assert set(eval(shown[str(checkout)])) <= {"executor", ".venv", "venv"}, shown[str(checkout)]
+
+
+def test_host_unix_sockets_are_out_of_reach(sandbox, host_dir, visible_dir):
+    """A socket in a hidden directory, an abstract one (network namespace), and a root-only socket in a directory
+    the sandbox shows (where the mount leaks, the identity holds): none accepts the job's connection."""
+    paths = [str(host_dir / "daemon.sock"), str(visible_dir / "daemon.sock")]
+    abstract = f"\0delegate-canary-{uuid.uuid4().hex}"
+    listeners = []
+    try:
+        for address in [*paths, abstract]:
+            listener = socket.socket(socket.AF_UNIX)
+            listener.bind(address)
+            listener.listen(4)
+            listener.setblocking(False)
+            listeners.append(listener)
+        Path(paths[1]).chmod(0o600)  # root's, like docker.sock
+        result = run(sandbox, f"""
+            import socket
+            for address in {[*paths, abstract]!r}:
+                s = socket.socket(socket.AF_UNIX)
+                try:
+                    s.connect(address)
+                    print("connected")
+                except OSError as exc:
+                    print(type(exc).__name__)
+        """)
+        accepted = 0
+        for listener in listeners:
+            try:
+                listener.accept()[0].close()
+                accepted += 1
+            except BlockingIOError:
+                pass
+    finally:
+        for listener in listeners:
+            listener.close()
+    assert result.status == "ok" and "connected" not in result.stdout, result.stdout
+    assert accepted == 0
+    if os.geteuid() == 0:  # the visible socket: refused by its owner's mode, the job not being root on the host
+        assert result.stdout.splitlines()[1] == "PermissionError"
+
+
+def test_sysctls_and_dev_are_read_only(sandbox):
+    result = run(sandbox, """
+        import os
+        for path in ("/proc/sys/kernel/core_pattern", "/proc/sys/kernel/hostname", "/proc/sysrq-trigger",
+                     "/dev/fill-me", "/dev/null-copy"):
+            try:
+                with open(path, "w") as f:
+                    f.write("|/tmp/pwn")
+                print(path, "written")
+            except OSError as exc:
+                print(path, type(exc).__name__)
+        with open("/dev/null", "w") as f:
+            f.write("fine")
+        print(open("/proc/sys/kernel/ostype").read().strip())
+    """)
+    assert result.status == "ok" and "written" not in result.stdout, result.stdout
+    assert result.stdout.splitlines()[-1] == "Linux"  # reading is fine
+
+
+def test_dev_shm_is_private_and_bounded(sandbox):
+    result = run(sandbox, f"""
+        written = 0
+        try:
+            for i in range({CONFIG.tmpfs_mb // 32 + 2}):  # files under the file-size limit, more than the tmpfs
+                with open(f"/dev/shm/fill{{i}}", "wb") as f:
+                    for _ in range(32):
+                        f.write(b"x" * 2**20)
+                        written += 1
+        except OSError as exc:
+            print(type(exc).__name__, exc.errno)
+        print(written)
+    """)
+    assert result.status == "ok"
+    assert result.stdout.splitlines()[0] == "OSError 28"  # ENOSPC
+    assert int(result.stdout.splitlines()[1]) <= CONFIG.tmpfs_mb
+
+
+LEAVE = """
+import ctypes, os, socket
+from multiprocessing import shared_memory
+import pyseccomp
+libc = ctypes.CDLL(None, use_errno=True)
+done = []
+for path in ("/dev/left", "/dev/shm/left", "left", "/tmp/left"):
+    try:
+        open(path, "w").write("x")
+        done.append(path)
+    except OSError:
+        pass
+if libc.shmget(0x5EED, 4096, 0o1666) >= 0:  # IPC_CREAT | 0666
+    done.append("sysv_shm")
+if libc.msgget(0x5EED, 0o1666) >= 0:
+    done.append("sysv_msg")
+try:
+    shared_memory.SharedMemory(name="delegate-left", create=True, size=4096)._mmap = None
+    done.append("posix_shm")
+except OSError:
+    pass
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+if rt.mq_open(b"/delegate-left", 0o100 | 0o2, 0o666, None) >= 0:  # O_CREAT | O_RDWR
+    done.append("posix_mq")
+add_key = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "add_key")
+if libc.syscall(add_key, b"user", b"delegate-left", b"x", 1, -3) >= 0:  # KEY_SPEC_SESSION_KEYRING
+    done.append("key")
+if libc.sethostname(b"pwned", 5) == 0:
+    done.append("hostname")
+print(done)
+"""
+
+FIND = """
+import ctypes, os
+from multiprocessing import shared_memory
+import pyseccomp
+libc = ctypes.CDLL(None, use_errno=True)
+found = [p for p in ("/dev/left", "/dev/shm/left", "left", "/tmp/left") if os.path.exists(p)]
+if libc.shmget(0x5EED, 0, 0) >= 0:
+    found.append("sysv_shm")
+if libc.msgget(0x5EED, 0) >= 0:
+    found.append("sysv_msg")
+try:
+    shared_memory.SharedMemory(name="delegate-left")
+    found.append("posix_shm")
+except OSError:
+    pass
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+if rt.mq_open(b"/delegate-left", 0) >= 0:
+    found.append("posix_mq")
+request_key = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "request_key")
+if libc.syscall(request_key, b"user", b"delegate-left", None, 0) >= 0:
+    found.append("key")
+if os.uname().nodename != "sandbox":
+    found.append("hostname " + os.uname().nodename)
+print(found)
+"""
+
+
+def test_a_job_leaves_nothing_for_the_next(sandbox):
+    """Files in /dev, /dev/shm, the working directory and /tmp; SysV and POSIX IPC; keys; the hostname: what one
+    job leaves (or tries to), the next one does not find."""
+    left = run(sandbox, LEAVE)
+    found = run(sandbox, FIND)
+    assert left.status == "ok" and found.status == "ok", (left.error, found.error)
+    assert {"/dev/shm/left", "left", "/tmp/left", "sysv_shm", "posix_shm"} <= set(eval(left.stdout))
+    assert not {"/dev/left", "key", "hostname"} & set(eval(left.stdout)), left.stdout
+    assert found.stdout == "[]\n"
+
+
+def test_the_callers_session_keyring_is_out_of_reach(sandbox):
+    """The test plants a key in its own session keyring; the job cannot list, search or read any keyring."""
+    import ctypes
+
+    from executor import syscalls
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    secret = f"delegate-secret-{uuid.uuid4().hex}".encode()
+    key = libc.syscall(syscalls.number("add_key"), b"user", b"delegate-canary", secret, len(secret), -3)
+    assert key > 0, ctypes.get_errno()
+    try:
+        result = run(sandbox, f"""
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            keyctl = {syscalls.number("keyctl")}
+            buf = ctypes.create_string_buffer(4096)
+            print(libc.syscall(keyctl, 11, {key}, buf, 4096), ctypes.get_errno())  # KEYCTL_READ the planted key
+            print(libc.syscall(keyctl, 11, -3, buf, 4096), ctypes.get_errno())  # the session keyring's contents
+            print(buf.raw.rstrip(b"\\0"))
+        """)
+    finally:
+        libc.syscall(syscalls.number("keyctl"), 3, key)  # KEYCTL_REVOKE
+    assert result.status == "ok" and secret.decode() not in result.stdout
+    assert result.stdout.splitlines()[:2] == ["-1 1", "-1 1"]  # EPERM: the filter
+
+
+def test_seccomp_denies_the_kernels_riskiest_interfaces(sandbox):
+    from executor import syscalls
+
+    calls = {"io_uring_setup": "1, 0", "ptrace": "0, 0, 0, 0", "bpf": "0, 0, 0", "perf_event_open": "0, 0, -1, -1, 0",
+             "userfaultfd": "0", "unshare": f"{syscalls.CLONE_NEWUSER}", "keyctl": "0, -3", "mount": "0, 0, 0, 0, 0",
+             "setns": "0, 0", "clone3": "0, 0"}
+    code = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n" + "".join(
+        f"print({name!r}, libc.syscall({syscalls.number(name)}, {args}), ctypes.get_errno())\n"
+        for name, args in calls.items())
+    code += "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])\n"
+    code += "import os\nprint('clone', os.fork() if False else os.system('true'))\n"
+    result = run(sandbox, code)
+    assert result.status == "ok", result.error
+    lines = result.stdout.splitlines()
+    answers = {line.split()[0].strip("'"): line.split()[1:] for line in lines[: len(calls)]}
+    for name in calls:
+        expected = ["-1", "38"] if name == "clone3" else ["-1", "1"]  # ENOSYS (the C library falls back), EPERM
+        assert answers[name] == expected, (name, answers[name])
+    assert lines[len(calls)] == "2"  # filter mode
+    assert lines[-1] == "clone 0"  # ordinary processes still start
+
+
+def test_stdout_set_to_none_is_an_ordinary_program(sandbox):
+    result = run(sandbox, "import sys\nsys.stdout = None\nprint(1)\n")
+    assert result.status == "ok" and result.stdout == "" and result.error is None
+    result = run(sandbox, "import sys\nsys.stderr = None\n1/0\n")
+    assert result.status == "error" and "ZeroDivisionError" in result.error

@@ -63,12 +63,14 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
     parser.add_argument("--out", required=True)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--drop-unsolved", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a recipe field, e.g. --set executor.isolation=none (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from training.grpo import load_prompts
 
-    recipe = Recipe.from_yaml(args.config)
+    recipe = Recipe.from_yaml(args.config, args.set)
     problems = list(load_prompts(recipe))
     agent_config = AgentConfig(planner=recipe.planner, coder=recipe.coder, executor=recipe.executor)
     with Agent(agent_config, **agent_kwargs) as agent:

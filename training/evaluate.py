@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,12 +226,12 @@ def load_set(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def evaluate(config: str | Path, problems: list[dict[str, Any]], out: Path, *, no_tools: bool = False,
-             batch_size: int | None = None, **agent_kwargs: Any) -> dict[str, Any]:
+             batch_size: int | None = None, overrides: Sequence[str] = (), **agent_kwargs: Any) -> dict[str, Any]:
     """Evaluate the agent of `config` on `problems` (dicts with `prompt`, `answer`, `source`); write the run's
     files in `out`; the metrics."""
     from planner import Agent, AgentConfig
 
-    agent_config = AgentConfig.from_yaml(config)
+    agent_config = AgentConfig.from_yaml(config, overrides)
     if no_tools:
         agent_config = agent_config.model_copy(update={"planner": agent_config.planner.model_copy(
             update={"tools": False})})
@@ -261,6 +262,8 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
     parser.add_argument("--batch-size", type=int, help="problems per solve_many call (default: planner.batch_size)")
     parser.add_argument("--out", type=Path, help="the run's directory (default: runs/eval/<recipe>-<data>)")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("RUN_A", "RUN_B"))
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a recipe field, e.g. --set executor.isolation=none (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.compare:
@@ -274,7 +277,8 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
     problems = load_set(args)
     if not problems:
         parser.error(f"{args.data}: no problems left to evaluate")
-    evaluate(args.config, problems, out, no_tools=args.no_tools, batch_size=args.batch_size, **agent_kwargs)
+    evaluate(args.config, problems, out, no_tools=args.no_tools, batch_size=args.batch_size, overrides=args.set,
+             **agent_kwargs)
     print((out / "report.md").read_text())
     return out
 

@@ -5,15 +5,15 @@ A wrong field fails when the recipe loads, naming it (`grpo` fields are checked 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from coder import CoderConfig
 from executor import SandboxConfig
-from planner.config import PlannerConfig
+from planner.config import PlannerConfig, load_recipe
 
 
 class LoraSection(BaseModel):
@@ -117,5 +117,6 @@ class Recipe(BaseModel):
         return self
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> Recipe:
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+        """Load a recipe, with `section.field=value` overrides (`planner.config.load_recipe`)."""
+        return cls.model_validate(load_recipe(path, overrides))
