@@ -74,7 +74,7 @@ def test_command_line_overrides_reach_the_recipe_and_are_validated():
     recipe = Recipe.from_yaml(path, ["executor.isolation=none", "planner.temperature=0.7", "grpo.temperature=0.7"])
     assert recipe.executor.isolation == "none" and recipe.planner.temperature == 0.7
     assert AgentConfig.from_yaml(path, ["executor.timeout_s=3"]).executor.timeout_s == 3.0
-    with pytest.raises(ValueError, match="section.field=value"):
+    with pytest.raises(ValueError, match=r"section\.field=value"):
         Recipe.from_yaml(path, ["executor.isolation"])
     with pytest.raises(ValueError, match="isolation"):
         Recipe.from_yaml(path, ["executor.isolation=off"])  # not a choice: refused, never silently open
