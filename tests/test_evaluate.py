@@ -10,7 +10,7 @@ from transformers import LogitsProcessor
 
 from planner import Agent, AgentConfig
 from planner.scripted import Env, Say, ScriptedText
-from training import evaluate
+from training import evaluate, stats
 from training.records import read_records
 
 PROBLEMS = [  # question, reference, source, the planner's script
@@ -87,7 +87,9 @@ def test_no_tools_keeps_the_planner_from_calling(tmp_path, setup):
     comparison = evaluate.main(["--compare", str(tmp_path / "tools"), str(tmp_path / "no-tools"), "--out",
                                 str(tmp_path / "cmp")])
     text = comparison.read_text()
-    assert "| metric | tools | no-tools |" in text and "Accuracy of no-tools minus tools: +0.0 points" in text
+    assert "| metric | tools | no-tools |" in text
+    assert f"Accuracy of no-tools minus tools, paired over the same {len(problems)} problems: +0.0 points" in text
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["gained"] == 0
     assert (tmp_path / "cmp" / "comparison.png").exists()
 
 
@@ -99,5 +101,48 @@ def test_compare_names_a_directory_without_metrics(tmp_path):
 
 @pytest.mark.parametrize("successes, n", [(0, 10), (10, 10), (5, 10), (37, 200)])
 def test_wilson_interval_holds_the_estimate_and_stays_in_bounds(successes, n):
-    low, high = evaluate.wilson(successes, n)
+    low, high = stats.wilson(successes, n)
     assert 0.0 <= low <= successes / n <= high <= 1.0 and high - low > 0
+
+
+def test_wilson_interval_has_the_textbook_value():
+    low, high = stats.wilson(37, 200)  # p = 0.185: Wilson's 95 % interval is [0.1373, 0.2449]
+    assert low == pytest.approx(0.1373, abs=5e-4) and high == pytest.approx(0.2449, abs=5e-4)
+
+
+def test_paired_comparison_finds_a_gain_an_unpaired_interval_would_blur():
+    before = [True] * 30 + [False] * 70
+    after = list(before)
+    for i in range(30, 50):  # 20 problems gained
+        after[i] = True
+    after[0] = after[1] = False  # 2 lost
+    result = stats.paired(before, after)
+    assert result["delta"] == pytest.approx(0.18) and (result["gained"], result["lost"]) == (20, 2)
+    assert result["mcnemar_p"] == pytest.approx(0.000121, rel=0.01)  # binomial: 2 or fewer of 22 at 1/2, twice
+    low, high = result["ci95"]
+    assert 0.0 < low < 0.18 < high
+    unpaired = 1.96 * (0.3 * 0.7 / 100 + 0.48 * 0.52 / 100) ** 0.5
+    assert high - low < 2 * unpaired * 0.75  # pairing removes the problems both runs share
+    with pytest.raises(ValueError, match="same"):
+        stats.paired(before, after[:-1])
+
+
+def _fake_run(path, questions, correct):
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps({"n": len(questions), "accuracy": sum(correct) / len(correct),
+                                                   "by_source": {}, "tool_call_rate": 0.0}))
+    (path / "trajectories.jsonl").write_text("".join(
+        json.dumps({"question": q, "reference": "1", "correct": c, "tool_calls": []}) + "\n"
+        for q, c in zip(questions, correct, strict=True)))
+
+
+def test_compare_refuses_runs_over_different_problems(tmp_path):
+    _fake_run(tmp_path / "a", ["q1", "q2"], [True, False])
+    _fake_run(tmp_path / "b", ["q1", "q3"], [True, True])
+    with pytest.raises(ValueError, match="different problems"):
+        evaluate.compare([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+
+
+def test_default_folder_names_the_agent():
+    assert evaluate.agent_name("runs/qwen2.5-0.5b-request/agent.yaml") == "qwen2.5-0.5b-request"
+    assert evaluate.agent_name("training/recipes/toy-request.yaml") == "toy-request"

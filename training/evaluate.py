@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from collections import Counter
@@ -31,17 +30,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from training.stats import paired, wilson
+
 log = logging.getLogger("training.evaluate")
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (sound at 0 % and 100 %, unlike the normal approximation)."""
-    if n == 0:
-        return 0.0, 0.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _accuracy(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -200,21 +191,51 @@ def compare(runs: list[Path], out: Path) -> Path:
         if not metrics_path.exists():
             raise FileNotFoundError(f"{metrics_path} not found: is {run_dir} an evaluation's --out directory?")
         named[run_dir.name if run_dir.name not in named else str(run_dir)] = json.loads(metrics_path.read_text())
+    correct = [_correct_by_problem(run_dir) for run_dir in _same_problems(runs)]
     out.mkdir(parents=True, exist_ok=True)
     plot_by_source(named, out / "comparison.png")
     plot_calls(named, out / "comparison_calls.png")
     names = list(named)
-    first, second = named[names[0]], named[names[-1]]
-    delta = second["accuracy"] - first["accuracy"]
-    # The difference of two independent proportions: its normal 95 % interval.
-    spread = 1.96 * math.sqrt(first["accuracy"] * (1 - first["accuracy"]) / max(first["n"], 1)
-                              + second["accuracy"] * (1 - second["accuracy"]) / max(second["n"], 1))
-    text = (f"# Comparison\n\n{metrics_table(named)}\n\nAccuracy of {names[-1]} minus {names[0]}: "
-            f"{100 * delta:+.1f} points (95% interval {100 * (delta - spread):+.1f} to {100 * (delta + spread):+.1f})."
+    result = paired(correct[0], correct[-1])
+    (out / "comparison.json").write_text(json.dumps({"before": names[0], "after": names[-1], **result}, indent=1))
+    low, high = result["ci95"]
+    text = (f"# Comparison\n\n{metrics_table(named)}\n\nAccuracy of {names[-1]} minus {names[0]}, paired over the "
+            f"same {result['n']} problems: {100 * result['delta']:+.1f} points (95% paired bootstrap interval "
+            f"{100 * low:+.1f} to {100 * high:+.1f}); {result['gained']} problems gained, {result['lost']} lost "
+            f"(McNemar's exact test p = {result['mcnemar_p']:.3g})."
             f"\n\n![accuracy by source](comparison.png)\n\n![calls per answer](comparison_calls.png)\n")
     path = out / "comparison.md"
     path.write_text(text)
     return path
+
+
+def agent_name(config: str | Path) -> str:
+    """A name for the agent of `config`: the recipe's stem, or for a trained agent's `agent.yaml` (every GRPO run
+    writes one) its run directory's name, so that two agents' evaluations do not share a folder."""
+    path = Path(config)
+    return path.parent.name if path.stem == "agent" and path.parent.name else path.stem
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "trajectories.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: a paired comparison needs each run's trajectories")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _same_problems(runs: list[Path]) -> list[Path]:
+    """The runs, once each has been checked to hold the same problems (question and reference) as the first."""
+    keys = [sorted((r["question"], str(r.get("reference"))) for r in _records(run)) for run in runs]
+    if any(k != keys[0] for k in keys[1:]):
+        raise ValueError(f"{runs[0]} and {runs[-1]} were evaluated on different problems: a comparison is only "
+                         "meaningful over the same set (same data, limit, filters and big-value seed)")
+    return runs
+
+
+def _correct_by_problem(run_dir: Path) -> list[bool]:
+    """Correctness in a fixed problem order (sorted by question), so two runs line up pair by pair."""
+    return [bool(r["correct"]) for r in sorted(_records(run_dir), key=lambda r: (r["question"],
+                                                                                 str(r.get("reference"))))]
 
 
 def load_set(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -272,8 +293,8 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
         return path
     if not (args.config and args.data):
         parser.error("--config and --data are needed (or --compare RUN_A RUN_B)")
-    out = args.out or Path("runs/eval") / f"{Path(args.config).stem}-{Path(args.data).stem}" \
-        f"{'-no-tools' if args.no_tools else ''}"
+    out = args.out or Path("runs/eval") / f"{agent_name(args.config)}-{Path(args.data).stem}" \
+        f"{'-big-values' if args.big_values else ''}{'-no-tools' if args.no_tools else ''}"
     problems = load_set(args)
     if not problems:
         parser.error(f"{args.data}: no problems left to evaluate")

@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -71,7 +70,7 @@ GPU = dict(device="cuda", hidden_size=256, layers=6, copy_examples=64000, copy_b
 class Metrics:
     n: int
     accuracy: float
-    accuracy_ci95: float
+    accuracy_ci95: tuple[float, float]  # Wilson
     tool_call_rate: float
     calls_per_answer: float
     tool_error_rate: float
@@ -81,6 +80,7 @@ def evaluate(agent: Any, problems: list[Problem]) -> Metrics:
     """Held-out accuracy (exact, via the `correctness` reward), the share of problems with a tool call, calls per
     problem, and the share of calls that failed (coder or executor)."""
     from training.rewards import answers_match
+    from training.stats import wilson
 
     solutions = agent.solve_many([p.question for p in problems])
     correct = [s.answer is not None and answers_match(s.answer, p.answer) for s, p in zip(solutions, problems,
@@ -89,7 +89,7 @@ def evaluate(agent: Any, problems: list[Problem]) -> Metrics:
     failed = [c for c in calls if c.result.status != "ok" or c.coder_failure]
     n = len(problems)
     accuracy = sum(correct) / n
-    return Metrics(n, accuracy, 1.96 * math.sqrt(accuracy * (1 - accuracy) / n),
+    return Metrics(n, accuracy, wilson(sum(correct), n),
                    sum(bool(s.trajectory.tool_calls) for s in solutions) / n, len(calls) / n,
                    len(failed) / len(calls) if calls else 0.0)
 
@@ -280,7 +280,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             for policy in ("before", "after"):
                 m = result[policy][decoding]
                 lines.append(f"| {mode} | {decoding} | {'SFT' if policy == 'before' else 'SFT + GRPO'} | "
-                             f"{m.accuracy:.1%} ± {m.accuracy_ci95:.1%} | {m.tool_call_rate:.1%} | "
+                             f"{m.accuracy:.1%} [{m.accuracy_ci95[0]:.1%}, {m.accuracy_ci95[1]:.1%}] | "
+                             f"{m.tool_call_rate:.1%} | "
                              f"{m.calls_per_answer:.2f} | {m.tool_error_rate:.1%} |")
     return "\n".join(lines)
 
