@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import yaml
 
@@ -19,7 +20,7 @@ def test_order_drops_solved_and_sorts_easy_to_hard():
     assert [s.prompt for s in order(scored, drop_unsolved=True)] == ["c", "e", "a"]
 
 
-def test_command_samples_with_the_engine_and_writes_the_order(tmp_path, tiny_model_dir):
+def test_command_samples_with_the_engine_and_writes_the_order(tmp_path, tiny_model_dir, caplog):
     problems = {"What is 6 times 7?": "42", "What is 2 plus 2?": "4", "What is 10 minus 3?": "7"}
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"prompt": q, "answer": a}) + "\n" for q, a in problems.items()))
@@ -40,8 +41,12 @@ def test_command_samples_with_the_engine_and_writes_the_order(tmp_path, tiny_mod
     with Agent(config) as probe:
         prompts = {tuple(probe.engine.prompt_ids(probe.system_prompt, q)): s for q, s in scripts.items()}
         tokenizer = probe.tokenizer
-    out = curriculum.main(["--config", str(recipe), "--out", str(tmp_path / "curriculum.jsonl"), "--samples", "2"],
-                          logits_processors=[ScriptedText(tokenizer, prompts)])
+    with caplog.at_level(logging.WARNING, logger="training.curriculum"):
+        out = curriculum.main(["--config", str(recipe), "--out", str(tmp_path / "curriculum.jsonl"), "--samples",
+                               "2"], logits_processors=[ScriptedText(tokenizer, prompts)])
+    # The scripted planner answers every sample alike: the rates are all 0 or 1, and the curriculum says so.
+    assert any("every pass rate is 0 or 1" in r.getMessage() and "temperature 1.0" in r.getMessage()
+               for r in caplog.records)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows == [{"prompt": "What is 2 plus 2?", "answer": "4", "pass_rate": 0.0, "source": "data"},
                     {"prompt": "What is 10 minus 3?", "answer": "7", "pass_rate": 0.0, "source": "data"}]  # 6 x 7

@@ -22,6 +22,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tqdm import tqdm
+
 from planner import Agent, AgentConfig
 from training.recipe import Recipe
 from training.rewards import answers_match
@@ -38,16 +40,23 @@ class Scored:
 
 
 def pass_rates(agent: Agent, problems: list[dict[str, str]], samples: int, batch: int = 64) -> list[Scored]:
-    """Each problem's share of `samples` solutions whose answer matches the reference."""
+    """Each problem's share of `samples` solutions whose answer matches the reference (with a progress bar)."""
     flat = [p for p in problems for _ in range(samples)]
     solved: list[bool] = []
-    for start in range(0, len(flat), batch):
-        chunk = flat[start:start + batch]
-        solutions = agent.solve_many([p["prompt"] for p in chunk])
-        solved += [answers_match(p["answer"], s.answer) for p, s in zip(chunk, solutions, strict=True)]
-        log.info("curriculum: %d / %d samples", len(solved), len(flat))
-    return [Scored(p["prompt"], p["answer"], sum(solved[i * samples:(i + 1) * samples]) / samples,
-                   p.get("source") or "") for i, p in enumerate(problems)]
+    with tqdm(total=len(flat), desc="curriculum", unit="sample") as progress:
+        for start in range(0, len(flat), batch):
+            chunk = flat[start:start + batch]
+            solutions = agent.solve_many([p["prompt"] for p in chunk])
+            solved += [answers_match(p["answer"], s.answer) for p, s in zip(chunk, solutions, strict=True)]
+            progress.update(len(chunk))
+    scored = [Scored(p["prompt"], p["answer"], sum(solved[i * samples:(i + 1) * samples]) / samples,
+                     p.get("source") or "") for i, p in enumerate(problems)]
+    if samples > 1 and scored and all(s.pass_rate in (0.0, 1.0) for s in scored):
+        temperature = getattr(getattr(getattr(agent, "config", None), "planner", None), "temperature", None)
+        log.warning("curriculum: every pass rate is 0 or 1 (%d samples each, planner temperature %s): the samples "
+                    "agree, so the order says nothing about difficulty within the solved or the unsolved; sample "
+                    "at the temperature training uses (planner.temperature > 0)", samples, temperature)
+    return scored
 
 
 def order(scored: list[Scored], drop_unsolved: bool = False) -> list[Scored]:
