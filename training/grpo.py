@@ -59,12 +59,12 @@ class Run:
 def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     """Everything up to a ready `GRPOTrainer`. `logits_processors` reach the planner's generation (tests use them
     to script tool calls into a tiny random model)."""
+    config = recipe.grpo_config()  # TRL's checks, the hardware's included, before anything heavy is loaded
     sandbox = Sandbox(recipe.executor).start()  # a fresh process, started before any CUDA work
 
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig
 
     from training.filtering import FilteringGRPOTrainer
     from training.guards import NonFiniteGradientGuard
@@ -80,8 +80,6 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
                                           planner.max_result_chars, planner.stop_at_answer),
                              planner.temperature, planner.top_p, planner.batch_size, planner.cache_implementation,
                              logits_processors, reuse_cache=planner.reuse_cache, tool_chunks=planner.tool_chunks)
-    config = GRPOConfig(**{"max_completion_length": planner.max_completion_tokens,
-                           "temperature": planner.temperature, **recipe.grpo})
     model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=torch.bfloat16 if config.bf16 else torch.float32)
     lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                       target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")

@@ -114,7 +114,23 @@ class Recipe(BaseModel):
                 raise ValueError(f"grpo.{grpo_field} ({self.grpo[grpo_field]}) differs from planner.{planner_field} "
                                  f"({getattr(self.planner, planner_field)}): the engine samples with the planner's "
                                  f"setting, so set planner.{planner_field} only")
+        try:  # TRL's own checks (batch sizes against the group size, ...) now, not after the models are loaded
+            self.grpo_config(check_hardware=False)
+        except ValueError as exc:
+            raise ValueError(f"grpo: {exc}") from exc
         return self
+
+    def grpo_config(self, check_hardware: bool = True) -> Any:
+        """TRL's `GRPOConfig` of this recipe (the planner's temperature and budget included). Without
+        `check_hardware` the precision flags are left out, so that a GPU recipe validates on any machine; `build`
+        makes the full one first thing, on the machine that trains."""
+        from trl import GRPOConfig
+
+        fields = {"max_completion_length": self.planner.max_completion_tokens,
+                  "temperature": self.planner.temperature, **self.grpo}
+        if not check_hardware:
+            fields.update(bf16=False, fp16=False)
+        return GRPOConfig(**fields)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
