@@ -150,19 +150,29 @@ class TransformersBackend:
                                          self.config.temperature, self.config.top_p)
                 return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
             prefix = copy.deepcopy(prefix)  # `generate` grows the cache it is given
-            sampling: dict[str, Any] = {"do_sample": False}
-            if self.config.temperature > 0:
-                sampling = {"do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p}
             resumed: dict[str, Any] = {}
             if prefix is not None:
                 prefix.batch_repeat_interleave(len(rows))
                 resumed = cache_argument(self.model, prefix)
             generated = self.model.generate(input_ids=ids, attention_mask=mask, **last_logits(self.model),
-                                            max_new_tokens=self.config.max_new_tokens,
-                                            pad_token_id=self.tokenizer.pad_token_id,
-                                            cache_implementation=self.config.cache_implementation,
-                                            **sampling, **resumed)
+                                            generation_config=self.generation_config(), **resumed)
         return self.tokenizer.batch_decode(generated[:, ids.shape[1]:], skip_special_tokens=True)
+
+    def generation_config(self) -> Any:
+        """Every field that shapes the next token, set: `generate` fills what is left unset from the model's own
+        `generation_config.json` (Qwen2.5-Instruct ships a repetition penalty of 1.05 and top-k 20, which would
+        penalise the very digits a request asks the coder to copy). Greedy here is greedy, as in `GraphDecoder`."""
+        from transformers import GenerationConfig
+
+        sampling = self.config.temperature > 0
+        return GenerationConfig(
+            max_new_tokens=self.config.max_new_tokens, do_sample=sampling,
+            temperature=self.config.temperature if sampling else 1.0, top_p=self.config.top_p if sampling else 1.0,
+            top_k=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
+            encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0, min_length=0,
+            min_new_tokens=0, renormalize_logits=False, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(eos_ids(self.model, self.tokenizer)),
+            cache_implementation=self.config.cache_implementation, use_cache=True)
 
     def _prefix(self, tokens: list[int]) -> Any:
         """The one-row KV cache of the shared tokens (None for none). The kept one serves as it is when these are

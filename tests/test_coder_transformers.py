@@ -233,3 +233,27 @@ def test_cuda_graph_replies_equal_generate_on_the_gpu(config):
                 assert all(isinstance(r, str) for r in coder.backend.complete([[{"role": "user", "content": "x"}]]))
     assert replies[True] == replies[False]
     assert len(set(replies[True][0])) > 1
+
+
+def test_greedy_ignores_the_models_own_sampling_defaults(config, tmp_path):
+    """A model whose `generation_config.json` sets a repetition penalty, n-gram blocking and sampling (as
+    Qwen2.5-Instruct's does): the coder's greedy replies are those of the same weights without that file."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    penalised = tmp_path / "penalised"
+    shutil.copytree(Path(config.model), penalised)
+    settings = {"do_sample": True, "temperature": 0.7, "top_k": 2, "top_p": 0.5, "repetition_penalty": 5.0,
+                "no_repeat_ngram_size": 1}
+    file = penalised / "generation_config.json"
+    file.write_text(json.dumps({**(json.loads(file.read_text()) if file.exists() else {}), **settings}))
+    plain_config = config.model_copy(update={"cache_size": 0})
+    with build_coder(plain_config) as plain, \
+            build_coder(plain_config.model_copy(update={"model": str(penalised)})) as coder:
+        expected = [p.reply for p in plain.write_programs(REQUESTS)]
+        assert [p.reply for p in coder.write_programs(REQUESTS)] == expected
+        assert [p.reply for p in coder.write_programs(REQUESTS)] == expected  # and again: no sampling
+    graph_config = plain_config.model_copy(update={"model": str(penalised), "cuda_graph": True})
+    with build_coder(graph_config) as graph:  # the CUDA-graph decoding loop (eager here): the same tokens
+        assert [p.reply for p in graph.write_programs(REQUESTS)] == expected
