@@ -230,3 +230,39 @@ def test_a_non_finite_gradient_skips_the_update_and_a_diverged_run_stops(tmp_pat
             grpo.train(run)
     finally:
         run.close()
+
+
+def test_only_truncated_rollouts_leave_the_loss_under_mask_truncated_completions(tmp_path, tiny_model_dir,
+                                                                                  monkeypatch):
+    """With TRL's `mask_truncated_completions`, TRL's own completion mask keeps the rollouts the engine ended (an
+    answer, a format violation, a model EOS) and drops only the one that ran out of tokens."""
+    monkeypatch.setitem(REWARDS, "digits", digits)
+    processors: list = []
+    recipe = Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir, max_steps=4, mask_truncated_completions=True),
+                              ["groups.filter=false"])  # scripted groups score alike: keep them, to see TRL's mask
+    run = grpo.build(recipe, logits_processors=processors)
+    scripts = {QUESTIONS[0]: [Say("<result>\n5\n</result>\n")],  # the planner writes a result: format_violation
+               QUESTIONS[1]: [Say("\\boxed{7}")],  # answer
+               QUESTIONS[2]: [Say("seven " * 60)],  # past the 40-token budget: length
+               QUESTIONS[3]: [Say("no idea")]}  # then EOS: eos
+    try:
+        rollout = run.rollout
+        probe = RolloutEngine(rollout.protocol, None, rollout.tokenizer, run.sandbox)
+        processors.append(ScriptedText(rollout.tokenizer, {tuple(probe.prompt_ids(rollout.system_prompt, q)): s
+                                                           for q, s in scripts.items()}))
+        seen: list[tuple[str, int]] = []
+        original = run.trainer._generate_and_score_completions
+
+        def record(inputs):
+            batch = original(inputs)
+            kept = batch["completion_mask"].sum(dim=1).tolist()
+            seen.extend(zip([t.finish_reason for t in rollout.last], kept, strict=True))
+            return batch
+
+        monkeypatch.setattr(run.trainer, "_generate_and_score_completions", record)
+        grpo.train(run)
+    finally:
+        run.close()
+    finishes = {reason for reason, _ in seen}
+    assert finishes == {"format_violation", "answer", "length", "eos"}, finishes
+    assert all((kept == 0) == (reason == "length") for reason, kept in seen), seen

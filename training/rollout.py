@@ -112,7 +112,8 @@ class PlannerRollout:
             trainer._metrics[mode][name].append(value)
         for phase, seconds in self.seconds.items():  # where this process's rollout time went
             trainer._metrics[mode][f"time/rollout_{phase}"].append(seconds)
-        return to_trl(self.last, self.tokenizer.eos_token_id)
+        eos_ids = list(getattr(trainer, "eos_token_ids", None) or [self.tokenizer.eos_token_id])
+        return to_trl(self.last, eos_ids, self.tokenizer.pad_token_id)
 
     def run(self, model: Any, questions: list[str], sync: RankSync | None = None,
             lockstep: RankSync | None = None) -> list[Trajectory]:
@@ -176,14 +177,23 @@ def metrics_from_counts(c: dict[str, float], has_coder: bool) -> dict[str, float
     return metrics
 
 
-def to_trl(trajectories: list[Trajectory], eos_id: int) -> dict[str, list[Any]]:
-    """TRL's rollout output. A rollout that ended at its answer gets an EOS appended as an environment token
-    (masked, log-probability 0): TRL treats a completion that does not end in EOS as truncated, which would
-    misreport it and, with `mask_truncated_completions`, drop it from the loss."""
+# What TRL must see, by finish reason. TRL calls a completion truncated when its last token is not one of its EOS
+# (or pad) ids, and with `mask_truncated_completions` drops it from the loss. Only a rollout that ran out of tokens
+# is truncated. One that ended at its answer, or that the engine stopped for a format violation or at the tool
+# limit, ended: it keeps its reward in the loss (a penalised rollout must stay there to be discouraged), so it
+# gets an EOS appended as an environment token (masked, log-probability 0) unless it already ends in one.
+TRUNCATED_FINISHES = frozenset({"length"})
+
+
+def to_trl(trajectories: list[Trajectory], eos_ids: list[int], pad_id: int | None = None) -> dict[str, list[Any]]:
+    """TRL's rollout output (`TRUNCATED_FINISHES` says which rollouts stay truncated). `eos_ids`: the trainer's
+    own (`GRPOTrainer.eos_token_ids`, from the model's generation config); the first is what is appended."""
+    ends, eos_id = {*eos_ids, pad_id} - {None}, eos_ids[0]
     out: dict[str, list[Any]] = {key: [] for key in ("prompt_ids", "completion_ids", "logprobs", "env_mask",
                                                      "predicted", "tool_calls", "finish_reason", "violations")}
     for t in trajectories:
-        ended = t.finish_reason == "answer" and (not t.completion_ids or t.completion_ids[-1] != eos_id)
+        ended = t.finish_reason not in TRUNCATED_FINISHES and (not t.completion_ids
+                                                               or t.completion_ids[-1] not in ends)
         out["prompt_ids"].append(list(t.prompt_ids))
         out["completion_ids"].append(t.completion_ids + [eos_id] * ended)
         out["logprobs"].append(t.logprobs + [0.0] * ended)
