@@ -266,3 +266,35 @@ def test_only_truncated_rollouts_leave_the_loss_under_mask_truncated_completions
     finishes = {reason for reason, _ in seen}
     assert finishes == {"format_violation", "answer", "length", "eos"}, finishes
     assert all((kept == 0) == (reason == "length") for reason, kept in seen), seen
+
+
+def test_training_continues_the_given_adapter_in_the_given_dtype(tmp_path, tiny_model_dir, monkeypatch):
+    """`planner.adapter` (an SFT adapter, a checkpoint): training goes on from its weights, trainable, not from a
+    fresh LoRA; `planner.dtype` is the weights' dtype."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setitem(REWARDS, "digits", digits)
+    for part in ("first", "second"):
+        (tmp_path / part).mkdir()
+    first = grpo.build(Recipe.from_yaml(write_recipe(tmp_path / "first", tiny_model_dir, max_steps=1)))
+    try:
+        saved = grpo.train(first)
+    finally:
+        first.close()
+    weights = load_file(str(saved / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())  # trained: B != 0
+
+    recipe = Recipe.from_yaml(write_recipe(tmp_path / "second", tiny_model_dir, max_steps=1),
+                              [f"planner.adapter={saved}", "planner.dtype=float32"])
+    run = grpo.build(recipe)
+    try:
+        model = run.trainer.model
+        lora = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+        assert lora and all(p.requires_grad and p.dtype == torch.float32 for p in lora.values())
+        by_suffix = {k.split("base_model.model.", 1)[-1].replace(".weight", ""): v for k, v in weights.items()}
+        for name, param in lora.items():
+            key = name.split("base_model.model.", 1)[-1].replace(".default", "").replace(".weight", "")
+            assert torch.equal(param.detach().cpu(), by_suffix[key].float()), name  # the adapter's own weights
+        assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" not in n)
+    finally:
+        run.close()

@@ -80,3 +80,14 @@ def test_command_line_overrides_reach_the_recipe_and_are_validated():
         Recipe.from_yaml(path, ["executor.isolation=off"])  # not a choice: refused, never silently open
     with pytest.raises(ValueError, match="isolaton"):
         AgentConfig.from_yaml(path, ["executor.isolaton=none"])
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["planner.device=cuda:1"], "accelerate"),
+    (["planner.device=cpu", "grpo.use_cpu=false"], "use_cpu"),
+    (["planner.backend=vllm"], "use_vllm"),
+    (["planner.dtype=float16", "grpo.bf16=true"], "one half precision"),
+])
+def test_planner_fields_training_cannot_honour_are_refused(overrides, words):
+    with pytest.raises(ValueError, match=words):
+        Recipe.from_yaml(ROOT / "training" / "recipes" / "toy-request.yaml", overrides)

@@ -80,9 +80,19 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
                                           planner.max_result_chars, planner.stop_at_answer),
                              planner.temperature, planner.top_p, planner.batch_size, planner.cache_implementation,
                              logits_processors, reuse_cache=planner.reuse_cache, tool_chunks=planner.tool_chunks)
-    model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=torch.bfloat16 if config.bf16 else torch.float32)
-    lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-                      target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
+    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    dtype = dtypes.get(planner.dtype) or (torch.bfloat16 if config.bf16 else torch.float32)  # `auto`: the flags'
+    model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=dtype)
+    lora: LoraConfig | None = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
+                                         lora_dropout=recipe.lora.dropout, target_modules=recipe.lora.target_modules,
+                                         task_type="CAUSAL_LM")
+    if planner.adapter:  # continue the given adapter (an SFT one, a checkpoint's), trainable; its own LoRA shape
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, planner.adapter, is_trainable=True)
+        lora = None
+        log.info("continuing the adapter %s (its own LoRA configuration; the recipe's lora section is not used)",
+                 planner.adapter)
     trainer = FilteringGRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                                    processing_class=tokenizer, rollout_func=rollout, peft_config=lora,
                                    callbacks=[NonFiniteGradientGuard()])

@@ -114,11 +114,31 @@ class Recipe(BaseModel):
                 raise ValueError(f"grpo.{grpo_field} ({self.grpo[grpo_field]}) differs from planner.{planner_field} "
                                  f"({getattr(self.planner, planner_field)}): the engine samples with the planner's "
                                  f"setting, so set planner.{planner_field} only")
+        self._planner_fields_honoured()
         try:  # TRL's own checks (batch sizes against the group size, ...) now, not after the models are loaded
             self.grpo_config(check_hardware=False)
         except ValueError as exc:
             raise ValueError(f"grpo: {exc}") from exc
         return self
+
+    def _planner_fields_honoured(self) -> None:
+        """The planner fields that training applies (`adapter`: continued, trainable; `dtype`: the weights'), and a
+        clear error for the ones it cannot: where the model lives is accelerate's, and vLLM is TRL's."""
+        planner, grpo = self.planner, self.grpo
+        if planner.device not in ("auto", "cpu"):
+            raise ValueError(f"planner.device is {planner.device!r}: in training, accelerate puts each process's "
+                             "model on that process's device; leave it 'auto' (CUDA_VISIBLE_DEVICES picks the cards) "
+                             "or set 'cpu' together with grpo.use_cpu: true")
+        if planner.device == "cpu" and not grpo.get("use_cpu"):
+            raise ValueError("planner.device is 'cpu' but training would put the model on the GPU: set "
+                             "grpo.use_cpu: true as well (or planner.device: auto)")
+        if (planner.backend == "vllm") != bool(grpo.get("use_vllm")):
+            raise ValueError(f"planner.backend is {planner.backend!r} and grpo.use_vllm is "
+                             f"{bool(grpo.get('use_vllm'))}: in training TRL drives vLLM, so set planner.backend: "
+                             "vllm and grpo.use_vllm: true together (or neither)")
+        half = {"float16": "bf16", "bfloat16": "fp16"}.get(planner.dtype)
+        if half and grpo.get(half):
+            raise ValueError(f"planner.dtype is {planner.dtype} but grpo.{half} is set: one half precision, not two")
 
     def grpo_config(self, check_hardware: bool = True) -> Any:
         """TRL's `GRPOConfig` of this recipe (the planner's temperature and budget included). Without
