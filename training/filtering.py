@@ -6,10 +6,23 @@ completion mask zeroed, so it adds nothing to the loss, the KL term or the token
 logged as `groups/removed_frac`.
 
 With `refill` (dynamic sampling, as in DAPO) the removed groups are replaced, in the same step, by groups of fresh
-prompts drawn from the training set: a refill round generates and scores one more generation batch through TRL's
-own path and takes its groups that do carry signal, until no removed group is left or `max_rounds` is reached.
-Every process runs the same number of rounds (one collective decides), because generation and scoring gather
-across processes. Refill works per process, so a process's generation batch must hold whole groups.
+prompts: with `shuffle_dataset: false` (the curriculum's order) the prompts that come next in the data's order,
+after this generation batch's (each refill round and each process taking its own slice of them; the sampler
+still gives them again when their turn comes); with a shuffled dataset, random prompts. A refill round
+generates and scores one more generation batch through TRL's own path and takes its groups that do carry
+signal, until no removed group is left or `max_rounds` is reached. Every process runs the same number of rounds
+(one collective decides), because generation and scoring gather across processes. Refill works per process, so a
+process's generation batch must hold whole groups.
+
+How a removed group weighs in TRL's loss (1.16), by `loss_type` (removed rows have an all-zero mask):
+- `dapo` (TRL's default), `cispo`, `vespo`: token sum / `num_items_in_batch`, which is recomputed here from the
+  kept tokens: the kept groups' tokens weigh exactly as if the removed ones had never been sampled.
+- `bnpo`: token sum / the micro-batch's mask sum: removed rows leave the denominator too; same as above.
+- `grpo`, `sapo`: per-sequence means, then the mean over all rows: a removed row counts as a zero in that mean,
+  so removing half the groups halves the step (an effective learning rate that follows `groups/removed_frac`).
+- `dr_grpo`: token sum / (rows x `max_completion_length`), a constant: the same dilution as `grpo`.
+- `luspo`: per-sequence sums, mean over rows: the same dilution.
+With `refill`, the removed rows are replaced and no loss type is diluted.
 """
 
 from __future__ import annotations
@@ -74,6 +87,7 @@ class FilteringGRPOTrainer(GRPOTrainer):
                                  f"{self.num_generations}")
         self.refill, self.refill_max_rounds = refill, max_rounds
         self._refill_generator = torch.Generator().manual_seed(self.args.seed + 7919 * self.accelerator.process_index)
+        self._refill_batch, self._refill_taken = -1, 0  # which generation batch, prompts taken after it so far
 
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -108,9 +122,21 @@ class FilteringGRPOTrainer(GRPOTrainer):
         return output
 
     def _fresh_inputs(self, count: int) -> list[dict[str, Any]]:
-        """`count` rows: fresh prompts from the training set, each repeated `num_generations` times."""
-        dataset = self.train_dataset
-        picks = torch.randint(len(dataset), (count // self.num_generations,), generator=self._refill_generator)
+        """`count` rows: fresh prompts, each repeated `num_generations` times. In the data's order (the
+        curriculum's), the ones after this generation batch's; random ones when the dataset is shuffled."""
+        dataset, groups = self.train_dataset, count // self.num_generations
+        if self.args.shuffle_dataset:
+            picks = torch.randint(len(dataset), (groups,), generator=self._refill_generator).tolist()
+        else:
+            batch = self._step // (self.args.steps_per_generation * self.num_iterations)
+            if batch != self._refill_batch:
+                self._refill_batch, self._refill_taken = batch, 0
+            processes = self.accelerator.num_processes
+            unique = self.args.per_device_train_batch_size * self.args.steps_per_generation * processes \
+                // self.num_generations  # prompts a generation batch takes, over all processes
+            start = (batch + 1) * unique + self._refill_taken + self.accelerator.process_index * groups
+            self._refill_taken += groups * processes
+            picks = [(start + i) % len(dataset) for i in range(groups)]
         return [dataset[int(i)] for i in picks for _ in range(self.num_generations)]
 
     def _refill(self, output: dict[str, Any], inputs: list[Any], flat: torch.Tensor) -> torch.Tensor:
