@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 import yaml
 
 from planner import Agent, AgentConfig
@@ -54,3 +55,47 @@ def test_command_samples_with_the_engine_and_writes_the_order(tmp_path, tiny_mod
     dropped = curriculum.main(["--config", str(recipe), "--out", str(tmp_path / "c2.jsonl"), "--samples", "2",
                                "--drop-unsolved"], logits_processors=[ScriptedText(tokenizer, prompts)])
     assert dropped.read_text() == ""
+
+
+def test_the_curriculum_is_a_step_of_training(tmp_path, tiny_model_dir):
+    """`data.curriculum` in a recipe: `grpo.build` samples the starting policy, writes the order, and trains on it
+    easiest first; a second build reads the file instead of sampling again."""
+    from training import grpo
+    from training.recipe import Recipe
+
+    problems = {"What is 2 plus 2?": "4", "What is 6 times 7?": "42", "What is 10 minus 3?": "7"}
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "answer": a}) + "\n" for q, a in problems.items()))
+    order_file = tmp_path / "curriculum.jsonl"
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump({
+        "planner": {"model": str(tiny_model_dir), "device": "cpu", "protocol": "code", "max_completion_tokens": 64,
+                    "temperature": 1.0},
+        "coder": {"model": str(tiny_model_dir), "device": "cpu"},
+        "executor": {"timeout_s": 5.0, "workers": 2},
+        "data": {"path": str(data), "curriculum": {"path": str(order_file), "samples": 2}},
+        "grpo": {"output_dir": str(tmp_path / "out"), "use_cpu": True, "shuffle_dataset": False, "max_steps": 1,
+                 "per_device_train_batch_size": 4, "num_generations": 4, "report_to": "none"},
+    }))
+    scripts = {"What is 6 times 7?": [Say("\\boxed{42}")],  # always right
+               "What is 2 plus 2?": [Say("\\boxed{5}")],  # never: kept, first of the unsolved in file order
+               "What is 10 minus 3?": [Say("\\boxed{6}")]}  # never
+    config = AgentConfig.from_yaml(recipe_path)
+    with Agent(config) as probe:
+        prompts = {tuple(probe.engine.prompt_ids(probe.system_prompt, q)): s for q, s in scripts.items()}
+        tokenizer = probe.tokenizer
+    run = grpo.build(Recipe.from_yaml(recipe_path), logits_processors=[ScriptedText(tokenizer, prompts)])
+    try:
+        ordered = [row["prompt"] for row in run.trainer.train_dataset]
+    finally:
+        run.close()
+    assert ordered == ["What is 2 plus 2?", "What is 10 minus 3?"]  # 6 x 7 solved by every sample: dropped
+    written = order_file.stat().st_mtime_ns
+    again = grpo.build(Recipe.from_yaml(recipe_path))  # no script: a second sampling would not match the file
+    try:
+        assert [row["prompt"] for row in again.trainer.train_dataset] == ordered
+    finally:
+        again.close()
+    assert order_file.stat().st_mtime_ns == written
+    with pytest.raises(ValueError, match="shuffle_dataset"):
+        Recipe.from_yaml(recipe_path, ["grpo.shuffle_dataset=true"])

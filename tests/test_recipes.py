@@ -28,8 +28,12 @@ def test_seed_recipe_matches_the_seed():
     seed = Recipe.from_yaml(ROOT / "training" / "recipes" / "qwen2.5-7b-request.yaml")
     assert seed.planner.model == seed.coder.model == "Qwen/Qwen2.5-7B-Instruct"
     assert seed.planner.temperature == 0.9
-    assert (seed.grpo["num_generations"], seed.grpo["learning_rate"], seed.grpo["beta"], seed.grpo["epsilon"]) == (
-        8, 1e-6, 0.04, 0.2)
+    assert (seed.grpo["num_generations"], seed.grpo["beta"], seed.grpo["epsilon"]) == (8, 0.04, 0.2)
+    # Not the seed's: a LoRA learning rate (its 1e-6 is a full fine-tuning one), no LoRA dropout, a training split
+    # (it trained on big-value-gsm, its own evaluation set) in the curriculum's order.
+    assert seed.grpo["learning_rate"] == 1e-5 and seed.lora.dropout == 0.0
+    assert seed.data.path.endswith("gsm8k/train.jsonl") and seed.data.big_values and seed.data.curriculum
+    assert seed.grpo["shuffle_dataset"] is False
     code = Recipe.from_yaml(ROOT / "training" / "recipes" / "qwen2.5-7b-code.yaml")
     assert code.planner.protocol == "code"
 

@@ -59,6 +59,17 @@ def pass_rates(agent: Agent, problems: list[dict[str, str]], samples: int, batch
     return scored
 
 
+def write_scored(scored: list[Scored], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for s in scored:
+            f.write(json.dumps(asdict(s)) + "\n")
+
+
+def read_scored(path: Path) -> list[Scored]:
+    return [Scored(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
 def order(scored: list[Scored], drop_unsolved: bool = False) -> list[Scored]:
     """Solved-by-all dropped (and unsolved, if asked); the rest from easy (high pass rate) to hard; ties keep the
     original order."""
@@ -86,10 +97,7 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
         scored = pass_rates(agent, problems, args.samples, recipe.planner.batch_size)
     ordered = order(scored, args.drop_unsolved)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w") as f:
-        for s in ordered:
-            f.write(json.dumps(asdict(s)) + "\n")
+    write_scored(ordered, out)
     log.info("curriculum: kept %d of %d problems (%d solved by every sample) -> %s", len(ordered), len(scored),
              sum(s.pass_rate == 1.0 for s in scored), out)
     return out

@@ -33,11 +33,35 @@ log = logging.getLogger("training.grpo")
 
 
 def load_prompts(recipe: Recipe):
-    """The training set as a `datasets.Dataset` with `prompt`, `answer` and `source` columns."""
+    """The training set as a `datasets.Dataset` with `prompt`, `answer` and `source` columns (before any
+    curriculum: `curriculum_order` orders it)."""
     data = recipe.data
     return load_problems(data.path, schema=data.schema_, split=data.split, levels=data.levels, limit=data.limit,
                          filters=data.filters, question_field=data.question_field, answer_field=data.answer_field,
                          big_values=data.big_values, seed=data.seed)
+
+
+def curriculum_order(recipe: Recipe, dataset: Any, sandbox: Sandbox, coder: Any,
+                     logits_processors: list[Any] | None = None) -> Any:
+    """`data.curriculum`: the problems ordered by pass rate under the starting policy (the recipe's planner, its
+    adapter included), read from `data.curriculum.path` or computed and written there first."""
+    from datasets import Dataset
+
+    from planner import Agent, AgentConfig
+    from training.curriculum import order, pass_rates, read_scored, write_scored
+
+    spec = recipe.data.curriculum
+    assert spec is not None
+    path = Path(spec.path)
+    if not path.exists():
+        log.info("curriculum: sampling %d answers for each of %d problems -> %s", spec.samples, len(dataset), path)
+        config = AgentConfig(planner=recipe.planner, coder=recipe.coder, executor=recipe.executor)
+        with Agent(config, coder=coder, sandbox=sandbox, logits_processors=logits_processors) as agent:
+            scored = pass_rates(agent, [dict(row) for row in dataset], spec.samples, recipe.planner.batch_size)
+        write_scored(order(scored, spec.drop_unsolved), path)
+    rows = read_scored(path)
+    log.info("curriculum: %d problems from %s, easiest first", len(rows), path)
+    return Dataset.from_list([{"prompt": r.prompt, "answer": r.answer, "source": r.source} for r in rows])
 
 
 @dataclass
@@ -74,6 +98,8 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     protocol = build_protocol(planner.protocol, planner.markers, planner.max_request_chars, tokenizer)
     coder = build_coder(recipe.coder) if protocol.uses_coder else None
     dataset = load_prompts(recipe)
+    if recipe.data.curriculum is not None:
+        dataset = curriculum_order(recipe, dataset, sandbox, coder, logits_processors)
     rewards = scheduled_rewards(WeightSchedule(recipe.rewards.schedule), recipe.rewards.options)
     rollout = PlannerRollout(protocol, tokenizer, resolve(planner.prompt_file).read_text(), sandbox, coder,
                              EngineLimits(planner.max_completion_tokens, planner.max_tool_calls,

@@ -21,9 +21,21 @@ class LoraSection(BaseModel):
 
     r: int = Field(16, gt=0)
     alpha: int = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="0: with dropout the policy that is trained is not "
+                                                           "the one that sampled the rollouts (GRPO is on-policy)")
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                "gate_proj", "up_proj", "down_proj"])
+
+
+class CurriculumSection(BaseModel):
+    """The curriculum as a step of training: pass rates under the starting policy, easiest first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="the ordered problems (JSONL, `training.curriculum`'s format): read when it "
+                                  "exists, else computed by `build` with the starting policy and written there")
+    samples: int = Field(8, gt=1, description="answers sampled per problem, at planner.temperature")
+    drop_unsolved: bool = Field(False, description="also drop the problems no sample solved")
 
 
 class DataSection(BaseModel):
@@ -45,6 +57,8 @@ class DataSection(BaseModel):
     big_values: bool = Field(False, description="rebuild GSM8K-schema data as big-value GSM8K (9- to 11-digit "
                                                 "numbers, answers recomputed exactly; training.bigvalue)")
     seed: int = Field(0, description="the big values' seed")
+    curriculum: CurriculumSection | None = Field(None, description="order the problems by pass rate first "
+                                                                  "(needs grpo.shuffle_dataset: false)")
 
 
 class RewardsSection(BaseModel):
@@ -115,6 +129,9 @@ class Recipe(BaseModel):
                                  f"({getattr(self.planner, planner_field)}): the engine samples with the planner's "
                                  f"setting, so set planner.{planner_field} only")
         self._planner_fields_honoured()
+        if self.data.curriculum is not None and self.grpo.get("shuffle_dataset", True):
+            raise ValueError("data.curriculum orders the problems, and a shuffled dataset would undo it: set "
+                             "grpo.shuffle_dataset: false")
         try:  # TRL's own checks (batch sizes against the group size, ...) now, not after the models are loaded
             self.grpo_config(check_hardware=False)
         except ValueError as exc:
