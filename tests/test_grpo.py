@@ -10,7 +10,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from planner import Agent, RolloutEngine
+from planner import Agent, AgentConfig, RolloutEngine
 from planner.scripted import Env, Say, ScriptedText
 from training import grpo
 from training.filtering import replace_rows
@@ -298,3 +298,20 @@ def test_training_continues_the_given_adapter_in_the_given_dtype(tmp_path, tiny_
         assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" not in n)
     finally:
         run.close()
+
+
+def test_every_checkpoint_is_an_agent_and_resume_continues_from_the_latest(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setitem(REWARDS, "digits", digits)
+    path = write_recipe(tmp_path, tiny_model_dir, max_steps=2, save_strategy="steps", save_steps=1)
+    out = grpo.main(["--config", str(path)])
+    for step in (1, 2):
+        checkpoint = out / f"checkpoint-{step}"
+        config = AgentConfig.from_yaml(checkpoint / "agent.yaml")
+        assert config.planner.adapter == str(checkpoint.resolve())
+        assert (checkpoint / "adapter_model.safetensors").exists()
+    grpo.main(["--config", str(path), "--resume", "--set", "grpo.max_steps=3"])
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and len(state["log_history"]) >= 3  # steps 1-2 carried over, then 3
+    (tmp_path / "fresh").mkdir()
+    with pytest.raises(ValueError, match="checkpoint"):
+        grpo.main(["--config", str(write_recipe(tmp_path / "fresh", tiny_model_dir)), "--resume"])

@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable fr
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
+from transformers import TrainerCallback
 
 from coder import build_coder
 from coder.config import resolve
@@ -121,7 +122,7 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
                  planner.adapter)
     trainer = FilteringGRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                                    processing_class=tokenizer, rollout_func=rollout, peft_config=lora,
-                                   callbacks=[NonFiniteGradientGuard()])
+                                   callbacks=[NonFiniteGradientGuard(), AgentRecipeOnSave(recipe)])
     trainer.filter_groups = recipe.groups.filter
     trainer.configure_refill(recipe.groups.refill, recipe.groups.refill_max_rounds)
     trainer.samples = SampleWriter(rollout, tokenizer, config.output_dir, recipe.logging.sample_every,
@@ -129,19 +130,40 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     return Run(recipe, trainer, rollout, sandbox, coder)
 
 
+def write_agent_recipe(recipe: Recipe, adapter_dir: Path) -> Path:
+    """`agent.yaml` in `adapter_dir`: the recipe's planner (with this adapter), coder and executor, which
+    `Agent.from_config` loads."""
+    planner = recipe.planner.model_dump(mode="json", exclude_none=True)
+    agent = {"planner": {**planner, "adapter": str(adapter_dir.resolve())},
+             "coder": recipe.coder.model_dump(mode="json", exclude_unset=True),
+             "executor": recipe.executor.model_dump(mode="json", exclude_unset=True)}
+    path = adapter_dir / "agent.yaml"
+    path.write_text(yaml.safe_dump(agent, sort_keys=False))
+    return path
+
+
+class AgentRecipeOnSave(TrainerCallback):
+    """Every checkpoint carries its own `agent.yaml`, so any checkpoint loads as an agent (to evaluate it while
+    the run goes on, or to pick the best one)."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            write_agent_recipe(self.recipe, checkpoint)
+
+
 def train(run: Run) -> Path:
-    """Train, then save the adapter and an agent recipe (`agent.yaml`) that loads it."""
+    """Train (from the latest checkpoint with `grpo.resume_from_checkpoint: true`, or `--resume`), then save the
+    adapter and an agent recipe (`agent.yaml`) that loads it."""
     trainer, recipe = run.trainer, run.recipe
     trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     out = Path(trainer.args.output_dir)
     trainer.save_model(str(out))
     if trainer.accelerator.is_main_process:
-        planner = recipe.planner.model_dump(mode="json", exclude_none=True)
-        agent_recipe = {"planner": {**planner, "adapter": str(out.resolve())},
-                        "coder": recipe.coder.model_dump(mode="json", exclude_unset=True),
-                        "executor": recipe.executor.model_dump(mode="json", exclude_unset=True)}
-        (out / "agent.yaml").write_text(yaml.safe_dump(agent_recipe, sort_keys=False))
-        log.info("saved the adapter and %s", out / "agent.yaml")
+        log.info("saved the adapter and %s", write_agent_recipe(recipe, out))
     return out
 
 
@@ -150,9 +172,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a recipe field, e.g. --set executor.isolation=none (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in grpo.output_dir (an error if there is none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run = build(Recipe.from_yaml(args.config, args.set))
+    overrides = [*args.set, *(["grpo.resume_from_checkpoint=true"] if args.resume else [])]
+    run = build(Recipe.from_yaml(args.config, overrides))
     try:
         return train(run)
     finally:
