@@ -315,3 +315,16 @@ def test_every_checkpoint_is_an_agent_and_resume_continues_from_the_latest(tmp_p
     (tmp_path / "fresh").mkdir()
     with pytest.raises(ValueError, match="checkpoint"):
         grpo.main(["--config", str(write_recipe(tmp_path / "fresh", tiny_model_dir)), "--resume"])
+
+
+def test_the_coder_goes_on_this_processs_device(tmp_path, tiny_model_dir, monkeypatch):
+    """`coder.device: auto` in training is the trainer's device for this process (accelerate's local rank), not
+    the first GPU for every rank; here, with `use_cpu`, the CPU (two GPUs are needed to see the rank's card)."""
+    monkeypatch.setitem(REWARDS, "digits", digits)
+    recipe = Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir),
+                              ["coder.device=auto", "planner.protocol=request"])
+    run = grpo.build(recipe)
+    try:
+        assert str(run.coder.backend.device) == str(run.trainer.args.device) == "cpu"
+    finally:
+        run.close()

@@ -97,7 +97,12 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     planner = recipe.planner
     tokenizer = AutoTokenizer.from_pretrained(planner.model)
     protocol = build_protocol(planner.protocol, planner.markers, planner.max_request_chars, tokenizer)
-    coder = build_coder(recipe.coder) if protocol.uses_coder else None
+    coder_config = recipe.coder
+    if coder_config.backend == "transformers" and coder_config.device == "auto":
+        # This process's device (accelerate's local rank), not the first GPU for every rank: the coder's "auto"
+        # alone would put every rank's coder on cuda:0.
+        coder_config = coder_config.model_copy(update={"device": str(config.device)})
+    coder = build_coder(coder_config) if protocol.uses_coder else None
     dataset = load_prompts(recipe)
     if recipe.data.curriculum is not None:
         dataset = curriculum_order(recipe, dataset, sandbox, coder, logits_processors)

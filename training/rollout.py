@@ -67,8 +67,10 @@ class PlannerRollout:
             was_training = model.training
             model.eval()
             try:
-                # ZeRO-3 without gathered weights: every forward pass is a collective, so ranks generate in step.
-                lockstep = sync if zero_stage(trainer) == 3 and not gather else None
+                # ZeRO-3 without gathered weights, and FSDP (its forward all-gathers each layer's shards): every
+                # forward pass is a collective, so ranks generate in step.
+                sharded = (zero_stage(trainer) == 3 and not gather) or is_fsdp(trainer)
+                lockstep = sync if sharded else None
                 self.last = self.run(model, questions, sync, lockstep)
             finally:
                 model.train(was_training)
@@ -127,6 +129,12 @@ class PlannerRollout:
         self.rounds, self.idle_rounds = engine.rounds, engine.idle_rounds
         self.seconds = dict(engine.seconds)
         return trajectories
+
+
+def is_fsdp(trainer: Any) -> bool:
+    from accelerate.utils import DistributedType
+
+    return trainer.accelerator.distributed_type == DistributedType.FSDP
 
 
 def zero_stage(trainer: Any) -> int | None:
