@@ -94,7 +94,7 @@ class PlannerRollout:
             raise NotImplementedError("vllm_enable_sleep_mode with Delegate's rollouts: turn it off for now")
         temperature, top_p = self.sampling["temperature"], self.sampling["top_p"]
         if vllm.mode == "server":
-            eos = {self.tokenizer.eos_token_id} - {None}
+            eos = ending_ids(trainer, self.tokenizer)
             return self._roll(ServerGeneration(vllm.vllm_client, trainer.accelerator, eos, temperature, top_p),
                               questions, sync)
         return self._roll(VLLMGeneration(vllm.llm, temperature, top_p), questions, sync)
@@ -129,6 +129,12 @@ class PlannerRollout:
         self.rounds, self.idle_rounds = engine.rounds, engine.idle_rounds
         self.seconds = dict(engine.seconds)
         return trajectories
+
+
+def ending_ids(trainer: Any, tokenizer: Any) -> set[int]:
+    """Every id that ends a reply: the trainer's (the model's generation config's: Qwen's `<|endoftext|>` as well
+    as `<|im_end|>`) and the tokenizer's."""
+    return {*(getattr(trainer, "eos_token_ids", None) or []), tokenizer.eos_token_id} - {None}
 
 
 def is_fsdp(trainer: Any) -> bool:

@@ -12,7 +12,6 @@ Not run on our machines (vLLM is too large for them); written to TRL 1.16's `VLL
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from planner.generation import Generated
@@ -50,20 +49,21 @@ class ServerGeneration:
                 for (tokens, logprobs), budget in zip(mine, budgets, strict=True)]
 
     def _ask(self, everything: list[tuple[list[int], int]], stop_strings: list[str]) -> list[tuple[list, list]]:
-        """One request per distinct budget (`max_tokens` is per request); answers in the order asked."""
-        by_budget: dict[int, list[int]] = defaultdict(list)
-        for index, (_, budget) in enumerate(everything):
-            by_budget[budget].append(index)
+        """One request at the largest budget (`max_tokens` is per request, and after the first round every rollout
+        has its own budget), each row then cut to its own: a sample cut at N tokens is a sample of N tokens.
+        Answers in the order asked."""
+        if not everything:
+            return []
         extra = {"stop": stop_strings, "include_stop_str_in_output": True, "skip_special_tokens": False}
         if self.bad_words:
             extra["bad_words"] = self.bad_words
-        answers: list[tuple[list, list]] = [([], [])] * len(everything)
-        for budget, indices in by_budget.items():
-            out = self.client.generate(prompts=[everything[i][0] for i in indices], n=1,
-                                       temperature=self.temperature, top_p=self.top_p, max_tokens=budget,
-                                       logprobs=0, generation_kwargs=extra)
-            for k, index in enumerate(indices):
-                tokens = list(out["completion_ids"][k])
-                logprobs = [step[0] for step in out["logprobs"][k]] if out.get("logprobs") else [0.0] * len(tokens)
-                answers[index] = (tokens, logprobs)
+        out = self.client.generate(prompts=[prompt for prompt, _ in everything], n=1, temperature=self.temperature,
+                                   top_p=self.top_p, max_tokens=max(budget for _, budget in everything), logprobs=0,
+                                   generation_kwargs=extra)
+        answers = []
+        for k, (_, budget) in enumerate(everything):
+            tokens = list(out["completion_ids"][k])[:budget]
+            logprobs = [step[0] for step in out["logprobs"][k]][:budget] if out.get("logprobs") else \
+                [0.0] * len(tokens)
+            answers.append((tokens, logprobs))
         return answers

@@ -1,0 +1,73 @@
+"""The vLLM paths, which cannot run here (vLLM is too large for these machines): our code against fakes of
+vLLM's `LLM.chat` and TRL's `VLLMClient.generate` that record what they are asked, shaped as their documented
+return values."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from coder import CoderConfig
+from coder.core import BackendError, Coder
+from coder.vllm_backend import VLLMBackend
+from training.rollout import ending_ids
+from training.vllm_server import ServerGeneration
+
+
+class FakeLLM:
+    """`LLM.chat`: refuses a whole batch when one conversation is too long, as vLLM does (ValueError)."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def chat(self, conversations, sampling_params=None, use_tqdm=False):
+        self.calls.append(len(conversations))
+        if any("TOO LONG" in message["content"] for c in conversations for message in c):
+            raise ValueError("The decoder prompt (length 40000) is longer than the maximum model length of 32768")
+        return [SimpleNamespace(outputs=[SimpleNamespace(text=f"```python\nprint({len(c)})\n```")])
+                for c in conversations]
+
+
+def test_one_bad_request_is_a_tool_error_not_an_exception():
+    llm = FakeLLM()
+    backend = VLLMBackend(CoderConfig(backend="vllm", model="fake"), llm=llm, params=object())
+    replies = backend.complete([[{"role": "user", "content": "fine"}], [{"role": "user", "content": "TOO LONG"}],
+                                [{"role": "user", "content": "fine too"}]])
+    assert isinstance(replies[1], BackendError) and "maximum model length" in str(replies[1])
+    assert replies[0] == replies[2] == "```python\nprint(1)\n```"
+    assert llm.calls == [3, 1, 1, 1]  # the batch, then each alone
+    coder = Coder(CoderConfig(backend="vllm", model="fake", cache_size=0), backend)
+    programs = coder.write_programs(["add 2 and 3", "TOO LONG " * 3, "multiply 4 by 5"])
+    assert programs[0].failure is None and programs[2].failure is None and programs[0].code == "print(2)"
+    assert "maximum model length" in programs[1].failure  # a failure program: the planner sees a tool error
+
+
+class FakeClient:
+    """TRL's `VLLMClient.generate`: token ids and per-token log-probabilities, `max_tokens` per request."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+
+    def generate(self, prompts, n, temperature, top_p, max_tokens, logprobs, generation_kwargs):
+        self.requests.append({"prompts": len(prompts), "max_tokens": max_tokens, **generation_kwargs})
+        ids = [[100 + i for i in range(max_tokens)] for _ in prompts]
+        return {"completion_ids": ids, "logprobs": [[[-0.5] for _ in row] for row in ids]}
+
+
+def test_server_generation_sends_one_request_and_cuts_each_row_to_its_budget():
+    client = FakeClient()
+    accelerator = SimpleNamespace(is_main_process=True, process_index=0)
+    generation = ServerGeneration(client, accelerator, eos_ids={151645, 151643})
+    out = generation.generate([[1, 2], [3], [4, 5, 6]], [5, 12, 3], ["</request>"])
+    assert len(client.requests) == 1 and client.requests[0]["max_tokens"] == 12 and client.requests[0]["prompts"] == 3
+    assert client.requests[0]["stop"] == ["</request>"] and client.requests[0]["include_stop_str_in_output"]
+    assert [len(g.token_ids) for g in out] == [5, 12, 3] and [len(g.logprobs) for g in out] == [5, 12, 3]
+    assert {g.stop for g in out} == {"length"}
+
+
+def test_the_servers_end_of_reply_set_has_the_generation_configs_ids():
+    tokenizer = SimpleNamespace(eos_token_id=151645)  # Qwen2.5-Instruct: <|im_end|>
+    trainer = SimpleNamespace(eos_token_ids=[151645, 151643])  # TRL's, from the generation config: + <|endoftext|>
+    assert ending_ids(trainer, tokenizer) == {151645, 151643}
+    generation = ServerGeneration(FakeClient(), SimpleNamespace(is_main_process=True, process_index=0),
+                                  ending_ids(trainer, tokenizer))
+    assert generation.eos_ids == {151645, 151643}
