@@ -29,7 +29,7 @@ def expand_model_path(value: str) -> str:
 # Fields that only one backend reads: setting one for another backend is a mistake worth failing on.
 BACKEND_FIELDS = {
     "transformers": {"device", "dtype", "batch_size", "cache_implementation", "share_prefix", "cuda_graph"},
-    "openai": {"base_url", "api_key_env", "concurrency", "timeout_s", "retries"},
+    "openai": {"base_url", "api_key_env", "concurrency", "timeout_s", "retries", "call_timeout_s"},
     "vllm": {"gpu_memory_utilization", "tensor_parallel_size", "max_model_len", "dtype"},
 }
 
@@ -65,6 +65,8 @@ class CoderConfig(BaseModel):
     concurrency: int = Field(16, gt=0, description="requests in flight at once")
     timeout_s: float = Field(60.0, gt=0, description="per HTTP attempt")
     retries: int = Field(2, ge=0, description="retries after the first attempt, with exponential backoff")
+    call_timeout_s: float = Field(900.0, gt=0, description="the most one `write` call may take, all its requests "
+                                  "together (a backstop: a slow server that answers is waited for up to here)")
     # vllm
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(1, gt=0)

@@ -6,14 +6,16 @@ request that still fails becomes a `BackendError` in its place. Once one request
 unreachable or hung (no answer within `timeout_s` on every attempt), the requests of that call not yet sent fail
 at once instead of each waiting out its own retries, so a hung server costs a call one request's worst case, not
 one per wave of `concurrency` requests (the next call tries the server again). A slow server that answers is
-waited for.
+waited for, up to `call_timeout_s` for the whole call: then what is not sent is not sent, what is in flight is no
+longer waited for (its thread ends with its own timeout), and both come back as errors.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from coder.config import CoderConfig
 from coder.core import BackendError, Conversation
@@ -34,18 +36,27 @@ class OpenAIBackend:
     def complete(self, conversations: list[Conversation]) -> list[str | BackendError]:
         unreachable: list[str] = []  # set by the first request that gives up on a dead or hung server
         lock = threading.Lock()
+        limit = self.config.call_timeout_s
+        deadline = time.monotonic() + limit
+        late = f"the call's deadline of {limit:g} s passed"
 
         def one(conversation: Conversation) -> str | BackendError:
             with lock:
                 if unreachable:
                     return BackendError(f"not sent: {unreachable[0]}")
+            if time.monotonic() > deadline:
+                return BackendError(f"not sent: {late}")
             reply = self._one(conversation)
             if isinstance(reply, BackendError) and str(reply).startswith(("cannot reach", "timed out")):
                 with lock:
                     unreachable[:] = unreachable or [str(reply)]
             return reply
 
-        return list(self.pool.map(one, conversations))
+        futures = [self.pool.submit(one, conversation) for conversation in conversations]
+        done, _ = wait(futures, timeout=limit)
+        return [future.result() if future in done
+                else BackendError(f"not sent: {late}") if future.cancel()  # still queued: never sent
+                else BackendError(f"no answer: {late}") for future in futures]
 
     def _one(self, conversation: Conversation) -> str | BackendError:
         cfg = self.config

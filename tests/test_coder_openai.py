@@ -121,3 +121,17 @@ def test_server_killed_mid_run_fails_each_request_after_retries(tiny_model_dir, 
     assert any("cannot reach" in p.failure and "(3 attempts)" in p.failure for p in failed)
     assert elapsed < 20.0  # the rest of the call fails at once instead of retrying request by request
     assert after.failure is not None and "cannot reach" in after.failure  # a new call tries again, and says so
+
+
+def test_one_deadline_bounds_a_whole_call():
+    """A hung server and attempts longer than the call may take: the call ends at its deadline, every request an
+    error (in flight: no answer; queued: not sent), and the coder goes on answering the next call."""
+    config = openai_config(f"http://127.0.0.1:{free_port()}/v1", "tiny", timeout_s=30.0, retries=0, concurrency=2)
+    with SilentServer() as silent, build_coder(config.model_copy(update={
+            "base_url": silent.base_url, "call_timeout_s": 1.5})) as coder:
+        start = time.monotonic()
+        programs = coder.write_programs([f"the value {i}" for i in range(12)])
+        elapsed = time.monotonic() - start
+    assert elapsed < 1.5 + 1.0, elapsed
+    assert all("deadline of 1.5 s passed" in p.failure for p in programs), [p.failure for p in programs]
+    assert sum("no answer" in p.failure for p in programs) == 2  # the two in flight
