@@ -69,16 +69,19 @@ def replace_rows(output: dict[str, Any], fresh: dict[str, Any], rows: torch.Tens
 
 
 class FilteringGRPOTrainer(GRPOTrainer):
-    """`filter_groups`: remove same-score groups from the loss. `refill`: replace them with fresh ones, for at most
-    `refill_max_rounds` extra generation batches per step (set them with `configure_refill`). `samples`: a
-    `SampleWriter` that records sampled steps' rollouts with their rewards."""
+    """TRL's `GRPOTrainer` (all its arguments), and: `filter_groups`: remove same-score groups from the loss.
+    `refill`: replace them with fresh ones, for at most `refill_max_rounds` extra generation batches per step.
+    `samples`: a `SampleWriter` that records sampled steps' rollouts with their rewards."""
 
-    filter_groups: bool = True
-    refill: bool = False
-    refill_max_rounds: int = 2
-    samples: Any = None
+    def __init__(self, *args: Any, filter_groups: bool = True, refill: bool = False, refill_max_rounds: int = 2,
+                 samples: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if refill and not filter_groups:
+            raise ValueError("refill replaces the groups that filtering removes: it needs filter_groups")
+        self.filter_groups, self.samples = filter_groups, samples
+        self._configure_refill(refill, refill_max_rounds)
 
-    def configure_refill(self, refill: bool, max_rounds: int) -> None:
+    def _configure_refill(self, refill: bool, max_rounds: int) -> None:
         if refill:
             local = self.args.per_device_train_batch_size * self.args.steps_per_generation
             if local % self.num_generations:

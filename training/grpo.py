@@ -125,13 +125,13 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
         lora = None
         log.info("continuing the adapter %s (its own LoRA configuration; the recipe's lora section is not used)",
                  planner.adapter)
+    samples = SampleWriter(rollout, tokenizer, config.output_dir, recipe.logging.sample_every,
+                           recipe.logging.samples_per_step)
     trainer = FilteringGRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                                    processing_class=tokenizer, rollout_func=rollout, peft_config=lora,
-                                   callbacks=[NonFiniteGradientGuard(), AgentRecipeOnSave(recipe)])
-    trainer.filter_groups = recipe.groups.filter
-    trainer.configure_refill(recipe.groups.refill, recipe.groups.refill_max_rounds)
-    trainer.samples = SampleWriter(rollout, tokenizer, config.output_dir, recipe.logging.sample_every,
-                                   recipe.logging.samples_per_step)
+                                   callbacks=[NonFiniteGradientGuard(), AgentRecipeOnSave(recipe)],
+                                   filter_groups=recipe.groups.filter, refill=recipe.groups.refill,
+                                   refill_max_rounds=recipe.groups.refill_max_rounds, samples=samples)
     return Run(recipe, trainer, rollout, sandbox, coder)
 
 
