@@ -21,9 +21,8 @@ import yaml
 from transformers import TrainerCallback
 
 from coder import build_coder
-from coder.config import resolve
 from executor import Sandbox
-from planner import EngineLimits, build_protocol
+from planner import build_protocol
 from training.data import load_problems
 from training.recipe import Recipe
 from training.rewards import WeightSchedule, scheduled_rewards
@@ -107,11 +106,7 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     if recipe.data.curriculum is not None:
         dataset = curriculum_order(recipe, dataset, sandbox, coder, logits_processors)
     rewards = scheduled_rewards(WeightSchedule(recipe.rewards.schedule), recipe.rewards.options)
-    rollout = PlannerRollout(protocol, tokenizer, resolve(planner.prompt_file).read_text(), sandbox, coder,
-                             EngineLimits(planner.max_completion_tokens, planner.max_tool_calls,
-                                          planner.max_result_chars, planner.stop_at_answer),
-                             planner.temperature, planner.top_p, planner.batch_size, planner.cache_implementation,
-                             logits_processors, reuse_cache=planner.reuse_cache, tool_chunks=planner.tool_chunks)
+    rollout = PlannerRollout(planner, protocol, tokenizer, sandbox, coder, logits_processors)
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
     dtype = dtypes.get(planner.dtype) or (torch.bfloat16 if config.bf16 else torch.float32)  # `auto`: the flags'
     model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=dtype)

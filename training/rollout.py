@@ -14,9 +14,11 @@ from typing import Any, get_args
 import torch
 
 from coder import Coder
+from coder.config import resolve
 from executor import Sandbox
 from executor.result import STATUSES
 from planner import EngineLimits, RolloutEngine, Trajectory, TransformersGeneration
+from planner.config import PlannerConfig
 from planner.protocols import VIOLATIONS, Protocol
 from planner.sync import RankSync, TorchDistributedSync
 from planner.trajectory import FinishReason
@@ -33,20 +35,23 @@ def question_of(prompt: Any) -> str:
 
 
 class PlannerRollout:
-    def __init__(self, protocol: Protocol, tokenizer: Any, system_prompt: str, sandbox: Sandbox, coder: Coder | None,
-                 limits: EngineLimits, temperature: float, top_p: float = 1.0, batch_size: int = 64,
-                 cache_implementation: str | None = None, logits_processors: list[Any] | None = None,
-                 reuse_cache: bool = False, tool_chunks: int = 1) -> None:
+    """`planner`: the recipe's planner section (system prompt, limits, sampling); the objects the run holds
+    (protocol, tokenizer, sandbox, coder); `logits_processors` reach the planner's generation (tests script
+    tool calls with them)."""
+
+    def __init__(self, planner: PlannerConfig, protocol: Protocol, tokenizer: Any, sandbox: Sandbox,
+                 coder: Coder | None, logits_processors: list[Any] | None = None) -> None:
         self.protocol = protocol
         self.tokenizer = tokenizer
-        self.system_prompt = system_prompt
+        self.system_prompt = resolve(planner.prompt_file).read_text()
         self.sandbox = sandbox
         self.coder = coder
-        self.limits = limits
-        self.tool_chunks = tool_chunks
-        self.sampling = dict(temperature=temperature, top_p=top_p, batch_size=batch_size,
-                             cache_implementation=cache_implementation, logits_processors=logits_processors,
-                             reuse_cache=reuse_cache)
+        self.limits = EngineLimits(planner.max_completion_tokens, planner.max_tool_calls, planner.max_result_chars,
+                                   planner.stop_at_answer)
+        self.tool_chunks = planner.tool_chunks
+        self.sampling = dict(temperature=planner.temperature, top_p=planner.top_p, batch_size=planner.batch_size,
+                             cache_implementation=planner.cache_implementation, logits_processors=logits_processors,
+                             reuse_cache=planner.reuse_cache)
         self.last: list[Trajectory] = []  # the latest batch, for logging and the trainer's samples
         self.rounds = self.idle_rounds = 0  # of the latest batch: generation rounds, and those this rank sat out
         self.seconds: dict[str, float] = {}  # of the latest batch, this process: wall time per engine phase
