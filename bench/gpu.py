@@ -117,7 +117,7 @@ def rollout(args: argparse.Namespace) -> str:
     from executor import Sandbox, SandboxConfig
     from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
     from planner.engine import PHASES
-    from planner.scripted import PlannedScript
+    from tests.scripted import PlannedScript
     from training.tiny import build_tokenizer
 
     class Programs:
@@ -447,7 +447,7 @@ def memory(args: argparse.Namespace) -> str:
     import yaml
     from transformers import AutoTokenizer
 
-    from planner.scripted import CallsThenFree, StepClock
+    from tests.scripted import CallsThenFree, StepClock
     from training import grpo
     from training.recipe import Recipe
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from coder import CoderConfig, build_coder
 from executor import Sandbox, SandboxConfig
 from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
-from planner.scripted import Env, Say, ScriptedText
+from tests.scripted import Env, Say, ScriptedText
 from training.tiny import build_model, build_tokenizer
 
 SHAPES = {  # Qwen2.5 layer shapes (the vocabulary is the local tokenizer's)

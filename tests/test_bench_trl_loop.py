@@ -11,7 +11,7 @@ sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))  # after 
 
 from coder import CoderConfig, build_coder
 from executor import Sandbox, SandboxConfig
-from planner.scripted import PlannedScript
+from tests.scripted import PlannedScript
 from training.tiny import build_model, build_tokenizer
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from planner import Agent, AgentConfig
-from planner.scripted import Env, Say, ScriptedText
+from tests.scripted import Env, Say, ScriptedText
 from training import curriculum
 from training.curriculum import Scored, order
 

@@ -9,7 +9,7 @@ import yaml
 from transformers import LogitsProcessor
 
 from planner import Agent, AgentConfig
-from planner.scripted import Env, Say, ScriptedText
+from tests.scripted import Env, Say, ScriptedText
 from training import evaluate, stats
 from training.records import read_records
 

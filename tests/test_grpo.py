@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from planner import Agent, AgentConfig, RolloutEngine
-from planner.scripted import Env, Say, ScriptedText
+from tests.scripted import Env, Say, ScriptedText
 from training import grpo
 from training.filtering import replace_rows
 from training.recipe import GroupsSection, Recipe

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from planner import Agent, AgentConfig
-from planner.scripted import Env, Say, ScriptedText
+from tests.scripted import Env, Say, ScriptedText
 
 
 def write_recipe(path, tiny_model_dir, protocol="code", **planner):

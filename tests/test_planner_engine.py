@@ -9,7 +9,7 @@ from coder import CoderConfig, build_coder
 from executor import Sandbox, SandboxConfig
 from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
 from planner.protocols import ASK_CODER
-from planner.scripted import Env, Say, ScriptedText, Tokens
+from tests.scripted import Env, Say, ScriptedText, Tokens
 
 SYSTEM = "Solve the problem. Delegate computation."
 
@@ -273,7 +273,7 @@ def test_unforced_generation_logprobs_match_a_forward_pass(tokenizer, model):
 
 def test_planned_script_forces_each_round_with_tensor_ops(tokenizer, model, sandbox):
     """The benchmarks' fast forcer: round k writes segment k exactly, then EOS after the last."""
-    from planner.scripted import PlannedScript
+    from tests.scripted import PlannedScript
 
     protocol = build_protocol("code", None, 2000, tokenizer)
     probe = RolloutEngine(protocol, None, tokenizer, sandbox)
@@ -354,7 +354,7 @@ def test_rows_that_wrote_the_same_tokens_resume_together(tokenizer, model, sandb
 def test_calls_then_free_forces_every_row_then_lets_it_sample(tokenizer, model, sandbox, reuse):
     """The memory benchmark's forcer: whatever the prompt, rows of one prompt included (a GRPO group), each row
     writes the call in its first `calls` rounds and then samples on its own, with or without the kept cache."""
-    from planner.scripted import CallsThenFree
+    from tests.scripted import CallsThenFree
 
     protocol = build_protocol("code", None, 2000, tokenizer)
     probe = RolloutEngine(protocol, None, tokenizer, sandbox)

@@ -8,7 +8,7 @@ import torch
 
 from executor import Sandbox, SandboxConfig
 from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
-from planner.scripted import Env, Say, ScriptedText
+from tests.scripted import Env, Say, ScriptedText
 from tests.test_planner_engine import SYSTEM, assert_token_exact
 
 pytestmark = pytest.mark.gpu

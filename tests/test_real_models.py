@@ -21,7 +21,7 @@ from executor import Sandbox, SandboxConfig
 from planner import Agent, AgentConfig, EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
 from planner.ban import BanText
 from planner.protocols import ASK_CODER
-from planner.scripted import Env, Say, ScriptedText
+from tests.scripted import Env, Say, ScriptedText
 from tests.servers import TransformersServer
 from tests.test_planner_engine import assert_token_exact
 from training.models import fetch

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from transformers import TrainerCallback
 
-from planner.scripted import Env, Say, ScriptedText
+from tests.scripted import Env, Say, ScriptedText
 from training import grpo
 from training.recipe import Recipe
 from training.rewards import REWARDS
