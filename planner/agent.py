@@ -112,7 +112,7 @@ class Agent:
 def load_planner_model(name: str, adapter: str | None, device: str, dtype: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    from coder.transformers_backend import resolve_device, resolve_dtype
+    from coder.hf import resolve_device, resolve_dtype
 
     where = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, where)).to(where)

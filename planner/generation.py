@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from coder.attention import packed_attention
-from coder.transformers_backend import cache_argument, eos_ids, last_logits, padded, returned_cache
+from coder.hf import cache_argument, eos_ids, last_logits, padded, returned_cache
 from planner.sync import RankSync
 
 StopReason = Literal["eos", "stop", "length"]
