@@ -12,20 +12,15 @@ import logging
 import sys
 
 from planner.agent import Agent
-from planner.trajectory import Trajectory
+from planner.trajectory import Trajectory, segments
 
 
 def format_transcript(trajectory: Trajectory, tokenizer) -> str:
     """The completion as planner text and inserted results, with each call's request, code and status."""
     pieces, calls = [], iter(trajectory.tool_calls)
-    ids, mask = trajectory.completion_ids, trajectory.env_mask
-    start = 0
-    while start < len(ids):
-        end = start
-        while end < len(ids) and mask[end] == mask[start]:
-            end += 1
-        text = tokenizer.decode(ids[start:end], skip_special_tokens=False)
-        if mask[start]:
+    for run in segments(trajectory, tokenizer):
+        text = run["text"]
+        if run["trained"]:
             pieces.append(text)
         else:
             call = next(calls, None)
@@ -35,7 +30,6 @@ def format_transcript(trajectory: Trajectory, tokenizer) -> str:
                 pieces.append(f"\n    ┌─ request: {call.request}\n    ├─ code{cached}:\n{code}\n"
                               f"    └─ {call.result.status}\n")
             pieces.append(f"[inserted]{text}[/inserted]")
-        start = end
     return "".join(pieces) + f"\n\n(finish: {trajectory.finish_reason}; tool calls: {len(trajectory.tool_calls)})"
 
 

@@ -86,3 +86,16 @@ def boxed_end(text: str) -> int | None:
     r"""The index just past the first complete `\boxed{...}` in `text`, or None."""
     spans = _boxes(text)
     return min(end for _, end in spans) + 1 if spans else None
+
+
+def segments(trajectory: Trajectory, tokenizer: Any) -> list[dict[str, Any]]:
+    """The completion as runs of equal `env_mask`, each decoded on its own."""
+    runs: list[dict[str, Any]] = []
+    ids, mask = trajectory.completion_ids, trajectory.env_mask
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or mask[i] != mask[start]:
+            runs.append({"text": tokenizer.decode(ids[start:i], skip_special_tokens=False),
+                         "trained": bool(mask[start]), "tokens": i - start})
+            start = i
+    return runs

@@ -143,3 +143,10 @@ def test_schedule_errors_are_clear():
         WeightSchedule([(5, {"format": 1.0})])
     with pytest.raises(ValueError, match="unknown reward 'speed'"):
         scheduled_rewards(WeightSchedule([(0, {"speed": 1.0})]))
+
+
+def test_every_violation_has_one_format_weight():
+    from planner.protocols import VIOLATIONS
+    from training.rewards import FORMAT_PENALTIES, TEXT_VIOLATIONS
+
+    assert set(FORMAT_PENALTIES) == {*VIOLATIONS, *TEXT_VIOLATIONS}

@@ -16,21 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from planner.trajectory import Trajectory
+from planner.trajectory import Trajectory, segments
 from training.rewards import answers_match
-
-
-def segments(trajectory: Trajectory, tokenizer: Any) -> list[dict[str, Any]]:
-    """The completion as runs of equal `env_mask`, each decoded on its own."""
-    runs: list[dict[str, Any]] = []
-    ids, mask = trajectory.completion_ids, trajectory.env_mask
-    start = 0
-    for i in range(1, len(ids) + 1):
-        if i == len(ids) or mask[i] != mask[start]:
-            runs.append({"text": tokenizer.decode(ids[start:i], skip_special_tokens=False),
-                         "trained": bool(mask[start]), "tokens": i - start})
-            start = i
-    return runs
 
 
 def record(trajectory: Trajectory, tokenizer: Any, *, reference: str | None = None, source: str | None = None,

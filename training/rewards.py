@@ -22,6 +22,9 @@ RewardFunc = Callable[..., list[float]]
 _PLAIN_NUMBER = re.compile(r"^[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$")
 
 # What each named format problem costs (from a start of 1.0, floored at 0).
+TEXT_VIOLATIONS = ("no_answer", "several_answers", "missing_think_tags", "unclosed_answer_tag")  # seen in the text
+# One weight for every violation the engine names (`planner.protocols.VIOLATIONS`) and every one the text shows
+# (`TEXT_VIOLATIONS`); tests/test_rewards.py checks that the names are the same.
 FORMAT_PENALTIES = {
     "planner_wrote_result": 1.0,  # the worst: it ends the rollout and fakes a tool
     "no_answer": 0.5,
@@ -95,7 +98,7 @@ def format(prompts: list[Any], completions: list[Any], violations: Sequence[Sequ
     scores = []
     for completion, named in zip(completions, seen, strict=True):
         problems = format_violations(_text(completion), named, tags)
-        scores.append(max(0.0, 1.0 - sum(FORMAT_PENALTIES.get(p, 0.2) for p in problems)))
+        scores.append(max(0.0, 1.0 - sum(FORMAT_PENALTIES[p] for p in problems)))
     return scores
 
 
