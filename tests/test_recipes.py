@@ -88,10 +88,20 @@ def test_command_line_overrides_reach_the_recipe_and_are_validated():
 
 @pytest.mark.parametrize("overrides, words", [
     (["planner.device=cuda:1"], "accelerate"),
-    (["planner.device=cpu", "grpo.use_cpu=false"], "use_cpu"),
     (["planner.backend=vllm"], "use_vllm"),
     (["planner.dtype=float16", "grpo.bf16=true"], "one half precision"),
 ])
 def test_planner_fields_training_cannot_honour_are_refused(overrides, words):
     with pytest.raises(ValueError, match=words):
         Recipe.from_yaml(ROOT / "training" / "recipes" / "toy-request.yaml", overrides)
+
+
+def test_a_cpu_planner_on_a_gpu_machine_needs_use_cpu(monkeypatch):
+    import torch
+
+    path = ROOT / "training" / "recipes" / "toy-request.yaml"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as far as the check can tell
+    with pytest.raises(ValueError, match="use_cpu"):
+        Recipe.from_yaml(path, ["planner.device=cpu", "grpo.use_cpu=false"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # here: training runs on the CPU anyway
+    assert Recipe.from_yaml(path, ["planner.device=cpu", "grpo.use_cpu=false"]).planner.device == "cpu"

@@ -27,6 +27,12 @@ class LoraSection(BaseModel):
                                                                "gate_proj", "up_proj", "down_proj"])
 
 
+def _cuda_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class CurriculumSection(BaseModel):
     """The curriculum as a step of training: pass rates under the starting policy, easiest first."""
 
@@ -146,7 +152,7 @@ class Recipe(BaseModel):
             raise ValueError(f"planner.device is {planner.device!r}: in training, accelerate puts each process's "
                              "model on that process's device; leave it 'auto' (CUDA_VISIBLE_DEVICES picks the cards) "
                              "or set 'cpu' together with grpo.use_cpu: true")
-        if planner.device == "cpu" and not grpo.get("use_cpu"):
+        if planner.device == "cpu" and not grpo.get("use_cpu") and _cuda_present():
             raise ValueError("planner.device is 'cpu' but training would put the model on the GPU: set "
                              "grpo.use_cpu: true as well (or planner.device: auto)")
         if (planner.backend == "vllm") != bool(grpo.get("use_vllm")):
