@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--kernels", action="store_true",
+                        help="also torch.profiler: GPU time per operator (not where the host waits)")
     args = parser.parse_args()
 
     from planner import Agent, AgentConfig
@@ -48,6 +50,17 @@ def main() -> None:
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.top)
     print(text.getvalue())
+    if args.kernels:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        with Agent(config) as agent, profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as traced:
+            start = time.perf_counter()
+            agent.solve_many(questions)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+        print(f"under torch.profiler: {seconds:.1f} s")
+        print(traced.key_averages().table(sort_by="device_time_total", row_limit=args.top))
 
 
 if __name__ == "__main__":
