@@ -106,13 +106,13 @@ class TransformersBackend:
         from transformers import GenerationConfig
 
         sampling = self.config.temperature > 0
+        # Sampling-only fields are given when sampling (greedy ignores them, and transformers warns about them).
+        sampler = dict(temperature=self.config.temperature, top_p=self.config.top_p, top_k=0, min_p=0.0,
+                       typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0) if sampling else {}
         return GenerationConfig(
-            max_new_tokens=self.config.max_new_tokens, do_sample=sampling,
-            temperature=self.config.temperature if sampling else 1.0, top_p=self.config.top_p if sampling else 1.0,
-            top_k=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
-            encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0, min_length=0,
-            min_new_tokens=0, renormalize_logits=False, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=sorted(eos_ids(self.model, self.tokenizer)),
+            max_new_tokens=self.config.max_new_tokens, do_sample=sampling, **sampler, repetition_penalty=1.0,
+            encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, renormalize_logits=False,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(eos_ids(self.model, self.tokenizer)),
             cache_implementation=self.config.cache_implementation, use_cache=True)
 
     def _prefix(self, tokens: list[int]) -> Any:
