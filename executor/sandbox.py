@@ -261,11 +261,12 @@ class Sandbox:
         command, env = isolation.server_command()
         tmp_binds: list[str] = []
         if cfg.isolation == "full":
-            prefix, why_not = self._isolated_prefix()
+            paths = launch.runtime_paths()
+            prefix, why_not = self._isolated_prefix(paths)
             if why_not is None:
                 layers.present += ["bubblewrap", "identity"]
                 command = prefix + command
-                tmp_binds = [p for p in launch.runtime_paths() if p.startswith("/tmp/")]
+                tmp_binds = [p for p in paths if p.startswith("/tmp/")]
             else:
                 layers.missing["bubblewrap" if "bubblewrap" in why_not else "identity"] = why_not
         else:
@@ -299,7 +300,7 @@ class Sandbox:
                          "jobs_dir": jobs_dir}
         return _Connection(command, env, server_config), layers
 
-    def _isolated_prefix(self) -> tuple[list[str], str | None]:
+    def _isolated_prefix(self, paths: list[str]) -> tuple[list[str], str | None]:
         """The bubblewrap command prefix for this caller, and None, or why the sandbox cannot be built here."""
         bwrap, setpriv = shutil.which("bwrap"), shutil.which("setpriv")
         if bwrap is None:
@@ -310,7 +311,7 @@ class Sandbox:
                 return [], ("identity: the caller is root and setpriv, needed to drop to an unprivileged uid, is "
                             "not installed (Debian/Ubuntu: apt-get install util-linux)")
             identity = (self.config.uid, self.config.gid)
-        prefix = launch.server_argv(bwrap, setpriv, identity, launch.runtime_paths())
+        prefix = launch.server_argv(bwrap, setpriv, identity, paths)
         key = tuple(prefix)
         if key not in _probes:
             _probes[key] = launch.probe(prefix)

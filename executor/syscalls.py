@@ -13,6 +13,8 @@ import errno
 import tempfile
 from typing import Any
 
+from executor import isolation
+
 CLONE_NEWUSER = 0x10000000
 
 DENIED = (
@@ -77,10 +79,7 @@ def install(program: bytes) -> None:
     the rules again in every job (0.5 ms each, measured); the kernel takes the same program from a buffer."""
     buffer = ctypes.create_string_buffer(program, len(program))
     prog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "prctl(PR_SET_SECCOMP)")
+    isolation.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(prog))
 
 
 def number(name: str) -> int:

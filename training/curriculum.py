@@ -52,10 +52,10 @@ def pass_rates(agent: Agent, problems: list[dict[str, str]], samples: int, batch
     scored = [Scored(p["prompt"], p["answer"], sum(solved[i * samples:(i + 1) * samples]) / samples,
                      p.get("source") or "") for i, p in enumerate(problems)]
     if samples > 1 and scored and all(s.pass_rate in (0.0, 1.0) for s in scored):
-        temperature = getattr(getattr(getattr(agent, "config", None), "planner", None), "temperature", None)
         log.warning("curriculum: every pass rate is 0 or 1 (%d samples each, planner temperature %s): the samples "
                     "agree, so the order says nothing about difficulty within the solved or the unsolved; sample "
-                    "at the temperature training uses (planner.temperature > 0)", samples, temperature)
+                    "at the temperature training uses (planner.temperature > 0)", samples,
+                    agent.config.planner.temperature)
     return scored
 
 

@@ -191,7 +191,7 @@ def compare(runs: list[Path], out: Path) -> Path:
         if not metrics_path.exists():
             raise FileNotFoundError(f"{metrics_path} not found: is {run_dir} an evaluation's --out directory?")
         named[run_dir.name if run_dir.name not in named else str(run_dir)] = json.loads(metrics_path.read_text())
-    correct = [_correct_by_problem(run_dir) for run_dir in _same_problems(runs)]
+    correct = _paired_correctness(runs)
     out.mkdir(parents=True, exist_ok=True)
     plot_by_source(named, out / "comparison.png")
     plot_calls(named, out / "comparison_calls.png")
@@ -223,19 +223,15 @@ def _records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _same_problems(runs: list[Path]) -> list[Path]:
-    """The runs, once each has been checked to hold the same problems (question and reference) as the first."""
-    keys = [sorted((r["question"], str(r.get("reference"))) for r in _records(run)) for run in runs]
-    if any(k != keys[0] for k in keys[1:]):
+def _paired_correctness(runs: list[Path]) -> list[list[bool]]:
+    """Each run's correctness in one fixed problem order (sorted by question and reference), so that runs line up
+    pair by pair; refused unless every run holds the same problems as the first."""
+    keyed = [sorted((((r["question"], str(r.get("reference"))), bool(r["correct"])) for r in _records(run)),
+                    key=lambda pair: pair[0]) for run in runs]  # by problem only: duplicates keep file order
+    if any([key for key, _ in k] != [key for key, _ in keyed[0]] for k in keyed[1:]):
         raise ValueError(f"{runs[0]} and {runs[-1]} were evaluated on different problems: a comparison is only "
                          "meaningful over the same set (same data, limit, filters and big-value seed)")
-    return runs
-
-
-def _correct_by_problem(run_dir: Path) -> list[bool]:
-    """Correctness in a fixed problem order (sorted by question), so two runs line up pair by pair."""
-    return [bool(r["correct"]) for r in sorted(_records(run_dir), key=lambda r: (r["question"],
-                                                                                 str(r.get("reference"))))]
+    return [[correct for _, correct in k] for k in keyed]
 
 
 def load_set(args: argparse.Namespace) -> list[dict[str, Any]]:
