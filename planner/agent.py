@@ -77,10 +77,16 @@ class Agent:
             if planner.adapter:
                 raise ValueError("planner.adapter with the vllm backend: merge the adapter into the model first "
                                  "(peft's merge_and_unload) and point planner.model at the merged weights")
-            llm = import_vllm("the 'vllm' planner backend").LLM(model=planner.model, dtype=planner.dtype,
-                                    gpu_memory_utilization=planner.gpu_memory_utilization)
+            vllm = import_vllm("the 'vllm' planner backend")
+            ban: list[Any] = []
+            if not planner.tools:  # the call marker banned in every tokenization, not only vLLM's own
+                from planner.vllm_ban import BanTextLogitsProcessor
+
+                ban.append(BanTextLogitsProcessor)
+            llm = vllm.LLM(model=planner.model, dtype=planner.dtype, logits_processors=ban,
+                           gpu_memory_utilization=planner.gpu_memory_utilization)
             return VLLMGeneration(llm, planner.temperature, planner.top_p,
-                                  None if planner.tools else [self.protocol.markers.open])
+                                  None if planner.tools else self.protocol.markers.open)
         if model is None:
             model = load_planner_model(planner.model, planner.adapter, planner.device, planner.dtype)
         processors = list(logits_processors or [])

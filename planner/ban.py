@@ -9,10 +9,15 @@ it, so a step costs one short decode per row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from transformers import LogitsProcessor
+
+# `SamplingParams.extra_args` keys that switch the ban on for one vLLM request (`planner.vllm_ban`)
+BAN_ARG = "delegate_ban_text"
+PROMPT_TAIL_ARG = "delegate_prompt_tail"
 
 
 class BanText(LogitsProcessor):
@@ -28,7 +33,12 @@ class BanText(LogitsProcessor):
         # after[k]: tokens that finish the marker when the text so far ends with its first k characters
         self.after = {k: [i for i, piece in enumerate(pieces) if piece.startswith(text[k:])]
                       for k in range(1, len(text))}
-        self.window = max(4, len(text))  # tokens decoded from each row's end: enough to hold len(text) - 1 chars
+        self.window = self.window_for(text)
+
+    @staticmethod
+    def window_for(text: str) -> int:
+        """Tokens decoded from a row's end: enough to hold len(text) - 1 characters."""
+        return max(4, len(text))
 
     def tail(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids[-self.window:], skip_special_tokens=False)
@@ -45,3 +55,15 @@ class BanText(LogitsProcessor):
         for row, ids in enumerate(input_ids.tolist()):
             scores[row, self.banned(ids)] = float("-inf")
         return scores
+
+    def for_request(self, prompt_tail: list[int]) -> Callable[[list[int], torch.Tensor], torch.Tensor]:
+        """The ban as one request's logits processor, `(output_ids, logits_row) -> logits_row`: the shape vLLM's
+        per-request processors take (`planner.vllm_ban`). vLLM hands it only the generated ids, so the prompt's
+        last tokens come along: a marker may begin in the prompt and end in the first sampled token."""
+        tail = list(prompt_tail[-self.window:])
+
+        def ban_row(output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+            logits[self.banned(tail + list(output_ids))] = float("-inf")
+            return logits
+
+        return ban_row

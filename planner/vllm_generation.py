@@ -4,7 +4,8 @@ Not run on our machines (vLLM is too large for them); written against vLLM's doc
 with `TokensPrompt(prompt_token_ids=...)` and one `SamplingParams` per prompt (its own `max_tokens`), `stop`
 strings kept in the output (`include_stop_str_in_output`), and `logprobs=0` for the sampled token's
 log-probability. A completion's `finish_reason` is "length" or "stop"; `stop_reason` is None for EOS, the
-matched string for a stop string.
+matched string for a stop string. With the tool disabled, `ban_text` (the call marker) is banned in every
+tokenization by `planner.vllm_ban.BanTextLogitsProcessor`, which the `LLM` must have been built with.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ from __future__ import annotations
 from typing import Any
 
 from coder.vllm_backend import import_vllm
+from planner.ban import BAN_ARG, PROMPT_TAIL_ARG, BanText
 from planner.generation import Generated
 
 
 class VLLMGeneration:
     def __init__(self, llm: Any, temperature: float = 1.0, top_p: float = 1.0,
-                 bad_words: list[str] | None = None) -> None:
+                 ban_text: str | None = None) -> None:
         self.vllm = import_vllm("the 'vllm' planner backend")
         self.llm = llm
         self.temperature = temperature
         self.top_p = top_p
-        self.bad_words = bad_words or None  # SamplingParams(bad_words=...): text the planner may not write
+        self.ban_text = ban_text or None  # text the planner may not write, however tokenized
 
     def generate(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str]) -> list[Generated]:
         if not prompts:  # a rank keeping step with others that still generate (colocated engines: no collective)
@@ -31,8 +33,8 @@ class VLLMGeneration:
 
         params = [self.vllm.SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=budget,
                                            stop=stop_strings, include_stop_str_in_output=True, logprobs=0,
-                                           bad_words=self.bad_words)
-                  for budget in budgets]
+                                           extra_args=self.ban_args(prompt))
+                  for prompt, budget in zip(prompts, budgets, strict=True)]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         results = []
         for output in outputs:
@@ -45,3 +47,9 @@ class VLLMGeneration:
                 stop = "stop" if isinstance(completion.stop_reason, str) else "eos"
             results.append(Generated(tokens, logprobs, stop))
         return results
+
+    def ban_args(self, prompt: list[int]) -> dict[str, Any] | None:
+        """`SamplingParams.extra_args` that switch the ban on for one request (None: no ban)."""
+        if self.ban_text is None:
+            return None
+        return {BAN_ARG: self.ban_text, PROMPT_TAIL_ARG: prompt[-BanText.window_for(self.ban_text):]}

@@ -216,6 +216,20 @@ def test_no_tools_ban_covers_every_tokenization_of_the_marker(tokenizer):
     assert scores[0, token[">The"]] == float("-inf") and scores[0, tokenizer.encode(" sum")[0]] == 0
 
 
+def test_the_vllm_ban_sees_a_marker_begun_in_the_prompt(tokenizer):
+    """vLLM gives a per-request processor only the generated ids (`planner.vllm_ban`): the prompt's tail comes
+    along in `extra_args`, so `<request` at the prompt's end and `>The` as the first sampled token is still banned."""
+    ban = BanText(tokenizer, "<request>")
+    token = {tokenizer.decode([i]): i for i in tokenizer.encode("<request>The")}
+    prompt = tokenizer.encode("Let me ask <request", add_special_tokens=False)
+    row = ban.for_request(prompt)(output_ids=[], logits=torch.zeros(len(tokenizer)))
+    assert row[token[">The"]] == float("-inf") and row[tokenizer.encode(" sum")[0]] == 0
+    fresh = ban.for_request(tokenizer.encode("Let me think", add_special_tokens=False))
+    later = fresh(tokenizer.encode(" and ask <request", add_special_tokens=False), torch.zeros(len(tokenizer)))
+    assert later[token[">The"]] == float("-inf")  # begun in the generated ids
+    assert fresh([], torch.zeros(len(tokenizer)))[token[">The"]] == 0  # nothing begun: '>The' is plain text
+
+
 # --- the coder: plain words to programs, two backends ----------------------------------------------------------
 
 def coder_success(coder, sandbox) -> tuple[float, list[str]]:

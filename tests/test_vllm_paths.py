@@ -71,3 +71,30 @@ def test_the_servers_end_of_reply_set_has_the_generation_configs_ids():
     generation = ServerGeneration(FakeClient(), SimpleNamespace(is_main_process=True, process_index=0),
                                   ending_ids(trainer, tokenizer))
     assert generation.eos_ids == {151645, 151643}
+
+
+def test_the_planners_no_tools_ban_rides_on_each_request(monkeypatch):
+    """`SamplingParams(bad_words=...)` bans only vLLM's own tokenization of the marker; the ban goes to
+    `planner.vllm_ban`'s processor through `extra_args`, with the prompt's tail, on every request."""
+    import sys
+
+    from planner.ban import BAN_ARG, PROMPT_TAIL_ARG
+    from planner.vllm_generation import VLLMGeneration
+
+    made: list[dict] = []
+    fake = SimpleNamespace(SamplingParams=lambda **kw: made.append(kw) or kw,
+                           inputs=SimpleNamespace(TokensPrompt=lambda prompt_token_ids: prompt_token_ids))
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", fake.inputs)
+    done = SimpleNamespace(token_ids=[7], logprobs=[{7: SimpleNamespace(logprob=-0.1)}], finish_reason="stop",
+                           stop_reason=None)
+    llm = SimpleNamespace(generate=lambda prompts, params, use_tqdm: [SimpleNamespace(outputs=[done])] * len(prompts))
+    banned = VLLMGeneration(llm, ban_text="<request>")
+    out = banned.generate([list(range(30)), [5, 6]], [10, 20], ["</request>"])
+    assert [g.stop for g in out] == ["eos", "eos"] and out[0].logprobs == [-0.1]
+    assert made[0]["extra_args"] == {BAN_ARG: "<request>", PROMPT_TAIL_ARG: list(range(21, 30))}
+    assert made[1]["extra_args"] == {BAN_ARG: "<request>", PROMPT_TAIL_ARG: [5, 6]}
+    assert "bad_words" not in made[0]
+    made.clear()
+    VLLMGeneration(llm).generate([[1]], [4], [])
+    assert made[0]["extra_args"] is None  # tools on: no ban
