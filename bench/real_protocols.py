@@ -24,9 +24,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from coder.config import resolve
+from planner.protocols import CODE_TAGS
 from training.models import fetch
 
-FENCES = {"open": "```python\n", "close": "\n```", "result_open": "\n```output\n", "result_close": "\n```\n"}
+TAGS = CODE_TAGS.model_dump()  # the `<code>` variants' markers (the default is a ```python block)
 # (row name, protocol, prompt file, markers or None, tools)
 VARIANTS = [
     ("no tools", "request", "prompts/planner_request.txt", None, False),
@@ -35,9 +36,9 @@ VARIANTS = [
     ("request v3 (template)", "request", "prompts/variants/planner_request_v3.txt", None, True),
     ("request v4 (cannot calculate)", "request", "prompts/variants/planner_request_v4.txt", None, True),
     ("request v5 (cannot calculate, template)", "request", "prompts/variants/planner_request_v5.txt", None, True),
-    ("code v1 (example)", "code", "prompts/variants/planner_code_v1.txt", None, True),
-    ("code v2", "code", "prompts/variants/planner_code_v2.txt", None, True),
-    ("code fenced", "code", "prompts/planner_code_fenced.txt", FENCES, True),
+    ("code v1 (<code>, example)", "code", "prompts/variants/planner_code_v1.txt", TAGS, True),
+    ("code v2 (<code>)", "code", "prompts/variants/planner_code_v2.txt", TAGS, True),
+    ("code (default: fenced)", "code", "prompts/planner_code.txt", None, True),
     ("chat v1", "chat", "prompts/variants/planner_chat_v1.txt", None, True),
     ("chat v2", "chat", "prompts/variants/planner_chat_v2.txt", None, True),
     ("repl v1 (example)", "repl", "prompts/variants/planner_repl_v1.txt", None, True),

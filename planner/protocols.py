@@ -42,11 +42,15 @@ class Markers(BaseModel):
 
 DEFAULT_MARKERS = {
     "request": Markers(open="<request>", close="</request>", result_open="<result>\n", result_close="\n</result>\n"),
-    "code": Markers(open="<code>", close="</code>", result_open="<result>\n", result_close="\n</result>\n"),
+    # What real Qwen2.5 models write unprompted, and call with (bench/results/gpu-real-prompts.md): a fenced block.
+    # The close marker holds the newline after the fence, so that the opening fence ("\n```python") is no stop.
+    "code": Markers(open="```python\n", close="\n```\n", result_open="```output\n", result_close="\n```\n"),
     "repl": Markers(open=">>> ", close="\n", result_open="", result_close="\n"),
     "chat": Markers(open="<tool_call>", close="</tool_call>", result_open="<tool_response>",
                     result_close="</tool_response>"),
 }
+# DESIGN.md's first code markers, which Qwen2.5 never writes unprompted; the toy world is trained on them
+CODE_TAGS = Markers(open="<code>", close="</code>", result_open="<result>\n", result_close="\n</result>\n")
 
 
 # Format problems the engine records on a trajectory (`Trajectory.violations`), with what each means. Rewards

@@ -86,7 +86,8 @@ class ScriptedText(LogitsProcessor):
             completion = ids[start + len(prompt):]
             token = None
             if not completion or completion[-1] not in (self.pad, self.eos):  # finished rows are padded
-                token = self.next_token(prompt, completion)
+                # A row resumed from a kept KV cache carries masked holes (pads after its earlier stop): not text.
+                token = self.next_token(prompt, [t for t in completion if t != self.pad])
             if token == FREE:  # leave this row's scores alone
                 forced[row] = scores[row]
                 continue

@@ -35,7 +35,7 @@ def test_command_samples_with_the_engine_and_writes_the_order(tmp_path, tiny_mod
         "grpo": {"output_dir": str(tmp_path / "out")},
     }))
     # A scripted planner: computes the first problem right, the second wrong, and never answers the third.
-    scripts = {"What is 6 times 7?": [Say("<code>\nprint(6 * 7)\n</code>"), Env("</result>\n"), Say("\\boxed{42}")],
+    scripts = {"What is 6 times 7?": [Say("```python\nprint(6 * 7)\n```\n"), Env("\n```\n"), Say("\\boxed{42}")],
                "What is 2 plus 2?": [Say("\\boxed{5}")],
                "What is 10 minus 3?": [Say("I do not know.")]}
     config = AgentConfig.from_yaml(recipe)

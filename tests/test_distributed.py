@@ -35,7 +35,7 @@ def test_two_ranks_with_different_rounds_finish_in_step(tmp_path, tiny_model_dir
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
         "planner": {"model": str(tiny_model_dir), "device": "cpu", "protocol": "code", "temperature": 1.0,
-                    "max_completion_tokens": 64},
+                    "max_completion_tokens": 96},
         "coder": {"model": str(tiny_model_dir), "device": "cpu"},
         "executor": {"timeout_s": 5.0, "workers": 2},
         "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},

@@ -9,6 +9,7 @@ import yaml
 from transformers import LogitsProcessor
 
 from planner import Agent, AgentConfig
+from planner.protocols import CODE_TAGS
 from tests.scripted import Env, Say, ScriptedText
 from training import evaluate, stats
 from training.records import read_records
@@ -27,7 +28,8 @@ PROBLEMS = [  # question, reference, source, the planner's script
 def setup(tmp_path, tiny_model_dir):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
-        "planner": {"model": str(tiny_model_dir), "device": "cpu", "protocol": "code", "max_completion_tokens": 64},
+        "planner": {"model": str(tiny_model_dir), "device": "cpu", "protocol": "code", "max_completion_tokens": 64,
+                    "markers": CODE_TAGS.model_dump()},  # the forcer below writes `<code>` token by token
         "coder": {"model": str(tiny_model_dir), "device": "cpu"},
         "executor": {"timeout_s": 5.0, "workers": 2}}))
     data = tmp_path / "problems.jsonl"

@@ -53,7 +53,7 @@ def test_grpo_trains_lora_only_masks_inserted_tokens_and_saves_an_agent(tmp_path
     try:
         rollout = run.rollout
         probe = RolloutEngine(rollout.protocol, None, rollout.tokenizer, run.sandbox)
-        script = [Say("<code>\nprint(6 * 7)\n</code>"), Env("</result>\n")]  # then the model samples freely
+        script = [Say("```python\nprint(6 * 7)\n```\n"), Env("\n```\n")]  # then the model samples freely
         processors.append(ScriptedText(rollout.tokenizer, {tuple(probe.prompt_ids(rollout.system_prompt, q)): script
                                                            for q in QUESTIONS}, then="free"))
         scored: list[dict] = []
@@ -93,7 +93,7 @@ def test_grpo_trains_lora_only_masks_inserted_tokens_and_saves_an_agent(tmp_path
     assert sample["tool_calls"][0]["code"] and sample["step"] == 0 and set(sample["rewards"]) == {"digits", "format"}
     assert sample["reference"] is not None and sample["source"] == "data"
     assert sample["rewards"]["digits"] == sum(ch.isdigit() for ch in sample["text"])  # its own row's rewards
-    assert next(s["text"] for s in sample["segments"] if not s["trained"]).startswith("<result>\n42")
+    assert next(s["text"] for s in sample["segments"] if not s["trained"]).startswith("```output\n42")
     assert sum(s["tokens"] for s in sample["segments"]) == len(sample["completion_ids"])
 
     agent_recipe = yaml.safe_load((out / "agent.yaml").read_text())
@@ -241,7 +241,7 @@ def test_only_truncated_rollouts_leave_the_loss_under_mask_truncated_completions
     recipe = Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir, max_steps=4, mask_truncated_completions=True),
                               ["groups.filter=false"])  # scripted groups score alike: keep them, to see TRL's mask
     run = grpo.build(recipe, logits_processors=processors)
-    scripts = {QUESTIONS[0]: [Say("<result>\n5\n</result>\n")],  # the planner writes a result: format_violation
+    scripts = {QUESTIONS[0]: [Say("```output\n5\n```\n")],  # the planner writes a result: format_violation
                QUESTIONS[1]: [Say("\\boxed{7}")],  # answer
                QUESTIONS[2]: [Say("seven " * 60)],  # past the 40-token budget: length
                QUESTIONS[3]: [Say("no idea")]}  # then EOS: eos

@@ -31,7 +31,7 @@ def test_agent_from_config_solves_with_a_scripted_planner(tmp_path, tiny_model_d
     with Agent(config, logits_processors=[]) as probe:
         prompt = tuple(probe.engine.prompt_ids(probe.system_prompt, question))
         tokenizer = probe.tokenizer
-    script = [Say("<code>\nprint(123456789 * 987654321)\n</code>"), Env("</result>\n"),
+    script = [Say("```python\nprint(123456789 * 987654321)\n```\n"), Env("\n```\n"),
               Say("\\boxed{121932631112635269}")]
     with Agent.from_config(recipe, logits_processors=[ScriptedText(tokenizer, {prompt: script})]) as agent:
         solution = agent.solve(question)

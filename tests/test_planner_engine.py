@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from coder import CoderConfig, build_coder
 from executor import Sandbox, SandboxConfig
 from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
-from planner.protocols import ASK_CODER
+from planner.protocols import ASK_CODER, CODE_TAGS
 from tests.scripted import Env, Say, ScriptedText, Tokens
 
 SYSTEM = "Solve the problem. Delegate computation."
@@ -63,7 +63,8 @@ def coder(tiny_model_dir):
 def rollout(protocol_name, tokenizer, model, sandbox, coder, scripts: dict[str, list], limits=None, tool_chunks=1,
             **protocol_kw):
     """Run the engine on `scripts` (question -> parts); return trajectories, the forcer and the engine."""
-    protocol = build_protocol(protocol_name, None, protocol_kw.get("max_request_chars", 200), tokenizer)
+    protocol = build_protocol(protocol_name, protocol_kw.get("markers"), protocol_kw.get("max_request_chars", 200),
+                              tokenizer)
     probe = RolloutEngine(protocol, None, tokenizer, sandbox, coder)
     prompts = {q: probe.prompt_ids(SYSTEM, q) for q in scripts}
     forcer = ScriptedText(tokenizer, {tuple(prompts[q]): parts for q, parts in scripts.items()})
@@ -111,12 +112,12 @@ def test_request_protocol_end_to_end(tokenizer, model, sandbox, coder):
 
 
 def test_code_protocol_runs_the_planners_program(tokenizer, model, sandbox, coder):
-    script = [Say("<code>\nprint(123456789 * 987654321)\n</code>"), Env("</result>\n"),
+    script = [Say("```python\nprint(123456789 * 987654321)\n```\n"), Env("\n```\n"),
               Say("\\boxed{121932631112635269}")]
     (t,), forcer, engine = rollout("code", tokenizer, model, sandbox, None, {"Multiply.": script})
     call = t.tool_calls[0]
     assert call.code == "print(123456789 * 987654321)" and call.result.stdout == "121932631112635269\n"
-    assert "</code><result>\n121932631112635269\n</result>\n" in t.text
+    assert "```\n```output\n121932631112635269\n```\n" in t.text
     assert t.answer == "121932631112635269" and t.finish_reason == "answer"
     assert_token_exact(t, forcer, engine)
 
@@ -151,9 +152,9 @@ def test_repl_preset_answers_on_the_next_line(tokenizer, model, sandbox, coder):
 def test_rounds_batch_all_calls_and_let_rollouts_finish_early(tokenizer, model, sandbox, coder):
     scripts = {
         "Direct?": [Say("It is \\boxed{1}.")],
-        "Once?": [Say("<code>\nprint(2)\n</code>"), Env("</result>\n"), Say("\\boxed{2}")],
-        "Twice?": [Say("<code>\nprint(3)\n</code>"), Env("</result>\n"), Say("<code>\nprint(4)\n</code>"),
-                   Env("</result>\n"), Say("\\boxed{4}")],
+        "Once?": [Say("```python\nprint(2)\n```\n"), Env("\n```\n"), Say("\\boxed{2}")],
+        "Twice?": [Say("```python\nprint(3)\n```\n"), Env("\n```\n"), Say("```python\nprint(4)\n```\n"),
+                   Env("\n```\n"), Say("\\boxed{4}")],
     }
     counting = Counting(sandbox)
     trajectories, forcer, engine = rollout("code", tokenizer, model, counting, None, scripts)
@@ -231,7 +232,7 @@ def test_planner_writing_a_result_ends_the_rollout(tokenizer, model, sandbox, co
 
 
 def test_calls_past_the_limit_get_a_notice_then_end(tokenizer, model, sandbox, coder):
-    one = [Say("<code>\nprint(1)\n</code>"), Env("</result>\n")]
+    one = [Say("```python\nprint(1)\n```\n"), Env("\n```\n")]
     script = one * 4 + [Say("\\boxed{1}")]
     (t,), _, _ = rollout("code", tokenizer, model, sandbox, None, {"Greedy?": script},
                          limits=EngineLimits(max_completion_tokens=512, max_tool_calls=2))
@@ -279,7 +280,7 @@ def test_planned_script_forces_each_round_with_tensor_ops(tokenizer, model, sand
     probe = RolloutEngine(protocol, None, tokenizer, sandbox)
     questions = ["first?", "second question, longer?"]
     prompts = [probe.prompt_ids("Answer.", q) for q in questions]
-    segments = {i: [tokenizer.encode(f"<code>\nprint({i} + 1)\n</code>", add_special_tokens=False),
+    segments = {i: [tokenizer.encode(f"```python\nprint({i} + 1)\n```\n", add_special_tokens=False),
                     tokenizer.encode(f"so \\boxed{{{i + 1}}}", add_special_tokens=False)] for i in range(2)}
     forcer = PlannedScript(tokenizer, {tuple(p): segments[i] for i, p in enumerate(prompts)})
     generator = TransformersGeneration(model, tokenizer, temperature=1.0, logits_processors=[forcer])
@@ -302,7 +303,7 @@ def test_kv_cache_reuse_across_rounds_changes_nothing(tokenizer, model, sandbox,
     prompts = [probe.prompt_ids("Answer.", q) for q in questions]
     programs = ["6 * 7", "(123 + 4) * 1000 - 17 * 3", "1"]  # rows stop at different steps: the short ones'
     scripts = {tuple(p): [part for k in range(calls)  # tokens generated after their stop stay in the cache
-                          for part in (Say(f"<code>\nprint({program} + {k})\n</code>"), Env("</result>\n"))]
+                          for part in (Say(f"```python\nprint({program} + {k})\n```\n"), Env("\n```\n"))]
                for p, program in zip(prompts, programs, strict=True)}
     runs = {}
     for reuse in (False, True):
@@ -330,8 +331,8 @@ def test_rows_that_wrote_the_same_tokens_resume_together(tokenizer, model, sandb
                  "What is six times nine?"]
     prompts = [probe.prompt_ids("Answer.", q) for q in questions]
     assert len(prompts[0]) == len(prompts[-1]) and prompts[0] != prompts[-1]  # the same script: the same tail
-    scripts = {tuple(p): [part for k in range(2) for part in (Say(f"<code>\nprint({len(p)} + {k})\n</code>"),
-                                                              Env("</result>\n"))] for p in prompts}
+    scripts = {tuple(p): [part for k in range(2) for part in (Say(f"```python\nprint({len(p)} + {k})\n```\n"),
+                                                              Env("\n```\n"))] for p in prompts}
     calls = []
     generate = model.generate
     monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(k["input_ids"].shape[0]) or generate(*a, **k))
@@ -360,7 +361,7 @@ def test_calls_then_free_forces_every_row_then_lets_it_sample(tokenizer, model, 
     probe = RolloutEngine(protocol, None, tokenizer, sandbox)
     questions = ["first?", "first?", "a second, longer question?", "a second, longer question?"]
     prompts = [probe.prompt_ids("Answer.", q) for q in questions]
-    segment = tokenizer.encode("<code>\nprint(2 + 3)\n</code>", add_special_tokens=False)
+    segment = tokenizer.encode("```python\nprint(2 + 3)\n```\n", add_special_tokens=False)
     generator = TransformersGeneration(model, tokenizer, temperature=1.0, reuse_cache=reuse,
                                        logits_processors=[CallsThenFree(segment, calls=2)])
     trajectories = RolloutEngine(protocol, generator, tokenizer, sandbox, None, EngineLimits(160, 4)).run(questions,
@@ -382,15 +383,18 @@ def test_a_repeated_request_and_one_without_numbers_are_recorded(tokenizer, mode
     assert len(t.tool_calls) == 3 and t.answer == "42"
 
 
-def test_a_fenced_program_in_code_mode_is_an_unparsed_call(tokenizer, model, sandbox):
+def test_a_fenced_program_in_code_mode_with_tags_is_an_unparsed_call(tokenizer, model, sandbox):
     script = [Say("```python\nprint(6 * 7)\n```\nSo it is \\boxed{42}")]
-    (t,), _, _ = rollout("code", tokenizer, model, sandbox, None, {"Six sevens?": script})
+    (t,), _, _ = rollout("code", tokenizer, model, sandbox, None, {"Six sevens?": script}, markers=CODE_TAGS)
     assert t.tool_calls == [] and t.violations == ["unparsed_call"]
+    script = [Say("```python\nprint(6 * 7)\n```\n"), Env("\n```\n"), Say("So it is \\boxed{42}")]
+    (t,), _, _ = rollout("code", tokenizer, model, sandbox, None, {"Six sevens?": script})  # the default: a call
+    assert [c.result.stdout for c in t.tool_calls] == ["42\n"] and t.violations == []
 
 
 def test_stopping_right_after_a_result_is_recorded(tokenizer, model, sandbox):
     (t,), _, _ = rollout("code", tokenizer, model, sandbox, None,
-                         {"Stop?": [Say("<code>\nprint(1)\n</code>"), Env("</result>\n")]})
+                         {"Stop?": [Say("```python\nprint(1)\n```\n"), Env("\n```\n")]})
     assert t.finish_reason == "eos" and t.answer is None and t.violations == ["eos_after_result"]
 
 

@@ -20,7 +20,7 @@ from coder import CoderConfig, build_coder
 from executor import Sandbox, SandboxConfig
 from planner import Agent, AgentConfig, EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
 from planner.ban import BanText
-from planner.protocols import ASK_CODER
+from planner.protocols import ASK_CODER, CODE_TAGS
 from tests.scripted import Env, Say, ScriptedText
 from tests.servers import TransformersServer
 from tests.test_planner_engine import assert_token_exact
@@ -118,30 +118,29 @@ def test_a_result_marker_the_planner_writes_inside_a_merged_token_ends_the_rollo
 
 
 def test_code_protocol_with_the_real_tokenizer(tokenizer, model, sandbox):
-    script = [Say("<code>\nprint(2**100)\n</code>\n"), Env("</result>\n"),
+    """The default code markers, a ```python block answered by an ```output block, as Qwen2.5 writes them: the
+    opening fence after a newline is no stop (one round per call), the fence's close merged with newlines is."""
+    script = [Say("Compute.\n```python\nprint(2**100)\n```\n\n"), Env("\n```\n"),
               Say("\\boxed{1267650600228229401496703205376}")]
     t, forcer, engine = scripted("code", tokenizer, model, sandbox, None, script)
     assert t.tool_calls[0].result.stdout == "1267650600228229401496703205376\n"
-    assert t.answer == "1267650600228229401496703205376"
+    assert "print(2**100)\n```\n\n```output\n1267650600228229401496703205376\n```\n\\boxed" in t.text
+    assert t.answer == "1267650600228229401496703205376" and t.violations == [] and t.rounds == 2
     assert_token_exact(t, forcer, engine)
 
 
-def test_fenced_code_markers_as_qwen_writes_them(tokenizer, model, sandbox):
-    """The 0.5B code recipe's markers: a ```python block, answered by an ```output block. The opening fence after a
-    newline also ends in the close marker ("\n```"): generation pauses there, finds no call, and goes on."""
-    from planner.protocols import Markers
-
-    fences = Markers(open="```python\n", close="\n```", result_open="\n```output\n", result_close="\n```\n")
-    protocol = build_protocol("code", fences, 500, tokenizer)
-    script = [Say("Compute.\n```python\nprint(2**70)\n```"), Env("\n```\n"), Say("\\boxed{1180591620717411303424}")]
+def test_code_tags_as_configured_markers(tokenizer, model, sandbox):
+    """DESIGN.md's first code markers, `<code>`...`</code>`, still work when a recipe names them."""
+    protocol = build_protocol("code", CODE_TAGS, 500, tokenizer)
+    script = [Say("<code>\nprint(2**70)\n</code>\n"), Env("</result>\n"), Say("\\boxed{1180591620717411303424}")]
     prompt = RolloutEngine(protocol, None, tokenizer, sandbox).prompt_ids(SYSTEM, "2 to the 70?")
     forcer = ScriptedText(tokenizer, {tuple(prompt): script})
     engine = RolloutEngine(protocol, TransformersGeneration(model, tokenizer, temperature=0.0, logits_processors=[
         forcer]), tokenizer, sandbox, None, EngineLimits(200, 3, 300))
     (t,) = engine.run(["2 to the 70?"], [prompt])
     assert [c.code for c in t.tool_calls] == ["print(2**70)"]
-    assert "print(2**70)\n```\n```output\n1180591620717411303424\n```\n\\boxed" in t.text
-    assert t.answer == "1180591620717411303424" and t.violations == [] and t.rounds == 3
+    assert "</code>\n<result>\n1180591620717411303424\n</result>\n\\boxed" in t.text
+    assert t.answer == "1180591620717411303424" and t.violations == []
     assert_token_exact(t, forcer, engine)
 
 
@@ -174,7 +173,7 @@ def test_free_sampling_after_a_call_is_token_exact(protocol, tokenizer, model, s
     """One forced call, then the real model goes on by itself (greedy): what it wrote is what TRL trains on, with
     the log-probabilities a forward pass gives."""
     first = {"request": [Say("<request>2 to the power 70</request>"), Env("</result>\n")],
-             "code": [Say("<code>\nprint(2**70)\n</code>"), Env("</result>\n")],
+             "code": [Say("```python\nprint(2**70)\n```\n"), Env("\n```\n")],
              "chat": [Say('<tool_call>\n{"name": "ask_coder", "arguments": {"request": "2 to the power 70"}}\n'
                           "</tool_call>"), Env("<|im_start|>assistant\n")],
              "repl": [Say(">>> 2**70\n"), Env("\n")]}[protocol]

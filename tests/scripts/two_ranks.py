@@ -68,8 +68,8 @@ def main() -> None:
     from planner import RolloutEngine
 
     engine = RolloutEngine(rollout.protocol, None, rollout.tokenizer, rollout.sandbox, rollout.coder, rollout.limits)
-    delegate_twice = [Say("<code>\nprint(6 * 7)\n</code>"), Env("</result>\n"), Say("<code>\nprint(42 + 0)\n</code>"),
-                      Env("</result>\n"), Say("\\boxed{42}")]
+    delegate_twice = [Say("```python\nprint(6 * 7)\n```\n"), Env("\n```\n"), Say("```python\nprint(42 + 0)\n```\n"),
+                      Env("\n```\n"), Say("\\boxed{42}")]
     never = [Say("\\boxed{")]  # then the model writes freely until it closes the box or runs out
     scripts = {tuple(engine.prompt_ids(rollout.system_prompt, q)): delegate_twice if rank == 0 else never
                for q in run.trainer.train_dataset["prompt"]}

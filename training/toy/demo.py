@@ -171,7 +171,7 @@ class World:
         from planner.protocols import build_protocol
 
         self.stage(f"SFT of the {mode} planner ({self.config.delegate_share:.0%} of transcripts delegate)")
-        protocol = build_protocol(mode, None, 2000, tokenizer)
+        protocol = build_protocol(mode, sft.toy_markers(mode), 2000, tokenizer)
         prompt = (PROJECT_ROOT / recipe["planner"]["prompt"]).read_text()
         examples = sft.planner_examples(tokenizer, protocol, prompt, self.sft_problems, self.config.delegate_share,
                                         seed=self.config.seed)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from executor import ExecutionResult
-from planner.protocols import Protocol
+from planner.protocols import CODE_TAGS, Markers, Protocol
 from training.toy.tasks import Problem
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,12 @@ class Example:
 # The toy coder's program: the request copied verbatim into a fixed frame that evaluates it exactly (every number
 # literal becomes a `Decimal`, whose 28 digits hold every toy answer). Copying verbatim is what a tiny model can
 # learn quickly; rewriting each literal is not.
+def toy_markers(mode: str) -> Markers | None:
+    """The toy world's call markers: the defaults, except `<code>` tags in code mode (its tiny planners are trained
+    on them; `training/recipes/toy-code.yaml` names the same)."""
+    return CODE_TAGS if mode == "code" else None
+
+
 PROGRAM = """from decimal import Decimal
 import re
 print(eval(re.sub(r"[0-9.]+", lambda m: "Decimal('" + m[0] + "')", "{expression}")))"""

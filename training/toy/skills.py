@@ -81,7 +81,7 @@ def measure(world: Path, mode: str, problems: list[Problem], adapter: str | Path
 
     planner_dir = world / f"planner-{mode}"
     tokenizer = AutoTokenizer.from_pretrained(planner_dir)
-    protocol = build_protocol(mode, None, 2000, tokenizer)
+    protocol = build_protocol(mode, sft.toy_markers(mode), 2000, tokenizer)
     system = resolve(str(prompt or f"prompts/toy_planner_{mode}.txt")).read_text()
     examples = [sft.planner_example(tokenizer, protocol, system, p, delegate=True) for p in problems]
     pieces = []
