@@ -44,6 +44,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -117,6 +118,7 @@ def rollout(args: argparse.Namespace) -> str:
     from executor import Sandbox, SandboxConfig
     from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
     from planner.engine import PHASES
+    from planner.graph_generation import GraphGeneration
     from tests.scripted import PlannedScript
     from training.tiny import build_tokenizer
 
@@ -173,18 +175,26 @@ def rollout(args: argparse.Namespace) -> str:
             planned[tuple(p)] = segments
         return questions, prompts, planned
 
+    graphed: dict[int, GraphGeneration] = {}  # the graphed planner per batch size, its captured steps kept
+
     def run(count: int, tools: bool, coder_like, sandbox_like, reuse: bool = True, chunks: int = 1,
-            packed: bool = True) -> tuple[float, int, int, dict[str, float]]:
+            packed: bool = True, graph: bool = False) -> tuple[float, int, int, dict[str, float]]:
         """One timed run of `count` rollouts: seconds, planner tokens, tool calls, seconds per engine phase;
-        `packed` False: the prefills' attention is transformers' own (`coder.attention`'s ablation)."""
+        `packed` False: the prefills' attention is transformers' own (`coder.attention`'s ablation); `graph`: the
+        planner decodes through the CUDA-graph decoder (`planner.cuda_graph`)."""
         if tools == "trl":  # TRL's own tools= loop (bench/trl_loop.py)
             seconds, tokens, calls = trl_tools_rollouts(model, tokenizer, coder_like, sandbox_like, count,
                                                         args.segment_tokens, words, PlannedScript, sync)
             return seconds, tokens, calls, dict.fromkeys(PHASES, float("nan"))
         questions, prompts, planned = scripts(count, tools)
         forcer = PlannedScript(tokenizer, planned)
-        generator = TransformersGeneration(model, tokenizer, temperature=1.0, batch_size=count,
-                                           logits_processors=[forcer], reuse_cache=reuse)
+        generator: Any = TransformersGeneration(model, tokenizer, temperature=1.0, batch_size=count,
+                                                logits_processors=[forcer], reuse_cache=reuse)
+        if graph:
+            if count not in graphed:
+                graphed[count] = GraphGeneration(model, tokenizer, temperature=1.0, batch_size=count)
+            generator = graphed[count]
+            generator.logits_processors = [forcer]
         engine = RolloutEngine(protocol, generator, tokenizer, sandbox_like, coder_like,
                                EngineLimits(4 * args.segment_tokens + 64, 4, 500), tool_chunks=chunks)
         sync()
@@ -241,14 +251,25 @@ def rollout(args: argparse.Namespace) -> str:
                   OneAtATime(coder), OneAtATime(sandbox), True, 1, True),
                  *([("TRL GRPOTrainer's own tools= loop", args.compare_rollouts, "trl", coder, sandbox, True, 1,
                      True)] if args.trl_loop else [])]
+    if args.planner_graph:  # the fastest tools row and the no-tool row again, the planner graphed
+        fastest_box = tools_row[4]
+        plan += [(f"{tools_row[0]}, planner graphed", *tools_row[1:8], True),
+                 ("same tokens, no tool calls, planner graphed", args.rollouts, False, coder, sandbox, True, 1, True,
+                  True),
+                 *([("engine, batched tool calls, planner graphed", args.compare_rollouts, True, coder, sandbox,
+                     True, 1, True, True)] if args.compare_rollouts else [])]
+        print("warming up the graphed planner (one capture per shape) ...", file=sys.stderr, flush=True)
+        run(args.rollouts, True, tools_row[3], fastest_box, graph=True)
+        if args.compare_rollouts:
+            run(args.compare_rollouts, True, coder, sandbox, graph=True)
     if args.attention_ablation:  # the fastest tools row's setting and the no-tool row, with the attention unpacked
         plan += [(f"{tools_row[0]}, attention unpacked", *tools_row[1:7], False),
                  ("same tokens, no tool calls, attention unpacked", args.rollouts, False, coder, sandbox, True, 1,
                   False)]
     fastest: dict[int, tuple[float, int, int, dict[str, float]]] = {}
     overheads = []  # each repeat's own tool overhead, from rows run minutes apart at most
-    tool_rows = [i for i, (name, count, *rest) in enumerate(plan) if count == args.rollouts and rest[-1]
-                 and name.startswith("engine, batched tool calls") and "KV" not in name]
+    tool_rows = [i for i, (name, count, *rest) in enumerate(plan) if count == args.rollouts and rest[5]
+                 and name.startswith("engine, batched tool calls") and "KV" not in name and "graphed" not in name]
     plain_row = next(i for i, (name, *_) in enumerate(plan) if name == "same tokens, no tool calls")
     for repeat in range(args.repeats):  # the rows in turn, again and again: a slow spell slows every row alike
         seconds_now = {}
@@ -256,6 +277,8 @@ def rollout(args: argparse.Namespace) -> str:
             print(f"measuring ({repeat + 1}/{args.repeats}): {name}, {count} rollouts ...", file=sys.stderr,
                   flush=True)
             result = run(count, *setting)
+            print(f"  {result[0]:.2f} s, {result[1] / result[0]:,.0f} planner tokens/s, phases "
+                  f"{ {k: round(v, 2) for k, v in result[3].items()} }", file=sys.stderr, flush=True)
             seconds_now[index] = result[0]
             if index not in fastest or result[0] < fastest[index][0]:
                 fastest[index] = result
@@ -287,6 +310,23 @@ def rollout(args: argparse.Namespace) -> str:
     if trl:
         text += (f"\nbatched vs TRL's own tools= loop ({args.compare_rollouts} rollouts): "
                  f"{trl / measured[('engine, batched tool calls', args.compare_rollouts)]:.2f}x (target >= 4x)")
+    if args.planner_graph:
+        rate = {name: fastest[i][1] / fastest[i][0] for i, (name, count, *_) in enumerate(plan)
+                if count == args.rollouts}
+        text += (f"\nplanner graphed vs generate, planner tokens/s ({args.rollouts} rollouts): no tool calls "
+                 f"{rate['same tokens, no tool calls, planner graphed']:,.0f} vs "
+                 f"{rate['same tokens, no tool calls']:,.0f} "
+                 f"({rate['same tokens, no tool calls, planner graphed'] / rate['same tokens, no tool calls']:.2f}x); "
+                 f"with tool rounds {rate[f'{tools_row[0]}, planner graphed']:,.0f} vs {rate[tools_row[0]]:,.0f} "
+                 "(targets: >= 20k tokens/s at 7B and 256 rows with tool rounds)")
+        small = measured.get(("engine, batched tool calls, planner graphed", args.compare_rollouts))
+        if small:
+            big = measured[(f"{tools_row[0]}, planner graphed", args.rollouts)]
+            text += (f"\nplanner graphed: {args.compare_rollouts} rollouts {small:.2f} s vs {args.rollouts} "
+                     f"{big:.2f} s (target: clearly faster)")
+            if trl:
+                text += (f"\nplanner graphed vs TRL's own tools= loop ({args.compare_rollouts} rollouts): "
+                         f"{trl / small:.2f}x (target >= 15x)")
     if serial:
         text += (f"\nbatched vs one rollout at a time ({args.compare_rollouts} rollouts): {speedup:.2f}x "
                  "(target >= 4x)")
@@ -432,7 +472,8 @@ def step(args: argparse.Namespace) -> str:
     model = saved_model(args.shape, Path(args.work) / f"random-{args.shape}")
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("train_step.py")), "--model", str(model),
                            "--device", "cuda", "--steps", str(args.steps), "--group", str(args.group),
-                           "--batch", str(args.batch), "--completion-tokens", str(args.completion_tokens)],
+                           "--batch", str(args.batch), "--completion-tokens", str(args.completion_tokens),
+                           "--isolation", args.isolation, *(["--planner-graph"] if args.planner_graph else [])],
                           capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
@@ -461,10 +502,11 @@ def memory(args: argparse.Namespace) -> str:
     recipe = yaml.safe_load((Path(__file__).resolve().parent.parent / "training" / "recipes" /
                              "qwen2.5-7b-request.yaml").read_text())
     recipe["planner"] |= {"model": str(model), "max_completion_tokens": args.completion_tokens,
-                          "reuse_cache": args.reuse}
+                          "reuse_cache": args.reuse, "cuda_graph": args.planner_graph and cuda}
     recipe["coder"] |= {"model": str(model), "device": args.device, "cuda_graph": args.coder_graph and cuda,
                         "cache_size": 0, "deduplicate": False}  # real requests differ; the forced ones do not
     recipe["data"] = {"path": str(data)}
+    recipe["executor"] = {**recipe.get("executor", {}), "isolation": args.isolation}
     recipe["grpo"] |= {"output_dir": str(work / "memory-run"), "max_steps": 1, "report_to": "none",
                        "save_strategy": "no", **({} if cuda else {"use_cpu": True, "bf16": False})}
     recipe["logging"] = {"sample_every": 0}
@@ -510,8 +552,10 @@ def memory(args: argparse.Namespace) -> str:
              f"{'on' if coder.cuda_graph else 'off'}), bf16, one card; group {g['num_generations']}, "
              f"{g['per_device_train_batch_size']} completions per micro-batch x {g['gradient_accumulation_steps']}, "
              f"up to {args.completion_tokens} tokens; {len(last)} completions: {calls:.1f} tool calls each, "
-             f"{min(lengths)}-{max(lengths)} tokens; planner KV cache kept across rounds: "
-             f"{'yes' if args.reuse else 'no'}; one step in {seconds:.0f} s (rollout: {phases})")
+             f"{min(lengths)}-{max(lengths)} tokens; planner "
+             f"{'graphed (planner.cuda_graph)' if built.planner.cuda_graph else 'on generate'}, KV cache kept across "
+             f"rounds: {'yes' if args.reuse and not built.planner.cuda_graph else 'no'}; one step in {seconds:.0f} s "
+             f"(rollout: {phases})")
     per_call = [[f"planner generate call {k + 1}", str(batch), str(steps), f"{1000 * wall / max(1, steps - 1):.1f}"]
                 for k, (batch, steps, wall) in enumerate(clock.summary())]
     return (table(title, ["what", "GiB"], rows) + f"\n\npeak allocated: {peak:.1f} GiB (target <= 75 GiB)"
@@ -547,6 +591,10 @@ def main() -> None:
     parser.add_argument("--trl-loop", action="store_true",
                         help="rollout: with --compare-rollouts, a row through TRL GRPOTrainer's own tools= loop "
                              "(bench/trl_loop.py)")
+    parser.add_argument("--planner-graph", action="store_true",
+                        help="rollout: the fastest tools row, the no-tool row and the small batch again with the "
+                             "planner on the CUDA-graph decoder (planner.cuda_graph); step: a row with it; "
+                             "memory: the planner on it")
     parser.add_argument("--paired-only", action="store_true",
                         help="rollout: only the fastest setting's tools row and the no-tool row, for many paired "
                              "repeats (with --repeats)")

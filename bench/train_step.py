@@ -1,7 +1,9 @@
 """GRPO step time: our rollout function (through training/grpo.py's build) against TRL's own generation, on the
 same model, prompts and completion lengths, with no tool calls. Side by side in one run.
 
-    python bench/train_step.py [--steps 6] [--completion-tokens 64] [--model DIR] [--device cpu|cuda]
+    python bench/train_step.py [--steps 6] [--completion-tokens 64] [--model DIR] [--device cpu|cuda] [--planner-graph]
+
+`--planner-graph` adds a row with the planner on the CUDA-graph decoder (`planner.cuda_graph`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="completions per step (default: one group)")
     parser.add_argument("--model", default=None, help="a local model directory (default: a tiny one built now)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--isolation", choices=["full", "none"], default="full",
+                        help="the sandbox's isolation; none where bubblewrap is missing (the GPU machine)")
+    parser.add_argument("--planner-graph", action="store_true", help="also: the planner on the CUDA-graph decoder")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="delegate-bench-step-"))
     model = args.model or str(build_tiny(work / "model"))
@@ -53,23 +58,30 @@ def main() -> None:
                    "learning_rate": 1e-4, "beta": 0.0, "logging_steps": 1, "report_to": "none",
                    "save_strategy": "no", "use_cpu": args.device == "cpu", "bf16": args.device != "cpu",
                    "max_completion_length": args.completion_tokens, "temperature": 1.0}
-    recipe = Recipe.model_validate({
-        "planner": {"model": model, "device": args.device, "protocol": "code", "temperature": 1.0,
-                    "max_completion_tokens": args.completion_tokens, "max_tool_calls": 0},
-        "coder": {"model": model, "device": args.device},
-        "data": {"path": str(data)},
-        "rewards": {"schedule": [(0, {"length": 1.0})]},
-        "groups": {"filter": False},
-        "logging": {"sample_every": 0},
-        "grpo": {"output_dir": str(work / "ours"), **grpo_fields},
-    })
-    print("measuring: our rollout function ...", file=sys.stderr, flush=True)
-    run = grpo.build(recipe)
-    try:
-        run.trainer.train()
-        ours = step_times(run.trainer)
-    finally:
-        run.close()
+    def recipe_for(graph: bool) -> Recipe:
+        return Recipe.model_validate({
+            "planner": {"model": model, "device": "cpu" if args.device == "cpu" else "auto", "protocol": "code", "temperature": 1.0,
+                        "max_completion_tokens": args.completion_tokens, "max_tool_calls": 0, "cuda_graph": graph},
+            "coder": {"model": model, "device": args.device},
+            "executor": {"isolation": args.isolation},
+            "data": {"path": str(data)},
+            "rewards": {"schedule": [(0, {"length": 1.0})]},
+            "groups": {"filter": False},
+            "logging": {"sample_every": 0},
+            "grpo": {"output_dir": str(work / ("ours-graph" if graph else "ours")), **grpo_fields},
+        })
+
+    ours: dict[bool, tuple[float, float]] = {}
+    for graph in (False, True) if args.planner_graph else (False,):
+        print(f"measuring: our rollout function{', planner graphed' if graph else ''} ...", file=sys.stderr,
+              flush=True)
+        run = grpo.build(recipe_for(graph))
+        try:
+            run.trainer.train()
+            ours[graph] = step_times(run.trainer)
+        finally:
+            run.close()
+    recipe = recipe_for(False)
 
     print("measuring: TRL's own generation ...", file=sys.stderr, flush=True)
     from datasets import Dataset
@@ -93,15 +105,19 @@ def main() -> None:
     trl_trainer.train()
     theirs = step_times(trl_trainer)
 
-    header = f"{'generation':<28} {'s/step':>8} {'mean completion tokens':>23}"
+    header = f"{'generation':<36} {'s/step':>8} {'mean completion tokens':>23}"
     print(f"\nGRPO step time ({args.device}, {args.batch or args.group} completions in groups of {args.group}, "
           f"{args.completion_tokens} new tokens, "
           f"median of {args.steps - 1} steps)\n")
     print(header)
     print("-" * len(header))
-    print(f"{'ours (rollout_func, engine)':<28} {ours[0]:8.3f} {ours[1]:23.1f}")
-    print(f"{'TRL generate (no tools)':<28} {theirs[0]:8.3f} {theirs[1]:23.1f}")
-    print(f"\nours / TRL: {ours[0] / theirs[0]:.2f}x (target <= 1.15x)")
+    print(f"{'ours (rollout_func, engine)':<36} {ours[False][0]:8.3f} {ours[False][1]:23.1f}")
+    if True in ours:
+        print(f"{'ours, planner graphed':<36} {ours[True][0]:8.3f} {ours[True][1]:23.1f}")
+    print(f"{'TRL generate (no tools)':<36} {theirs[0]:8.3f} {theirs[1]:23.1f}")
+    print(f"\nours / TRL: {ours[False][0] / theirs[0]:.2f}x (target <= 1.15x)")
+    if True in ours:
+        print(f"ours, planner graphed / TRL: {ours[True][0] / theirs[0]:.2f}x (target <= 1.05x)")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ forward pass of one token per row into a `StaticCache`, under a 4D mask kept in 
 and replayed: one launch a step, and the step's kernels are the eager ones (no `torch.compile`: transformers' SDPA
 code packs the query heads onto the key/value heads only outside it, and copies the key/value heads otherwise).
 `GraphDecoder` keeps the last shapes' graphs, with their cache and buffers, for later calls.
-Choosing the next token (argmax, or temperature and top-p sampling through transformers' own warpers) stays
-outside the graph. On a CPU the same loop runs without it.
+Choosing the next token stays outside the graph, in a `Picker`: the coder's (`EosPicker`: argmax, or temperature
+and top-p sampling through transformers' own warpers, until EOS) or the planner's (`planner.graph_generation`:
+logits processors, log-probabilities, stop strings and per-row budgets). One decoder serves both. On a CPU the same
+loop runs without a graph.
 
 Rows carry `generate`'s left-padding layout: the positions where `mask` is 1 are the row's tokens, position ids
 count them, and a padded position also sees itself (so that no query row is empty) and is never seen by a real
@@ -19,7 +21,7 @@ from __future__ import annotations
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import StaticCache, TemperatureLogitsWarper, TopPLogitsWarper
@@ -30,20 +32,57 @@ CHECK_EVERY = 8  # steps between checks (one host sync) that every row has finis
 WARMUP_STEPS = 2  # eager steps on a side stream before the capture, as `torch.cuda.graphs` asks
 
 
-def check_model(model: Any) -> None:
-    """Refuse, at load time, a model this decoder cannot drive."""
-    attention = model.config._attn_implementation
+def check_model(model: Any, field: str = "coder.cuda_graph") -> None:
+    """Refuse, at load time, a model this decoder cannot drive (`field`: the setting named in the error)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model takes **kwargs
+    attention = base.config._attn_implementation
     if attention not in ("sdpa", "eager"):
-        raise ValueError(f"coder.cuda_graph passes 4D attention masks, which the {attention!r} attention does not "
-                         "take; load the coder with attn_implementation='sdpa'")
-    types = getattr(model.config, "layer_types", None)
-    windowed = any(t != "full_attention" for t in types) if types else getattr(model.config, "sliding_window", None)
+        raise ValueError(f"{field} passes 4D attention masks, which the {attention!r} attention does not take; load "
+                         "the model with attn_implementation='sdpa'")
+    types = getattr(base.config, "layer_types", None)
+    windowed = any(t != "full_attention" for t in types) if types else getattr(base.config, "sliding_window", None)
     if windowed:
-        raise ValueError("coder.cuda_graph masks every cached position itself, which a sliding-window or other "
-                         "non-full attention layer does not allow; leave cuda_graph off for this model")
-    if "cache" not in inspect.signature(model.forward).parameters:
-        raise ValueError("coder.cuda_graph needs a transformers release whose models take `cache=` and whose "
-                         "StaticCache counts its own length (5.24 was tested)")
+        raise ValueError(f"{field} masks every cached position itself, which a sliding-window or other non-full "
+                         "attention layer does not allow; leave it off for this model")
+    if "cache" not in inspect.signature(base.forward).parameters:
+        raise ValueError(f"{field} needs a transformers release whose models take `cache=` and whose StaticCache "
+                         "counts its own length (5.24 was tested)")
+
+
+class Picker(Protocol):
+    """Chooses each step's tokens outside the graph. `seen`: (rows, tokens so far), the left-padded prompts and what
+    was chosen before, as `generate` hands logits processors their `input_ids`."""
+
+    def start(self, rows: int, real: int) -> None:
+        """A new decode of `rows` rows, of which the first `real` are the caller's (the rest copy the last one)."""
+
+    def choose(self, seen: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The next token of each row, from its last-position logits."""
+        ...
+
+    def finished(self, seen: torch.Tensor, chosen: torch.Tensor, step: int) -> torch.Tensor:
+        """Which rows end with `chosen` (`seen` now holds it; `step` counts from 0)."""
+        ...
+
+
+class EosPicker:
+    """The coder's: greedy or sampled, until an end-of-reply token."""
+
+    def __init__(self, eos_ids: list[int], temperature: float = 0.0, top_p: float = 1.0) -> None:
+        self.eos_ids = eos_ids
+        self.sample = greedy_or_sampled(temperature, top_p)
+        self.eos: torch.Tensor | None = None
+
+    def start(self, rows: int, real: int) -> None:
+        self.eos = None
+
+    def choose(self, seen: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return self.sample(logits)
+
+    def finished(self, seen: torch.Tensor, chosen: torch.Tensor, step: int) -> torch.Tensor:
+        if self.eos is None:
+            self.eos = torch.tensor(self.eos_ids, device=chosen.device)
+        return torch.isin(chosen, self.eos)
 
 
 def greedy_or_sampled(temperature: float, top_p: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -138,10 +177,14 @@ class GraphDecoder:
         self.built = 0  # shapes built (with a graph, each one captured) so far: for tests and benchmarks
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shared: int, max_new_tokens: int,
-                 temperature: float = 0.0, top_p: float = 1.0) -> torch.Tensor:
+                 temperature: float = 0.0, top_p: float = 1.0, picker: Picker | None = None,
+                 cache_length: int = 0) -> torch.Tensor:
+        """`picker`: how tokens are chosen and rows end (default: `EosPicker` at `temperature` and `top_p`);
+        `cache_length`: at least this long a cache (a caller whose calls vary in width keeps one shape)."""
+        picker = picker or EosPicker(self.eos_ids, temperature, top_p)
         try:
             with torch.inference_mode():
-                return self._decode(ids, mask, prefix, shared, max_new_tokens, temperature, top_p)
+                return self._decode(ids, mask, prefix, shared, max_new_tokens, picker, cache_length)
         except BaseException:
             self.shapes.clear()  # a capture cut short (out of memory, say) leaves no graph to replay
             raise
@@ -162,13 +205,13 @@ class GraphDecoder:
         return shape
 
     def _decode(self, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shared: int, max_new_tokens: int,
-                temperature: float, top_p: float) -> torch.Tensor:
+                picker: Picker, cache_length: int = 0) -> torch.Tensor:
         model, device, real = self.model, ids.device, ids.shape[0]
         if self.round_shapes and ids.shape[0] % ROWS_STEP:  # copies of the last row
             extra = ROWS_STEP - ids.shape[0] % ROWS_STEP
             ids, mask = torch.cat([ids, ids[-1:].expand(extra, -1)]), torch.cat([mask, mask[-1:].expand(extra, -1)])
         rows, width = ids.shape
-        length = width + max_new_tokens
+        length = max(width + max_new_tokens, cache_length)
         if self.round_shapes:
             length += -length % LENGTH_STEP
         shape = self._shape(rows, length)
@@ -185,7 +228,6 @@ class GraphDecoder:
         seen = (valid[:, None, :] & (at <= own)[None]) | (at == own)[None]  # (rows, queries, length)
         blocked = torch.finfo(model.dtype).min  # additive masks: what both the eager and the SDPA attention take
         prefill_mask = torch.zeros(seen.shape, dtype=model.dtype, device=device).masked_fill_(~seen, blocked)
-        choose = greedy_or_sampled(temperature, top_p)
         logits = model(input_ids=ids[:, shared:], attention_mask=prefill_mask[:, None],
                        position_ids=positions[:, shared:], cache=cache, use_cache=True,
                        **last_logits(model)).logits[:, -1]
@@ -194,19 +236,19 @@ class GraphDecoder:
         shape.position.copy_(mask.long().sum(1, keepdim=True))
         shape.where.fill_(width)
 
-        eos = torch.tensor(self.eos_ids, device=device)
-        out = torch.full((rows, max_new_tokens), self.pad_id, dtype=ids.dtype, device=device)
+        seq = torch.cat([ids, torch.full((rows, max_new_tokens), self.pad_id, dtype=ids.dtype, device=device)], 1)
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         done[real:] = True  # the rounding's copies
+        picker.start(rows, real)
         for k in range(max_new_tokens):
-            chosen = choose(logits)
-            out[:, k] = torch.where(done, self.pad_id, chosen)
-            done |= torch.isin(chosen, eos)
+            chosen = picker.choose(seq[:, :width + k], logits)
+            seq[:, width + k] = torch.where(done, self.pad_id, chosen)
+            done |= picker.finished(seq[:, :width + k + 1], chosen, k)
             if k == max_new_tokens - 1 or (k % CHECK_EVERY == CHECK_EVERY - 1 and bool(done.all())):
                 break
             shape.token.copy_(chosen[:, None])
             logits = shape.step()
-        return out[:real, : k + 1]
+        return seq[:real, width:width + k + 1]
 
 
 def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shared: int, max_new_tokens: int,

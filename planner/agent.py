@@ -92,6 +92,11 @@ class Agent:
         processors = list(logits_processors or [])
         if not planner.tools:
             processors.append(BanText(self.tokenizer, self.protocol.markers.open))
+        if planner.cuda_graph:
+            from planner.graph_generation import GraphGeneration
+
+            return GraphGeneration(model, self.tokenizer, planner.temperature, planner.top_p, planner.batch_size,
+                                   processors)
         return TransformersGeneration(model, self.tokenizer, planner.temperature, planner.top_p, planner.batch_size,
                                       planner.cache_implementation, processors, reuse_cache=planner.reuse_cache)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from coder import CoderConfig
 from coder.config import expand_model_path
@@ -42,6 +42,8 @@ class PlannerConfig(BaseModel):
         None, description="KV cache for transformers generate; 'static' is faster on the GPU")
     reuse_cache: bool = Field(True, description="transformers backend, dynamic cache: continue each tool round "
                               "from the previous round's KV cache instead of re-running the prefix")
+    cuda_graph: bool = Field(False, description="transformers backend: decode through the coder's CUDA-graph "
+                             "decoder (the one-token step captured once per shape and replayed) instead of generate")
     tool_chunks: int = Field(1, ge=1, description="a round's calls go to the coder in this many chunks; each chunk's "
                              "programs run in the sandbox while the coder writes the next")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vllm backend")
@@ -54,6 +56,14 @@ class PlannerConfig(BaseModel):
     @property
     def prompt_file(self) -> str:
         return self.prompt or f"prompts/planner_{self.protocol}.txt"
+
+    @model_validator(mode="after")
+    def _graph_fits(self) -> PlannerConfig:
+        if self.cuda_graph and self.backend != "transformers":
+            raise ValueError("planner.cuda_graph is the transformers backend's decoder (vLLM has its own graphs)")
+        if self.cuda_graph and self.cache_implementation is not None:
+            raise ValueError("planner.cuda_graph brings its own preallocated cache: leave cache_implementation unset")
+        return self
 
 
 # A training recipe's own sections: training.recipe.Recipe reads them; the agent skips them.

@@ -52,6 +52,8 @@ class PlannerRollout:
         self.sampling = dict(temperature=planner.temperature, top_p=planner.top_p, batch_size=planner.batch_size,
                              cache_implementation=planner.cache_implementation, logits_processors=logits_processors,
                              reuse_cache=planner.reuse_cache)
+        self.cuda_graph = planner.cuda_graph
+        self._graph: Any = None  # the graphed planner decoder: its captured steps serve every training step
         self.last: list[Trajectory] = []  # the latest batch, for logging and the trainer's samples
         self.rounds = self.idle_rounds = 0  # of the latest batch: generation rounds, and those this rank sat out
         self.seconds: dict[str, float] = {}  # of the latest batch, this process: wall time per engine phase
@@ -124,8 +126,20 @@ class PlannerRollout:
 
     def run(self, model: Any, questions: list[str], sync: RankSync | None = None,
             lockstep: RankSync | None = None) -> list[Trajectory]:
+        if self.cuda_graph and lockstep is None:  # ranks that step together keep `generate`'s synced calls
+            return self._roll(self.graph_generation(model), questions, sync)
         return self._roll(TransformersGeneration(model, self.tokenizer, **self.sampling, sync=lockstep), questions,
                           sync)
+
+    def graph_generation(self, model: Any) -> Any:
+        """One graphed decoder per model, kept across steps (the optimizer updates the weights it reads in place)."""
+        from planner.graph_generation import GraphGeneration
+
+        if self._graph is None or self._graph.model is not model:
+            s = self.sampling
+            self._graph = GraphGeneration(model, self.tokenizer, s["temperature"], s["top_p"], s["batch_size"],
+                                          s["logits_processors"])
+        return self._graph
 
     def _roll(self, generator: Any, questions: list[str], sync: RankSync | None = None) -> list[Trajectory]:
         engine = RolloutEngine(self.protocol, generator, self.tokenizer, self.sandbox, self.coder, self.limits,
