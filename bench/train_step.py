@@ -60,8 +60,9 @@ def main() -> None:
                    "max_completion_length": args.completion_tokens, "temperature": 1.0}
     def recipe_for(graph: bool) -> Recipe:
         return Recipe.model_validate({
-            "planner": {"model": model, "device": "cpu" if args.device == "cpu" else "auto", "protocol": "code", "temperature": 1.0,
-                        "max_completion_tokens": args.completion_tokens, "max_tool_calls": 0, "cuda_graph": graph},
+            "planner": {"model": model, "device": "cpu" if args.device == "cpu" else "auto", "protocol": "code",
+                        "temperature": 1.0, "max_completion_tokens": args.completion_tokens, "max_tool_calls": 0,
+                        "cuda_graph": graph},
             "coder": {"model": model, "device": args.device},
             "executor": {"isolation": args.isolation},
             "data": {"path": str(data)},

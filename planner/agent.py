@@ -92,7 +92,7 @@ class Agent:
         processors = list(logits_processors or [])
         if not planner.tools:
             processors.append(BanText(self.tokenizer, self.protocol.markers.open))
-        if planner.cuda_graph:
+        if planner.cuda_graph and model.device.type == "cuda":  # on a CPU there is no graph: generate
             from planner.graph_generation import GraphGeneration
 
             return GraphGeneration(model, self.tokenizer, planner.temperature, planner.top_p, planner.batch_size,

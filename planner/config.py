@@ -42,8 +42,9 @@ class PlannerConfig(BaseModel):
         None, description="KV cache for transformers generate; 'static' is faster on the GPU")
     reuse_cache: bool = Field(True, description="transformers backend, dynamic cache: continue each tool round "
                               "from the previous round's KV cache instead of re-running the prefix")
-    cuda_graph: bool = Field(False, description="transformers backend: decode through the coder's CUDA-graph "
-                             "decoder (the one-token step captured once per shape and replayed) instead of generate")
+    cuda_graph: bool = Field(False, description="transformers backend on a GPU: decode through the CUDA-graph "
+                             "decoder (the one-token step captured once per shape and replayed) instead of "
+                             "generate; on a CPU, generate")
     tool_chunks: int = Field(1, ge=1, description="a round's calls go to the coder in this many chunks; each chunk's "
                              "programs run in the sandbox while the coder writes the next")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vllm backend")

@@ -126,7 +126,8 @@ class PlannerRollout:
 
     def run(self, model: Any, questions: list[str], sync: RankSync | None = None,
             lockstep: RankSync | None = None) -> list[Trajectory]:
-        if self.cuda_graph and lockstep is None:  # ranks that step together keep `generate`'s synced calls
+        # Ranks that step together keep `generate`'s synced calls; on a CPU there is no graph to replay.
+        if self.cuda_graph and lockstep is None and model.device.type == "cuda":
             return self._roll(self.graph_generation(model), questions, sync)
         return self._roll(TransformersGeneration(model, self.tokenizer, **self.sampling, sync=lockstep), questions,
                           sync)
