@@ -215,6 +215,27 @@ def test_no_tools_ban_covers_every_tokenization_of_the_marker(tokenizer):
     assert scores[0, token[">The"]] == float("-inf") and scores[0, tokenizer.encode(" sum")[0]] == 0
 
 
+def test_the_ban_steps_on_the_device_as_it_recomputes_from_text(tokenizer):
+    """The ban follows each row with a state table from step to step (no host work per step); at every step the
+    banned set equals what reading the row's text again gives, for rows whose tokens wander in and out of the
+    marker however the BPE spells it."""
+    import random
+
+    ban = BanText(tokenizer, "<request>")
+    rng = random.Random(0)
+    spellings = ["<", "request", ">", "<re", "quest", "re", "q", "uest", ">The", " <", "x", "\n", "<request"]
+    candidates = sorted({t for piece in spellings for t in tokenizer.encode(piece, add_special_tokens=False)})
+    starts = [tokenizer.encode(start, add_special_tokens=False) for start in ("Let me ask <", "Fine. <req", "Hi")]
+    rows = [[tokenizer.pad_token_id] * (max(map(len, starts)) - len(s)) + s for s in starts]  # left-padded
+    for _ in range(40):
+        scores = ban(torch.tensor(rows), torch.zeros(len(rows), len(tokenizer)))
+        for row, ids in enumerate(rows):
+            assert set((scores[row] == float("-inf")).nonzero().flatten().tolist()) == set(ban.banned(ids))
+            ids.append(rng.choice([t for t in candidates if scores[row, t] == 0]))
+    assert any("<request" in tokenizer.decode(ids) for ids in rows)  # the walk came within a token of the marker
+    assert not any("<request>" in tokenizer.decode(ids) for ids in rows)
+
+
 def test_the_vllm_ban_sees_a_marker_begun_in_the_prompt(tokenizer):
     """vLLM gives a per-request processor only the generated ids (`planner.vllm_ban`): the prompt's tail comes
     along in `extra_args`, so `<request` at the prompt's end and `>The` as the first sampled token is still banned."""
