@@ -74,6 +74,10 @@ class BanText(LogitsProcessor):
         """Tokens decoded from a row's end: enough to hold len(text) - 1 characters."""
         return max(4, len(text))
 
+    def start_call(self) -> None:
+        """A new generation call starts (the backends say so; alone, a call is told by its width)."""
+        self._states = None
+
     def state(self, ids: list[int]) -> int:
         """How much of the marker the text of `ids` ends with."""
         return _next_state(self.text, self.tokenizer.decode(ids[-self.window:], skip_special_tokens=False),

@@ -41,6 +41,15 @@ class GenerationBackend(Protocol):
         ...
 
 
+def start_call(processors: list[Any]) -> None:
+    """Tell stateful logits processors that a new generation call starts (those with a `start_call` method:
+    `BanText`), so that none mistakes a call's first step for the next step of the last one."""
+    for processor in processors:
+        hook = getattr(processor, "start_call", None)
+        if callable(hook):
+            hook()
+
+
 class _LogprobRecorder(LogitsProcessor):
     """Keeps the log-probability of each sampled token. Custom processors run before the sampling warpers, so
     it sees the logits before temperature and applies the temperature itself; top-p/top-k are left out, as in
@@ -209,6 +218,7 @@ class TransformersGeneration:
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids, cache_implementation=self.cache_implementation, use_cache=True)
         processors = [*([] if padding else self.logits_processors), recorder]
+        start_call(processors)
         keep = self.reuse_cache and not padding
         config.return_dict_in_generate = keep
         resumed = cache_argument(self.model, cache) if cache is not None else {}

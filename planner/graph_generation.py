@@ -24,7 +24,7 @@ from transformers import LogitsProcessor, StopStringCriteria
 from coder.attention import packed_attention
 from coder.graph_decode import GraphDecoder, check_model, greedy_or_sampled
 from coder.hf import eos_ids, padded
-from planner.generation import Generated, StopReason
+from planner.generation import Generated, StopReason, start_call
 
 _REASONS: tuple[StopReason, ...] = ("length", "eos", "stop")
 PLANNER_GRAPHS_KEPT = 3  # shapes kept: a run's rounds shrink the live rows (rounded up to 32) as rollouts end
@@ -134,6 +134,7 @@ class GraphGeneration:
             chunk_budgets = [budgets[i] for i in chunk]
             ids, mask = padded([prompts[i] for i in chunk], 0, self.pad_id, self.model.device)
             self.cache_length = max(self.cache_length, ids.shape[1] + max(chunk_budgets))
+            start_call(self.logits_processors)
             picker = _PlannerPicker(self.logits_processors, self.temperature, self.top_p,
                                     self._criteria(stop_strings), self.eos_ids, chunk_budgets)
             with packed_attention(self.model):

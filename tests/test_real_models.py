@@ -234,6 +234,14 @@ def test_the_ban_steps_on_the_device_as_it_recomputes_from_text(tokenizer):
             ids.append(rng.choice([t for t in candidates if scores[row, t] == 0]))
     assert any("<request" in tokenizer.decode(ids) for ids in rows)  # the walk came within a token of the marker
     assert not any("<request>" in tokenizer.decode(ids) for ids in rows)
+    # A new call one token wider than the last step looks like its next step: the backends say when a call starts.
+    token = {tokenizer.decode([i]): i for i in tokenizer.encode("<request>The")}
+    first = tokenizer.encode("No marker in this one", add_special_tokens=False)
+    second = tokenizer.encode("Now I ask <request", add_special_tokens=False)
+    second = [tokenizer.pad_token_id] * (len(first) + 1 - len(second)) + second
+    ban(torch.tensor([first]), torch.zeros(1, len(tokenizer)))
+    ban.start_call()
+    assert ban(torch.tensor([second]), torch.zeros(1, len(tokenizer)))[0, token[">The"]] == float("-inf")
 
 
 def test_the_vllm_ban_sees_a_marker_begun_in_the_prompt(tokenizer):
