@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu import random_model, table  # bench/gpu.py
+from shapes import random_model, table  # bench/shapes.py
 
 from planner import TransformersGeneration
 from training.tiny import build_tokenizer

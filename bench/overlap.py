@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode import prompts  # bench/decode.py
-from gpu import random_model, table  # bench/gpu.py
+from shapes import random_model, table  # bench/shapes.py
 
 from coder.config import CoderConfig
 from coder.transformers_backend import TransformersBackend
