@@ -78,3 +78,26 @@ def test_the_no_tools_ban_holds_in_the_graphed_decoder(tokenizer, model):  # noq
     assert all(marker in tokenizer.decode(g.token_ids) for g in free)
     banned = GraphGeneration(model, tokenizer, temperature=0.0, logits_processors=[pushed, BanText(tokenizer, marker)])
     assert not any(marker in tokenizer.decode(g.token_ids) for g in banned.generate(prompts, [12, 12], []))
+
+
+def test_a_lora_policy_decodes_alike_and_a_replay_reads_updated_weights(tokenizer, tiny_model_dir):  # noqa: F811
+    """The training policy is a PEFT model: the graphed decoder drives it through its base model's signature, and
+    after an in-place update of the LoRA weights (what the optimizer does) the same decoder, its shape kept, decodes
+    the new policy. (Here the step runs eagerly; on the H200 a 4-step GRPO run of the real 0.5B replayed it.)"""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    policy = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])).eval()
+    prompts = [tokenizer(text)["input_ids"] for text in ("What is 12 + 30?", "hello there")]
+    graphed = GraphGeneration(policy, tokenizer, temperature=0.0)
+    outputs = []
+    for _ in range(2):
+        reference = TransformersGeneration(policy, tokenizer, temperature=0.0).generate(prompts, [16, 16], [])
+        outputs.append([g.token_ids for g in graphed.generate(prompts, [16, 16], [])])
+        assert outputs[-1] == [r.token_ids for r in reference]
+        with torch.no_grad():  # a large in-place step on every LoRA B matrix (zero at the start)
+            for name, parameter in policy.named_parameters():
+                if "lora_B" in name:
+                    parameter.add_(torch.randn_like(parameter) * 2.0)
+    assert graphed.decoder.built == 1 and outputs[0] != outputs[1]  # the update changed what it writes
