@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from planner import Agent, AgentConfig, RolloutEngine
 from tests.scripted import Env, Say, ScriptedText
-from training import grpo
+from training import curves, grpo
 from training.filtering import replace_rows
 from training.recipe import GroupsSection, Recipe
 from training.rewards import REWARDS
@@ -312,6 +312,9 @@ def test_every_checkpoint_is_an_agent_and_resume_continues_from_the_latest(tmp_p
     grpo.main(["--config", str(path), "--resume", "--set", "grpo.max_steps=3"])
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and len(state["log_history"]) >= 3  # steps 1-2 carried over, then 3
+    assert (out / "curves.png").stat().st_size > 10_000  # the training curves, redrawn at each checkpoint
+    redrawn = curves.main([str(out), "--out", str(tmp_path / "again.png")])  # from the latest checkpoint
+    assert redrawn is not None and redrawn.stat().st_size > 10_000
     (tmp_path / "fresh").mkdir()
     with pytest.raises(ValueError, match="checkpoint"):
         grpo.main(["--config", str(write_recipe(tmp_path / "fresh", tiny_model_dir)), "--resume"])

@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 from coder import build_coder
 from executor import Sandbox
 from planner import build_protocol
+from training.curves import plot_history
 from training.data import load_problems
 from training.recipe import Recipe
 from training.rewards import WeightSchedule, scheduled_rewards
@@ -153,6 +154,7 @@ class AgentRecipeOnSave(TrainerCallback):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and checkpoint.is_dir():
             write_agent_recipe(self.recipe, checkpoint)
+            plot_history(state.log_history, Path(args.output_dir) / "curves.png", args.output_dir)
 
 
 def train(run: Run) -> Path:
@@ -164,6 +166,9 @@ def train(run: Run) -> Path:
     trainer.save_model(str(out))
     if trainer.accelerator.is_main_process:
         log.info("saved the adapter and %s", write_agent_recipe(recipe, out))
+        curves = plot_history(trainer.state.log_history, out / "curves.png", str(out))
+        if curves is not None:
+            log.info("training curves: %s", curves)
     return out
 
 
