@@ -302,8 +302,14 @@ def test_training_continues_the_given_adapter_in_the_given_dtype(tmp_path, tiny_
 
 def test_every_checkpoint_is_an_agent_and_resume_continues_from_the_latest(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setitem(REWARDS, "digits", digits)
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # not Agg, as a notebook's inline backend is not: drawing the curves must leave it
     path = write_recipe(tmp_path, tiny_model_dir, max_steps=2, save_strategy="steps", save_steps=1)
     out = grpo.main(["--config", str(path)])
+    assert matplotlib.get_backend() == "svg"
+    matplotlib.use(backend)
     for step in (1, 2):
         checkpoint = out / f"checkpoint-{step}"
         config = AgentConfig.from_yaml(checkpoint / "agent.yaml")

@@ -34,13 +34,11 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     """`history`: the trainer's `state.log_history`. Writes `path` (PNG) and returns it; None with nothing logged."""
     if not any("reward" in e for e in history):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # outside pyplot: no global backend switch, so notebooks keep theirs
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    fig = Figure(figsize=(15, 7))
+    axes = fig.subplots(2, 3)
     for ax, (name, keys) in zip(axes.flat, PANELS, strict=True):
         for key in keys:
             for label, points in _series(history, key).items():
@@ -57,7 +55,6 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
