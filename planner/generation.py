@@ -41,6 +41,21 @@ class GenerationBackend(Protocol):
         ...
 
 
+class StopStrings:
+    """transformers' `StopStringCriteria` for a set of stop strings, built once per set (it preprocesses the whole
+    vocabulary): shared by the generation backends."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._built: dict[tuple[str, ...], StopStringCriteria] = {}
+
+    def __call__(self, stop_strings: list[str]) -> StopStringCriteria | None:
+        key = tuple(stop_strings)
+        if key and key not in self._built:
+            self._built[key] = StopStringCriteria(self.tokenizer, list(key))
+        return self._built.get(key)
+
+
 def start_call(processors: list[Any]) -> None:
     """Tell stateful logits processors that a new generation call starts (those with a `start_call` method:
     `BanText`), so that none mistakes a call's first step for the next step of the last one."""
@@ -136,7 +151,7 @@ class TransformersGeneration:
         self.sync = sync
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = sorted(eos_ids(model, tokenizer))
-        self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
+        self._criteria = StopStrings(tokenizer)
         self.reuse_cache = reuse_cache and cache_implementation in (None, "dynamic") and sync is None
         self._kept: list[_Kept] = []  # the last call's micro-batches, for the next round
         self.reused_tokens = 0  # prefix tokens not re-run thanks to the kept caches (for benchmarks)
@@ -168,12 +183,6 @@ class TransformersGeneration:
         for _ in range(calls - len(chunks)):  # keep step with ranks that have more micro-batches
             self._generate([[self.pad_id]], [1], stop_strings, padding=True)
         return [r for r in results if r is not None]
-
-    def _criteria(self, stop_strings: list[str]) -> StopStringCriteria | None:
-        key = tuple(stop_strings)
-        if key and key not in self._stop_criteria:
-            self._stop_criteria[key] = StopStringCriteria(self.tokenizer, list(key))
-        return self._stop_criteria.get(key)
 
     def _generate(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str],
                   padding: bool = False, resume: tuple[_Kept, list[int]] | None = None) -> list[Generated]:

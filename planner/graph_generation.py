@@ -24,7 +24,7 @@ from transformers import LogitsProcessor, StopStringCriteria
 from coder.attention import packed_attention
 from coder.graph_decode import GraphDecoder, check_model, greedy_or_sampled
 from coder.hf import eos_ids, padded
-from planner.generation import Generated, StopReason, start_call
+from planner.generation import Generated, StopReason, StopStrings, start_call
 
 _REASONS: tuple[StopReason, ...] = ("length", "eos", "stop")
 PLANNER_GRAPHS_KEPT = 3  # shapes kept: a run's rounds shrink the live rows (rounded up to 32) as rollouts end
@@ -114,17 +114,11 @@ class GraphGeneration:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = sorted(eos_ids(model, tokenizer))
         self.decoder = GraphDecoder(model, self.eos_ids, self.pad_id, graph, kept=PLANNER_GRAPHS_KEPT)
-        self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
+        self._criteria = StopStrings(tokenizer)
         self.cache_length = 0  # the longest cache a call needed so far: later, shorter calls keep its shape
 
     def release(self) -> None:
         """Nothing to drop between runs: the graphs and their caches are kept on purpose."""
-
-    def _criteria(self, stop_strings: list[str]) -> StopStringCriteria | None:
-        key = tuple(stop_strings)
-        if key and key not in self._stop_criteria:
-            self._stop_criteria[key] = StopStringCriteria(self.tokenizer, list(key))
-        return self._stop_criteria.get(key)
 
     def generate(self, prompts: list[list[int]], budgets: list[int], stop_strings: list[str]) -> list[Generated]:
         results: list[Generated | None] = [None] * len(prompts)

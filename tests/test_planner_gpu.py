@@ -20,6 +20,17 @@ def sandbox():
         yield box
 
 
+def scripted_code_calls(tokenizer, sandbox):
+    """The code protocol, six questions each answered by one scripted call, their prompts, and the forcer."""
+    protocol = build_protocol("code", None, 2000, tokenizer)
+    probe = RolloutEngine(protocol, None, tokenizer, sandbox)
+    scripts = {f"Question {i}?": [Say(f"```python\nprint({i} * 1000003)\n```\n"), Env("\n```\n"),
+                                  Say(f"\\boxed{{{i * 1000003}}}")] for i in range(6)}
+    prompts = [probe.prompt_ids(SYSTEM, q) for q in scripts]
+    forcer = ScriptedText(tokenizer, {tuple(p): parts for p, parts in zip(prompts, scripts.values(), strict=True)})
+    return protocol, scripts, prompts, forcer
+
+
 @pytest.mark.parametrize(("cache", "reuse"), [(None, False), (None, True), ("static", False)])
 def test_scripted_rollouts_are_token_exact_on_the_gpu(tiny_model_dir, sandbox, cache, reuse):
     if not torch.cuda.is_available():
@@ -28,12 +39,7 @@ def test_scripted_rollouts_are_token_exact_on_the_gpu(tiny_model_dir, sandbox, c
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).to("cuda").eval()
-    protocol = build_protocol("code", None, 2000, tokenizer)
-    probe = RolloutEngine(protocol, None, tokenizer, sandbox)
-    scripts = {f"Question {i}?": [Say(f"```python\nprint({i} * 1000003)\n```\n"), Env("\n```\n"),
-                                  Say(f"\\boxed{{{i * 1000003}}}")] for i in range(6)}
-    prompts = [probe.prompt_ids(SYSTEM, q) for q in scripts]
-    forcer = ScriptedText(tokenizer, {tuple(p): parts for p, parts in zip(prompts, scripts.values(), strict=True)})
+    protocol, scripts, prompts, forcer = scripted_code_calls(tokenizer, sandbox)
     generator = TransformersGeneration(model, tokenizer, temperature=0.0, batch_size=4, cache_implementation=cache,
                                        logits_processors=[forcer], reuse_cache=reuse)
     engine = RolloutEngine(protocol, generator, tokenizer, sandbox, None, EngineLimits(256, 3, 200))
@@ -56,12 +62,7 @@ def test_the_graphed_planner_replays_one_captured_step_and_stays_token_exact(tin
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).to("cuda").eval()
-    protocol = build_protocol("code", None, 2000, tokenizer)
-    probe = RolloutEngine(protocol, None, tokenizer, sandbox)
-    scripts = {f"Question {i}?": [Say(f"```python\nprint({i} * 1000003)\n```\n"), Env("\n```\n"),
-                                  Say(f"\\boxed{{{i * 1000003}}}")] for i in range(6)}
-    prompts = [probe.prompt_ids(SYSTEM, q) for q in scripts]
-    forcer = ScriptedText(tokenizer, {tuple(p): parts for p, parts in zip(prompts, scripts.values(), strict=True)})
+    protocol, scripts, prompts, forcer = scripted_code_calls(tokenizer, sandbox)
     generator = GraphGeneration(model, tokenizer, temperature=0.0, batch_size=4, logits_processors=[forcer])
     assert generator.decoder.graph
     engine = RolloutEngine(protocol, generator, tokenizer, sandbox, None, EngineLimits(256, 3, 200))
