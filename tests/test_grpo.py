@@ -232,6 +232,31 @@ def test_a_non_finite_gradient_skips_the_update_and_a_diverged_run_stops(tmp_pat
         run.close()
 
 
+def test_a_termination_signal_ends_training_after_the_step_with_everything_saved(tmp_path, tiny_model_dir,
+                                                                                  monkeypatch):
+    """SIGTERM during step 1 of 5 (sent from inside a reward function, as a scheduler's would arrive): the step
+    finishes, a checkpoint, the adapter and `agent.yaml` are saved, and the handlers are restored afterwards."""
+    import os
+    import signal
+
+    fired: list[int] = []
+
+    def digits_then_term(prompts, completions, **kwargs):
+        if not fired:
+            fired.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return digits(prompts, completions)
+
+    monkeypatch.setitem(REWARDS, "digits", digits_then_term)
+    before = signal.getsignal(signal.SIGTERM)
+    out = grpo.main(["--config", str(write_recipe(tmp_path, tiny_model_dir, max_steps=5))])
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())["global_step"] == 1
+    assert not (out / "checkpoint-2").exists()
+    assert (out / "adapter_model.safetensors").exists()
+    assert AgentConfig.from_yaml(out / "agent.yaml").planner.adapter == str(out.resolve())
+
+
 def test_only_truncated_rollouts_leave_the_loss_under_mask_truncated_completions(tmp_path, tiny_model_dir,
                                                                                   monkeypatch):
     """With TRL's `mask_truncated_completions`, TRL's own completion mask keeps the rollouts the engine ended (an

@@ -92,7 +92,7 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from training.filtering import FilteringGRPOTrainer
-    from training.guards import NonFiniteGradientGuard
+    from training.guards import NonFiniteGradientGuard, StopOnSignal
 
     planner = recipe.planner
     tokenizer = AutoTokenizer.from_pretrained(planner.model)
@@ -125,7 +125,7 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
                            recipe.logging.samples_per_step)
     trainer = FilteringGRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                                    processing_class=tokenizer, rollout_func=rollout, peft_config=lora,
-                                   callbacks=[NonFiniteGradientGuard(), AgentRecipeOnSave(recipe)],
+                                   callbacks=[NonFiniteGradientGuard(), StopOnSignal(), AgentRecipeOnSave(recipe)],
                                    filter_groups=recipe.groups.filter, refill=recipe.groups.refill,
                                    refill_max_rounds=recipe.groups.refill_max_rounds, samples=samples)
     return Run(recipe, trainer, rollout, sandbox, coder)

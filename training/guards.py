@@ -1,4 +1,6 @@
-"""A guard against a diverging update: skip an optimizer step whose gradients are not finite.
+"""Guards for a long run: a diverging update, and a stop asked for by a signal.
+
+A guard against a diverging update: skip an optimizer step whose gradients are not finite.
 
 One NaN or inf in the gradients (seen once here: the toy world's GPU variant logged `grad_norm: nan` at GRPO step 20
 with a finite loss) turns every weight it reaches into NaN at the optimizer step, and the next rollout then dies in
@@ -12,6 +14,8 @@ Under DeepSpeed ZeRO-3 the gradients are partitioned and not on the parameters; 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from typing import Any
 
 import torch
@@ -44,3 +48,48 @@ class NonFiniteGradientGuard(TrainerCallback):
             raise FloatingPointError(f"training diverged: the gradients were not finite at {self.in_a_row} steps in a "
                                      f"row (up to step {state.global_step + 1}); lower the learning rate, or train "
                                      "in float32 (grpo.bf16: false), and resume from the last checkpoint")
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM or SIGUSR1 (a scheduler's preemption, `kill PID`, the end of a lent machine's time) ends training
+    after the step in progress, with a checkpoint, the adapter and `agent.yaml` saved and the curves drawn, instead
+    of losing everything since the last `save_steps`. A second signal of the same kind kills at once (the default).
+
+    Ranks stop together: the flag is reduced (max) over the process group at every step end, so a signal that
+    reaches one rank only cannot leave the others waiting in a collective.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None  # the signal received, if any
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:  # the second: leave now, as the signal's default does
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        self.requested = signum
+        log.warning("%s received: training stops after this step, with a checkpoint (again: stop now)",
+                    signal.Signals(signum).name)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is threading.main_thread():  # handlers can be set only there
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        stop = self.requested is not None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([float(stop)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            log.warning("step %d: stopping on a signal, saving a checkpoint", state.global_step)
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
