@@ -3,11 +3,15 @@
 # each at two learning rates, against the untrained baselines on the same problems (paired).
 #   setsid bash bench/h200_grpo.sh start     # runs the three phases below in the background, logs in $R
 #   bash bench/h200_grpo.sh status           # one line per process: its last step and metrics
-#   bash bench/h200_grpo.sh collect DIR      # the tables, the comparisons and the curves into DIR
-# 1. The curriculum of each mode (pass rates of LIMIT big-value GSM8K train problems, 4 samples each), GPU 0 and 1,
-#    beside the untrained baselines on big-value GSM8K test and GSM8K test.
-# 2. Four runs, two per GPU, stopped by SIGTERM after TRAIN_S seconds or when $R/STOP appears (each saves its step,
-#    adapter and curves).
+#   bash bench/h200_grpo.sh collect FILE.tgz # tables, comparisons, curves and logs in one file (a device call
+#                                            # brings back only a few files)
+# The calls of 2026-12-01 (29 minutes of device time): one with the wheels and GSM8K (`.whl`, `.carry/data`), nine
+# with the model's pieces (bench/device_model.py), the last of them building it and starting this script with
+# `setsid` from a copy of the checkout in /root/work; then calls that print `status` until it is done.
+# 1. The curriculum of each mode (pass rates of LIMIT big-value GSM8K train problems, 4 samples each), GPU 0 and 1.
+# 2. The untrained baselines on big-value GSM8K test and GSM8K test, and four runs (both request runs on GPU 0, both
+#    code runs on GPU 1), stopped by SIGTERM after TRAIN_S seconds or when $R/STOP appears (each finishes its step
+#    and saves a checkpoint, the adapter, agent.yaml and its curves).
 # 3. Each run's agent on the same two test sets; `training.evaluate --compare` against its mode's baseline.
 # Needs the wheels in /root/site, GSM8K in /root/shared/data and the model in /root/models (bench/device_model.py).
 # The machine has no bubblewrap: the sandbox runs with `--set executor.isolation=none`, the explicit opt-in.
@@ -34,21 +38,22 @@ evaluate() {  # GPU CONFIG NAME [ARGS...]: both test sets, in the background
 
 start() {
   mkdir -p "$R/eval"
-  echo "$(date +%T) phase 1: curricula and baselines"
+  echo "$(date +%T) phase 1: curricula"
   local gpu=0 mode curricula=()
   for mode in request code; do
     CUDA_VISIBLE_DEVICES=$gpu python3 -m training.curriculum --config "$(recipe $mode)" --samples 4 \
       --out "$R/curriculum-$mode.jsonl" "${TRAIN_DATA[@]}" "${COMMON[@]}" --set planner.batch_size=1024 \
       > "$R/curriculum-$mode.log" 2>&1 &
     curricula+=($!)
-    evaluate $gpu "$(recipe $mode)" "$mode-base"
     gpu=1
   done
-  wait "${curricula[@]}"
+  wait "${curricula[@]}"  # alone on their GPUs: beside two evaluations, 1,024 code rows ran out of memory
   for mode in request code; do
     [ -s "$R/curriculum-$mode.jsonl" ] || echo "$(date +%T) no curriculum for $mode: its run computes it (slowly)"
   done
   echo "$(date +%T) phase 2: training for $TRAIN_S s"
+  evaluate 0 "$(recipe request)" request-base  # the baselines, beside the first minutes of training
+  evaluate 1 "$(recipe code)" code-base
   local runs=() pids=() lr i=0
   for lr in "${LRS[@]}"; do
     for mode in request code; do
@@ -106,18 +111,19 @@ EOF
 }
 
 collect() {
-  local dest=$1 d
-  mkdir -p "$dest"
+  local dest d state
+  dest=$(mktemp -d)
   status > "$dest/status.txt"
   for d in "$R"/*/; do
     [ -f "$d/curves.png" ] && cp "$d/curves.png" "$dest/curves-$(basename "$d").png"
-    local state=$(ls -d "$d"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1)
+    state=$(ls -d "$d"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1)
     [ -n "$state" ] && cp "$state/trainer_state.json" "$dest/state-$(basename "$d").json"
     [ -f "$d/adapter_model.safetensors" ] && sha256sum "$d/adapter_model.safetensors" >> "$dest/adapters.sha256"
   done
   for d in "$R"/compare/*/; do [ -f "$d/comparison.md" ] && cp "$d/comparison.md" "$dest/compare-$(basename "$d").md"; done
   for d in "$R"/eval/*/; do [ -f "$d/metrics.json" ] && cp "$d/metrics.json" "$dest/metrics-$(basename "$d").json"; done
-  cp "$R"/curriculum-*.jsonl "$dest/" 2>/dev/null
+  cp "$R"/*.log "$R"/curriculum-*.jsonl "$dest/" 2>/dev/null
+  tar czf "$1" -C "$dest" .
 }
 
 "$@"

@@ -139,6 +139,21 @@ def test_same_score_groups_are_removed_from_the_loss(tmp_path, tiny_model_dir, m
     assert logged == [0.5]
 
 
+def test_a_batch_whose_every_group_scored_the_same_is_said_aloud(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """A constant reward removes every group: the gradient is zero, and a warning says so at each such step."""
+    recipe = half_flat_recipe(tmp_path, tiny_model_dir, monkeypatch)
+    monkeypatch.setitem(REWARDS, "half_flat", lambda prompts, completions, **kwargs: [1.0] * len(completions))
+    run = grpo.build(recipe.model_copy(update={"grpo": {**recipe.grpo, "max_steps": 2}}))
+    try:
+        with caplog.at_level("WARNING", logger="training.filtering"):
+            grpo.train(run)
+        streak = run.trainer.all_removed_streak
+    finally:
+        run.close()
+    said = [r.getMessage() for r in caplog.records if "every group scored the same" in r.getMessage()]
+    assert streak == 2 and len(said) == 2 and "(2 batches in a row)" in said[-1]
+
+
 def test_recipe_rejects_unknown_grpo_fields(tmp_path, tiny_model_dir):
     with pytest.raises(ValidationError, match="not GRPOConfig fields: learnin_rate"):
         Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir, learnin_rate=1e-6))

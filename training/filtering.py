@@ -27,10 +27,13 @@ With `refill`, the removed rows are replaced and no loss type is diluted.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from trl import GRPOTrainer
+
+log = logging.getLogger(__name__)
 
 
 def flat_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -79,6 +82,7 @@ class FilteringGRPOTrainer(GRPOTrainer):
         if refill and not filter_groups:
             raise ValueError("refill replaces the groups that filtering removes: it needs filter_groups")
         self.filter_groups, self.samples = filter_groups, samples
+        self.all_removed_streak = 0  # generation batches in a row whose every group scored the same
         self._configure_refill(refill, refill_max_rounds)
 
     def _configure_refill(self, refill: bool, max_rounds: int) -> None:
@@ -118,11 +122,24 @@ class FilteringGRPOTrainer(GRPOTrainer):
         self._metrics[mode]["groups/removed_frac"].append(removed)
         if self.refill and mode == "train":
             flat = self._refill(output, inputs, flat)
+        if mode == "train":
+            self._warn_if_nothing_learns(bool(self._flat_rows.all()))
         keep = (~flat).to(output["completion_mask"].device, output["completion_mask"].dtype)
         output["completion_mask"] = output["completion_mask"] * keep.unsqueeze(1)
         loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
         return output
+
+    def _warn_if_nothing_learns(self, all_removed: bool) -> None:
+        """Every group of the batch scored the same: its gradient is zero. Said at each such batch, with the
+        streak, because a run can sit there for hours logging only `groups/removed_frac = 1` (the real 0.5B in
+        request mode did, from step 17: it had stopped calling and every sample scored the same; bench/NOTES.md)."""
+        self.all_removed_streak = self.all_removed_streak + 1 if all_removed else 0
+        if all_removed and self.accelerator.is_main_process:
+            log.warning("step %d: every group scored the same, so this batch's gradient is zero (%d batches in a "
+                        "row): the policy may have collapsed to one behaviour (see tools/calls_per_rollout and "
+                        "rewards/*), or the problems are all too hard or too easy for it",
+                        self.state.global_step + 1, self.all_removed_streak)
 
     def _fresh_inputs(self, count: int) -> list[dict[str, Any]]:
         """`count` rows: fresh prompts, each repeated `num_generations` times. In the data's order (the
