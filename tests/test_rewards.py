@@ -150,3 +150,18 @@ def test_every_violation_has_one_format_weight():
     from training.rewards import FORMAT_PENALTIES, TEXT_VIOLATIONS
 
     assert set(FORMAT_PENALTIES) == {*VIOLATIONS, *TEXT_VIOLATIONS}
+
+
+def test_format_penalties_can_be_repriced_and_wrong_options_are_refused():
+    fence = ["```python\nprint(1)\n```\nSo \\boxed{1}"]
+    assert format([None], fence, violations=[["unparsed_call"]]) == [pytest.approx(0.8)]
+    assert format([None], fence, violations=[["unparsed_call"]], penalties={"unparsed_call": 0.0}) == [1.0]
+    schedule = WeightSchedule([(0, {"format": 1.0, "tool_use": 1.0})])
+    (repriced, _) = scheduled_rewards(schedule, {"format": {"penalties": {"unparsed_call": 0.0}}})
+    assert repriced([None], fence, violations=[["unparsed_call"]]) == [1.0]
+    with pytest.raises(ValueError, match="unknown violation 'unparsed_cal'"):
+        scheduled_rewards(schedule, {"format": {"penalties": {"unparsed_cal": 0.0}}})
+    with pytest.raises(ValueError, match=r"rewards.options.tool_use.bonuss: not an option of tool_use"):
+        scheduled_rewards(schedule, {"tool_use": {"bonuss": 0.2}})
+    with pytest.raises(ValueError, match=r"rewards.options.correctness: no such reward in the schedule"):
+        scheduled_rewards(schedule, {"correctness": {}})

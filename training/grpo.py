@@ -85,6 +85,7 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     """Everything up to a ready `GRPOTrainer`. `logits_processors` reach the planner's generation (tests use them
     to script tool calls into a tiny random model)."""
     config = recipe.grpo_config()  # TRL's checks, the hardware's included, before anything heavy is loaded
+    rewards = scheduled_rewards(WeightSchedule(recipe.rewards.schedule), recipe.rewards.options)  # and the rewards'
     sandbox = Sandbox(recipe.executor).start()  # a fresh process, started before any CUDA work
 
     import torch
@@ -106,7 +107,6 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     dataset = load_prompts(recipe)
     if recipe.data.curriculum is not None:
         dataset = curriculum_order(recipe, dataset, sandbox, coder, logits_processors)
-    rewards = scheduled_rewards(WeightSchedule(recipe.rewards.schedule), recipe.rewards.options)
     rollout = PlannerRollout(planner, protocol, tokenizer, sandbox, coder, logits_processors)
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
     dtype = dtypes.get(planner.dtype) or (torch.bfloat16 if config.bf16 else torch.float32)  # `auto`: the flags'

@@ -9,6 +9,7 @@ reference), they read the fields the rollout function adds: `predicted` (the pla
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -92,14 +93,29 @@ def format_violations(text: str, violations: Sequence[str] = (), tags: bool = Fa
 
 
 def format(prompts: list[Any], completions: list[Any], violations: Sequence[Sequence[str]] | None = None,
-           tags: bool = False, **kwargs: Any) -> list[float]:
-    """1.0 for a clean transcript, less for each named problem (`FORMAT_PENALTIES`), never below 0."""
+           tags: bool = False, penalties: dict[str, float] | None = None, **kwargs: Any) -> list[float]:
+    """1.0 for a clean transcript, less for each named problem (`FORMAT_PENALTIES`, with `penalties` replacing
+    some of them), never below 0.
+
+    `penalties` is the recipe's lever on what format teaches first: the real 0.5B in request mode wrote ```python
+    blocks in 44 % of its first rollouts (`unparsed_call`, 0.2, weighed 2 by the seed's schedule) and learned to
+    stop writing them, and with them its only delegating habit (bench/results/gpu-real-grpo.md);
+    `rewards.options.format.penalties: {unparsed_call: 0.0}` leaves that habit unpriced."""
+    table = FORMAT_PENALTIES | _checked_penalties(penalties)
     seen = violations if violations is not None else [()] * len(completions)
     scores = []
     for completion, named in zip(completions, seen, strict=True):
         problems = format_violations(_text(completion), named, tags)
-        scores.append(max(0.0, 1.0 - sum(FORMAT_PENALTIES[p] for p in problems)))
+        scores.append(max(0.0, 1.0 - sum(table[p] for p in problems)))
     return scores
+
+
+def _checked_penalties(penalties: dict[str, float] | None) -> dict[str, float]:
+    unknown = sorted(set(penalties or {}) - set(FORMAT_PENALTIES))
+    if unknown:
+        raise ValueError(f"rewards.options.format.penalties: unknown violation {unknown[0]!r}; known: "
+                         f"{', '.join(FORMAT_PENALTIES)}")
+    return dict(penalties or {})
 
 
 def tool_use(prompts: list[Any], completions: list[Any], tool_calls: Sequence[Sequence[dict[str, Any]]],
@@ -143,6 +159,7 @@ def scheduled_rewards(schedule: WeightSchedule, options: dict[str, dict[str, Any
     unknown = [name for name in names if name not in REWARDS]
     if unknown:
         raise ValueError(f"unknown reward {unknown[0]!r}; known: {', '.join(REWARDS)}")
+    _check_options(names, options or {})
     funcs = []
     for name in names:
         base = functools.partial(REWARDS[name], **(options or {}).get(name, {}))
@@ -156,3 +173,18 @@ def scheduled_rewards(schedule: WeightSchedule, options: dict[str, dict[str, Any
         weighted.__name__ = name  # TRL logs each reward under its function's name
         funcs.append(weighted)
     return funcs
+
+
+def _check_options(names: list[str], options: dict[str, dict[str, Any]]) -> None:
+    """Each option names a keyword the reward function declares (a typo would otherwise vanish into its
+    `**kwargs`), for a reward the schedule uses; `format`'s penalties name known violations."""
+    for name, given in options.items():
+        if name not in names:
+            raise ValueError(f"rewards.options.{name}: no such reward in the schedule ({', '.join(names)})")
+        declared = {p.name for p in inspect.signature(REWARDS[name]).parameters.values()
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY or p.default is not inspect.Parameter.empty}
+        for key in given:
+            if key not in declared:
+                raise ValueError(f"rewards.options.{name}.{key}: not an option of {name} (options: "
+                                 f"{', '.join(sorted(declared))})")
+    _checked_penalties(options.get("format", {}).get("penalties"))
