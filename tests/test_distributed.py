@@ -80,3 +80,21 @@ def test_two_ranks_with_different_rounds_finish_in_step(tmp_path, tiny_model_dir
         assert entry["tools/status_ok"] == pytest.approx(1.0)  # 8 clean calls over 8 rollouts
         assert entry["sync/rounds"] == 3 and entry["sync/idle_rounds_max"] == 2
         assert entry["groups/removed_frac"] == pytest.approx(0.5)  # rank 0's two groups all score alike
+
+
+@pytest.mark.slow
+def test_fsdp_ranks_with_different_rounds_generate_in_lockstep(tmp_path, tiny_model_dir):
+    """FSDP 2 on two CPU processes: every forward pass all-gathers shards, so the rank with no tool calls must keep
+    making (empty) generation calls while the other delegates. The same script with `--no-lockstep` hangs until
+    killed (checked by hand: 90 s, no output), which is the deadlock the lockstep prevents."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "tests" / "scripts" / "fsdp_lockstep.py"), str(tiny_model_dir),
+                           str(tmp_path / "rec")], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    zero, one = (json.loads((tmp_path / "rec" / f"rank-{r}.json").read_text()) for r in (0, 1))
+    assert zero["sharded"] and one["sharded"]
+    assert zero["calls"] == [2, 2, 2, 2] and one["calls"] == [0, 0, 0, 0]
+    assert zero["rounds"] == one["rounds"] == 3 and zero["idle_rounds"] == 0 and one["idle_rounds"] == 2
+    assert zero["answers"] == one["answers"] == ["42"] * 4
