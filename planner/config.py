@@ -90,7 +90,15 @@ class AgentConfig(BaseModel):
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """A recipe's YAML mapping with `section.field=value` overrides applied (the value read as YAML), as the
-    command lines' `--set` gives them: `--set executor.isolation=none --set planner.temperature=0.7`."""
+    command lines' `--set` gives them: `--set executor.isolation=none --set planner.temperature=0.7`.
+
+    The merged mapping is then validated by the same pydantic models as the file, so an override is checked
+    exactly like a field written there. The libraries weighed for the parsing itself, and why not (issue 27): TRL's
+    `TrlParser` overrides flat dataclass fields (`--learning_rate`), not nested sections; pydantic-settings' CLI
+    source would make `Recipe` a `BaseSettings` with a custom YAML source and change the flags to
+    `--planner.temperature 0.7`; OmegaConf's `from_dotlist` does this merge but reads `${...}` in values as its own
+    interpolation (recipes use `${DELEGATE_MODELS}` for the environment) and pins antlr4 4.9, which the installed
+    math-verify parser (4.13) does not match. What is left here is a split on dots."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a recipe is a mapping with planner, coder and executor sections")
