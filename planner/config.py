@@ -97,8 +97,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
     `TrlParser` overrides flat dataclass fields (`--learning_rate`), not nested sections; pydantic-settings' CLI
     source would make `Recipe` a `BaseSettings` with a custom YAML source and change the flags to
     `--planner.temperature 0.7`; OmegaConf's `from_dotlist` does this merge but reads `${...}` in values as its own
-    interpolation (recipes use `${DELEGATE_MODELS}` for the environment) and pins antlr4 4.9, which the installed
-    math-verify parser (4.13) does not match. What is left here is a split on dots."""
+    interpolation (recipes use `${DELEGATE_MODELS}` for the environment), and would pull math-verify's LaTeX
+    parser down to antlr4 4.9 through its own pin. What is left here is a split on dots."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a recipe is a mapping with planner, coder and executor sections")
