@@ -139,11 +139,15 @@ def test_same_score_groups_are_removed_from_the_loss(tmp_path, tiny_model_dir, m
     assert logged == [0.5]
 
 
-def test_a_batch_whose_every_group_scored_the_same_is_said_aloud(tmp_path, tiny_model_dir, monkeypatch, caplog):
-    """A constant reward removes every group: the gradient is zero, and a warning says so at each such step."""
+@pytest.mark.parametrize("refill", [False, True])
+def test_a_batch_whose_every_group_scored_the_same_is_said_aloud(tmp_path, tiny_model_dir, monkeypatch, caplog,
+                                                                  refill):
+    """A constant reward removes every group (refilled ones too): the gradient is zero, and a warning says so at
+    each such step."""
     recipe = half_flat_recipe(tmp_path, tiny_model_dir, monkeypatch)
     monkeypatch.setitem(REWARDS, "half_flat", lambda prompts, completions, **kwargs: [1.0] * len(completions))
-    run = grpo.build(recipe.model_copy(update={"grpo": {**recipe.grpo, "max_steps": 2}}))
+    run = grpo.build(recipe.model_copy(update={"grpo": {**recipe.grpo, "max_steps": 2},
+                                               "groups": GroupsSection(filter=True, refill=refill)}))
     try:
         with caplog.at_level("WARNING", logger="training.filtering"):
             grpo.train(run)

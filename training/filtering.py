@@ -120,10 +120,12 @@ class FilteringGRPOTrainer(GRPOTrainer):
         flat = self._local_flat(len(inputs))
         removed = self._flat_rows.view(-1, self._group_size)[:, 0].float().mean().item()
         self._metrics[mode]["groups/removed_frac"].append(removed)
+        all_removed = bool(self._flat_rows.all())  # over every process
         if self.refill and mode == "train":
             flat = self._refill(output, inputs, flat)
+            all_removed = self._metrics["train"]["groups/removed_after_refill_frac"][-1] == 1.0
         if mode == "train":
-            self._warn_if_nothing_learns(bool(self._flat_rows.all()))
+            self._warn_if_nothing_learns(all_removed)
         keep = (~flat).to(output["completion_mask"].device, output["completion_mask"].dtype)
         output["completion_mask"] = output["completion_mask"] * keep.unsqueeze(1)
         loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
