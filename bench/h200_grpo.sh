@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Issue 28 on two lent H200s: the real Qwen2.5-Coder-0.5B-Instruct trained with GRPO in request and code mode,
-# each at two learning rates, against the untrained baselines on the same problems (paired).
+# Issue 28 on lent H200s: the real Qwen2.5-Coder-0.5B-Instruct trained with GRPO, against the untrained baselines
+# on the same problems (paired). PLAN picks the runs:
+#   lrs       request and code mode, each at the learning rates in LRS (2026-12-01, two GPUs)
+#   remedies  request mode with ```python blocks unpriced (`unparsed_call` 0), on big-value train and on a half
+#             plain, half big-value mix; code mode's ablations, without same-score filtering and without the
+#             curriculum, stopped at MAX_STEPS (the reference run's 23 steps) (2026-12-01, one GPU)
 #   setsid bash bench/h200_grpo.sh start     # runs the three phases below in the background, logs in $R
-#   bash bench/h200_grpo.sh status           # one line per process: its last step and metrics
+#   bash bench/h200_grpo.sh status           # one line per process: its last step and metrics; GPU memory
 #   bash bench/h200_grpo.sh collect FILE.tgz # tables, comparisons, curves and logs in one file (a device call
 #                                            # brings back only a few files)
-# The calls of 2026-12-01 (29 minutes of device time): one with the wheels and GSM8K (`.whl`, `.carry/data`), nine
-# with the model's pieces (bench/device_model.py), the last of them building it and starting this script with
-# `setsid` from a copy of the checkout in /root/work; then calls that print `status` until it is done.
-# 1. The curriculum of each mode (pass rates of LIMIT big-value GSM8K train problems, 4 samples each), GPU 0 and 1.
-# 2. The untrained baselines on big-value GSM8K test and GSM8K test, and four runs (both request runs on GPU 0, both
-#    code runs on GPU 1), stopped by SIGTERM after TRAIN_S seconds or when $R/STOP appears (each finishes its step
-#    and saves a checkpoint, the adapter, agent.yaml and its curves).
-# 3. Each run's agent on the same two test sets; `training.evaluate --compare` against its mode's baseline.
+#   bash bench/h200_grpo.sh finish           # phase 3 alone: after killing the driver to let the runs go longer
+# The device calls: one with the wheels and GSM8K (`.whl`, `.carry/data`), nine with the model's pieces
+# (bench/device_model.py), the last of them building it and starting this script with `setsid` from a copy of the
+# checkout in /root/work; then calls that print `status` until it is done. CURRICULA=DIR reads each mode's
+# curriculum from DIR/curriculum-MODE.jsonl (a previous block's) instead of computing it.
+# 1. The curriculum of each mode (pass rates of LIMIT big-value GSM8K train problems, 4 samples each), alone.
+# 2. The untrained baselines on big-value GSM8K test and GSM8K test, beside the runs, which are stopped by SIGTERM
+#    after TRAIN_S seconds or when $R/STOP appears (each finishes its step and saves a checkpoint, the adapter,
+#    agent.yaml and its curves).
+# 3. Each run's agent on the same two test sets, EVAL_JOBS (4) at a time per GPU (eight at once ran out of memory:
+#    a code-mode evaluation takes about 35 GiB at 512-700 rows); `training.evaluate --compare` against its mode's
+#    baseline.
 # Needs the wheels in /root/site, GSM8K in /root/shared/data and the model in /root/models (bench/device_model.py).
 # The machine has no bubblewrap: the sandbox runs with `--set executor.isolation=none`, the explicit opt-in.
 set -u
@@ -20,70 +28,135 @@ R=${R:-/root/runs}
 TRAIN_S=${TRAIN_S:-900}
 LIMIT=${LIMIT:-512}
 LRS=(${LRS:-2.0e-5 1.0e-4})
-export PYTHONPATH=/root/site:$PWD DELEGATE_MODELS=/root/models HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-TEST=/root/shared/data/gsm8k/test.jsonl
-COMMON=(--set executor.isolation=none --set planner.cuda_graph=true)
-TRAIN_DATA=(--set data.path=/root/shared/data/gsm8k/train.jsonl --set "data.limit=$LIMIT")
+PLAN=${PLAN:-lrs}
+MAX_STEPS=${MAX_STEPS:-23}
+GPUS=$(nvidia-smi -L 2>/dev/null | wc -l); (( GPUS > 0 )) || GPUS=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # several processes share a card
+export PYTHONPATH=/root/site:$PWD DELEGATE_MODELS=${DELEGATE_MODELS:-/root/models} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+DATA=${DATA:-/root/shared/data}
+TEST=$DATA/gsm8k/test.jsonl
+COMMON=(--set executor.isolation=none --set planner.cuda_graph=true ${EXTRA:-})  # EXTRA: e.g. a dry run's budgets
+TRAIN_DATA=(--set data.path=$DATA/gsm8k/train.jsonl --set "data.limit=$LIMIT")
 recipe() { echo "training/recipes/qwen2.5-0.5b-$1.yaml"; }
 
-evaluate() {  # GPU CONFIG NAME [ARGS...]: both test sets, in the background
-  local gpu=$1 config=$2 name=$3; shift 3
-  CUDA_VISIBLE_DEVICES=$gpu python3 -m training.evaluate --config "$config" --data $TEST --big-values --seed 0 \
-    --batch-size 512 --set planner.batch_size=512 "${COMMON[@]}" "$@" --out "$R/eval/bv-$name" \
-    > "$R/eval/bv-$name.log" 2>&1 &
-  CUDA_VISIBLE_DEVICES=$gpu python3 -m training.evaluate --config "$config" --data $TEST \
-    --batch-size 700 --set planner.batch_size=700 "${COMMON[@]}" "$@" --out "$R/eval/gsm-$name" \
-    > "$R/eval/gsm-$name.log" 2>&1 &
+# A plan fills NAMES, MODES and ARGS (each run's --set overrides, one string, split on spaces).
+NAMES=() MODES=() ARGS=()
+add() { NAMES+=("$1") MODES+=("$2") ARGS+=("${3:-}"); }
+plan_lrs() {
+  local lr mode
+  for lr in "${LRS[@]}"; do for mode in request code; do add "$mode-$lr" $mode "--set grpo.learning_rate=$lr"; done; done
+}
+plan_remedies() {
+  # 16 x 4 is the same 64 rollouts a step and, with TRL's dapo loss (normalised over the generation batch), the same
+  # gradient as 64 x 1, in a quarter of the loss's logits memory: four runs share one card.
+  local small="--set grpo.per_device_train_batch_size=16 --set grpo.gradient_accumulation_steps=4"
+  local free="--set rewards.options.format.penalties.unparsed_call=0.0"
+  add request-free request "$small $free"
+  add request-mix request "$small $free --set data.path=$R/mix.jsonl --set data.big_values=false \
+--set data.limit=null --set data.curriculum=null"
+  add code-nofilter code "$small --set groups.filter=false --set grpo.max_steps=$MAX_STEPS"
+  add code-nocurriculum code "$small --set data.curriculum=null --set grpo.max_steps=$MAX_STEPS"
+}
+
+mix() {  # half plain GSM8K train, half big-value, interleaved: correctness can fire on the plain half
+  python3 - "$R/mix.jsonl" "$LIMIT" "$DATA/gsm8k/train.jsonl" <<'PY'
+import json, sys
+from training.data import load_problems
+out, half = sys.argv[1], int(sys.argv[2])
+path = sys.argv[3]
+plain = list(load_problems(path, limit=half))
+big = list(load_problems(path, big_values=True, limit=half))
+with open(out, "w") as f:
+    for pair in zip(plain, big):
+        f.writelines(json.dumps(row) + "\n" for row in pair)
+PY
+}
+
+one_eval() {  # GPU CONFIG NAME SET [ARGS...]: one test set (bv: big-value GSM8K test, gsm: GSM8K test)
+  local gpu=$1 config=$2 name=$3 set=$4; shift 4
+  local data=(--batch-size 700 --set planner.batch_size=700)
+  [ "$set" = bv ] && data=(--big-values --seed 0 --batch-size 512 --set planner.batch_size=512)
+  CUDA_VISIBLE_DEVICES=$gpu python3 -m training.evaluate --config "$config" --data $TEST "${data[@]}" \
+    "${COMMON[@]}" "$@" --out "$R/eval/$set-$name" > "$R/eval/$set-$name.log" 2>&1
+}
+
+evaluate_all() {  # NAME:CONFIG ...: every agent on both test sets, EVAL_JOBS at a time per GPU, big-value first
+  local jobs=$(( ${EVAL_JOBS:-4} * GPUS )) i=0 set item
+  for set in bv gsm; do
+    for item in "$@"; do
+      while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
+      one_eval $(( i % GPUS )) "${item#*:}" "${item%%:*}" $set &
+      i=$(( i + 1 ))
+    done
+  done
+  wait
 }
 
 start() {
   mkdir -p "$R/eval"
+  nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -l 15 > "$R/gpu-memory.csv" 2>/dev/null &
+  local smi=$! mode gpu=0 curricula=()
+  "plan_$PLAN"
+  echo "$(date +%T) plan $PLAN: ${NAMES[*]}"
   echo "$(date +%T) phase 1: curricula"
-  local gpu=0 mode curricula=()
   for mode in request code; do
+    if [ -n "${CURRICULA:-}" ] && [ -s "$CURRICULA/curriculum-$mode.jsonl" ]; then
+      cp "$CURRICULA/curriculum-$mode.jsonl" "$R/"
+      continue
+    fi
     CUDA_VISIBLE_DEVICES=$gpu python3 -m training.curriculum --config "$(recipe $mode)" --samples 4 \
       --out "$R/curriculum-$mode.jsonl" "${TRAIN_DATA[@]}" "${COMMON[@]}" --set planner.batch_size=1024 \
       > "$R/curriculum-$mode.log" 2>&1 &
     curricula+=($!)
-    gpu=1
+    gpu=$(( (gpu + 1) % GPUS ))
   done
-  wait "${curricula[@]}"  # alone on their GPUs: beside two evaluations, 1,024 code rows ran out of memory
+  [[ " ${NAMES[*]} " == *" request-mix "* ]] && mix
+  (( ${#curricula[@]} )) && wait "${curricula[@]}"  # alone: beside two evaluations, 1,024 code rows ran out of memory
   for mode in request code; do
     [ -s "$R/curriculum-$mode.jsonl" ] || echo "$(date +%T) no curriculum for $mode: its run computes it (slowly)"
   done
   echo "$(date +%T) phase 2: training for $TRAIN_S s"
-  evaluate 0 "$(recipe request)" request-base  # the baselines, beside the first minutes of training
-  evaluate 1 "$(recipe code)" code-base
-  local runs=() pids=() lr i=0
-  for lr in "${LRS[@]}"; do
-    for mode in request code; do
-      local name=$mode-$lr
-      CUDA_VISIBLE_DEVICES=$(( i % 2 )) python3 training/grpo.py --config "$(recipe $mode)" "${TRAIN_DATA[@]}" \
-        "${COMMON[@]}" --set "data.curriculum.path=$R/curriculum-$mode.jsonl" --set "grpo.learning_rate=$lr" \
-        --set "grpo.output_dir=$R/$name" --set grpo.save_steps=10 > "$R/$name.log" 2>&1 &
-      pids+=($!) runs+=("$name")
-      i=$(( i + 1 ))
-    done
+  (evaluate_all "request-base:$(recipe request)" "code-base:$(recipe code)") &  # beside the first minutes
+  local baselines=$! pids=() i
+  for i in "${!NAMES[@]}"; do
+    # shellcheck disable=SC2086  # ARGS holds several words
+    CUDA_VISIBLE_DEVICES=$(( i % GPUS )) python3 training/grpo.py --config "$(recipe "${MODES[$i]}")" \
+      "${TRAIN_DATA[@]}" "${COMMON[@]}" --set "data.curriculum.path=$R/curriculum-${MODES[$i]}.jsonl" \
+      --set "grpo.output_dir=$R/${NAMES[$i]}" --set grpo.save_steps=10 ${ARGS[$i]} > "$R/${NAMES[$i]}.log" 2>&1 &
+    pids+=($!)
   done
-  for (( t = 0; t < TRAIN_S; t += 5 )); do [ -e "$R/STOP" ] && break; sleep 5; done  # touch $R/STOP: end sooner
-  echo "$(date +%T) phase 2 ends: SIGTERM to ${pids[*]}"
-  kill -TERM "${pids[@]}" 2>/dev/null
-  for i in $(seq 1 24); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 5; done
-  kill -KILL "${pids[@]}" 2>/dev/null
+  for (( t = 0; t < TRAIN_S; t += 5 )); do  # touch $R/STOP: end sooner
+    [ -e "$R/STOP" ] && break
+    kill -0 "${pids[@]}" 2>/dev/null || break
+    sleep 5
+  done
+  wait $baselines
+  finish
+  kill $smi 2>/dev/null
+  echo "$(date +%T) done"
+}
+
+finish() {  # phase 3 alone (e.g. after killing the driver to give the runs longer): stop the plan's runs, evaluate
+  local pids=() name set i
+  NAMES=() MODES=() ARGS=()
+  "plan_$PLAN"
+  for name in "${NAMES[@]}"; do pids+=($(pgrep -f "[o]utput_dir=$R/$name( |$)")); done
+  if (( ${#pids[@]} )); then
+    echo "$(date +%T) phase 2 ends: SIGTERM to ${pids[*]}"
+    kill -TERM "${pids[@]}" 2>/dev/null
+    for i in $(seq 1 24); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 5; done
+    kill -KILL "${pids[@]}" 2>/dev/null
+  fi
   echo "$(date +%T) phase 3: evaluations"
-  i=0
-  for name in "${runs[@]}"; do
-    [ -f "$R/$name/agent.yaml" ] && evaluate $(( i % 2 )) "$R/$name/agent.yaml" "$name"
-    i=$(( i + 1 ))
-  done
-  wait
-  for name in "${runs[@]}"; do
+  local agents=()
+  for name in "${NAMES[@]}"; do [ -f "$R/$name/agent.yaml" ] && agents+=("$name:$R/$name/agent.yaml"); done
+  evaluate_all "${agents[@]}"
+  for name in "${NAMES[@]}"; do
     for set in bv gsm; do
       python3 -m training.evaluate --compare "$R/eval/$set-${name%%-*}-base" "$R/eval/$set-$name" \
         --out "$R/compare/$set-$name" > "$R/compare-$set-$name.log" 2>&1
     done
   done
-  echo "$(date +%T) done"
 }
 
 status() {
@@ -102,6 +175,12 @@ for log in sorted(root.glob("*.log")) + sorted(root.glob("eval/*.log")):
         print(log.stem, f"step {len(steps)}", " ".join(f"{k}={float(last[k]):.3f}" for k in keys if k in last))
     else:
         print(log.stem, "progress", bars[-1] if bars else "-", "|", tail)
+memory = root / "gpu-memory.csv"
+if memory.exists():
+    rows = [line.split(",") for line in memory.read_text().splitlines() if line.count(",") == 1]
+    for gpu in sorted({r[0] for r in rows}):
+        used = [int(r[1]) for r in rows if r[0] == gpu]
+        print(f"GPU {gpu}: {used[-1] / 1024:.1f} GiB used now, peak {max(used) / 1024:.1f} GiB (sampled every 15 s)")
 for metrics in sorted(root.glob("eval/*/metrics.json")):
     m = json.loads(metrics.read_text())
     print(metrics.parent.name, f"acc {m['accuracy']:.3f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}]"
@@ -122,7 +201,7 @@ collect() {
   done
   for d in "$R"/compare/*/; do [ -f "$d/comparison.md" ] && cp "$d/comparison.md" "$dest/compare-$(basename "$d").md"; done
   for d in "$R"/eval/*/; do [ -f "$d/metrics.json" ] && cp "$d/metrics.json" "$dest/metrics-$(basename "$d").json"; done
-  cp "$R"/*.log "$R"/curriculum-*.jsonl "$dest/" 2>/dev/null
+  cp "$R"/*.log "$R"/curriculum-*.jsonl "$R"/gpu-memory.csv "$dest/" 2>/dev/null
   tar czf "$1" -C "$dest" .
 }
 
