@@ -102,6 +102,32 @@ def test_grpo_trains_lora_only_masks_inserted_tokens_and_saves_an_agent(tmp_path
         assert agent.solve("What is 2 times 7?").trajectory.finish_reason is not None
 
 
+def test_the_reward_of_calling_and_not_calling_rollouts_is_logged(tmp_path, tiny_model_dir, monkeypatch):
+    """Questions 0 and 1 are made to call (scripted), the others sample freely and do not; a reward of 3 for a
+    rollout that called and 1 for one that did not must come back as the two logged means."""
+    monkeypatch.setitem(REWARDS, "calls_pay", lambda prompts, completions, tool_calls, **kwargs:
+                        [3.0 if calls else 1.0 for calls in tool_calls])
+    recipe = Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir, max_steps=1, per_device_train_batch_size=16))
+    recipe = recipe.model_copy(update={"rewards": recipe.rewards.model_copy(
+        update={"schedule": [(0, {"calls_pay": 1.0})]})})
+    processors: list = []
+    run = grpo.build(recipe, logits_processors=processors)
+    try:
+        rollout = run.rollout
+        probe = RolloutEngine(rollout.protocol, None, rollout.tokenizer, run.sandbox)
+        script = [Say("```python\nprint(6 * 7)\n```\n"), Env("\n```\n")]
+        scripts = {tuple(probe.prompt_ids(rollout.system_prompt, q)): script if q in QUESTIONS[:2] else []
+                   for q in QUESTIONS}  # an empty script: free from the first token
+        processors.append(ScriptedText(rollout.tokenizer, scripts, then="free"))
+        grpo.train(run)
+        called = [bool(t.tool_calls) for t in rollout.last]
+    finally:
+        run.close()
+    logged = next(entry for entry in run.trainer.state.log_history if "rewards/with_calls" in entry)
+    assert called.count(True) == 8 and called.count(False) == 8  # two scripted groups of four, two free ones
+    assert logged["rewards/with_calls"] == 3.0 and logged["rewards/without_calls"] == 1.0
+
+
 def half_flat(prompts, completions, **kwargs):
     """Groups of questions 0 and 1 score 0.0 whatever they say; the others vary with the completion's length."""
     return [0.0 if any(f"{i} times" in str(p) for i in (0, 1)) else float(len(c))

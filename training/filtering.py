@@ -74,7 +74,9 @@ def replace_rows(output: dict[str, Any], fresh: dict[str, Any], rows: torch.Tens
 class FilteringGRPOTrainer(GRPOTrainer):
     """TRL's `GRPOTrainer` (all its arguments), and: `filter_groups`: remove same-score groups from the loss.
     `refill`: replace them with fresh ones, for at most `refill_max_rounds` extra generation batches per step.
-    `samples`: a `SampleWriter` that records sampled steps' rollouts with their rewards."""
+    `samples`: a `SampleWriter` that records sampled steps' rollouts with their rewards. It also logs the mean
+    reward of the rollouts that called a tool and of those that did not (`rewards/with_calls`,
+    `rewards/without_calls`)."""
 
     def __init__(self, *args: Any, filter_groups: bool = True, refill: bool = False, refill_max_rounds: int = 2,
                  samples: Any = None, **kwargs: Any) -> None:
@@ -106,7 +108,27 @@ class FilteringGRPOTrainer(GRPOTrainer):
         group_size = self.num_generations if self.model.training else self.num_generations_eval
         self._flat_rows = flat_groups(rewards, self.reward_weights, group_size)  # over all processes
         self._group_size = group_size
+        self._log_reward_by_calls(inputs, rewards)
         return rewards
+
+    def _log_reward_by_calls(self, inputs: list[dict[str, Any]], rewards: torch.Tensor) -> None:
+        """`rewards/with_calls` and `rewards/without_calls`: the mean combined reward of the rollouts that called a
+        tool and of those that did not, over every process (each logged when such rollouts exist). Whether calling
+        pays is the first thing to read when a policy stops calling; the per-step aggregates of the first real
+        request-mode runs could not say it (bench/results/gpu-real-grpo.md)."""
+        if not inputs or "tool_calls" not in inputs[0]:
+            return
+        start = self.accelerator.process_index * len(inputs)
+        local = rewards[start:start + len(inputs)]
+        combined = (local * self.reward_weights.to(local.device).unsqueeze(0)).nansum(dim=1)
+        called = torch.tensor([bool(row["tool_calls"]) for row in inputs], device=combined.device)
+        sums = torch.stack([combined[called].sum(), called.sum(), combined[~called].sum(), (~called).sum()]).float()
+        with_sum, with_n, without_sum, without_n = self.accelerator.gather(sums.unsqueeze(0)).sum(dim=0).tolist()
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        if with_n:
+            metrics["rewards/with_calls"].append(with_sum / with_n)
+        if without_n:
+            metrics["rewards/without_calls"].append(without_sum / without_n)
 
     def _local_flat(self, count: int) -> torch.Tensor:
         start = self.accelerator.process_index * count
