@@ -1,5 +1,6 @@
-"""Training curves of a GRPO run, drawn from the trainer's log history: the weighted reward, each reward function's
-mean, tool use (calls per rollout, error rate), completion length and the share of groups filtered out.
+"""Training curves of a GRPO run, drawn from the trainer's log history: the weighted reward (and that of the
+rollouts with and without tool calls), each reward function's mean, tool use (calls per rollout, error rate),
+completion length and the share of groups filtered out.
 
 `training/grpo.py` redraws `<output_dir>/curves.png` at every checkpoint and at the end; for a run cut short, draw
 them from its latest checkpoint:
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 PANELS = [  # (title, log keys drawn in it; a key ending in "*" stands for every key with that prefix)
-    ("reward (weighted sum)", ["reward"]),
+    ("reward (weighted sum)", ["reward", "rewards/with_calls", "rewards/without_calls"]),
     ("each reward's mean", ["rewards/*"]),
     ("tool calls per rollout", ["tools/calls_per_rollout"]),
     ("tool errors (share of calls)", ["tools/error_rate"]),
@@ -40,15 +41,17 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     fig = Figure(figsize=(15, 7))
     axes = fig.subplots(2, 3)
     for ax, (name, keys) in zip(axes.flat, PANELS, strict=True):
+        lines = 0
         for key in keys:
             for label, points in _series(history, key).items():
                 if points:
                     short = label.removeprefix("rewards/").removesuffix("/mean")
                     ax.plot(*zip(*points, strict=True), marker=".", label=short)
+                    lines += 1
         ax.set_title(name)
         ax.set_xlabel("GRPO step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if keys[0].endswith("*"):
+        if lines > 1:
             ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
