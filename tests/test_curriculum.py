@@ -12,6 +12,7 @@ from planner import Agent, AgentConfig
 from tests.scripted import Env, Say, ScriptedText
 from training import curriculum
 from training.curriculum import Scored, order
+from training.records import read_records
 
 
 def test_order_drops_solved_and_sorts_easy_to_hard():
@@ -44,7 +45,8 @@ def test_command_samples_with_the_engine_and_writes_the_order(tmp_path, tiny_mod
         tokenizer = probe.tokenizer
     with caplog.at_level(logging.WARNING, logger="training.curriculum"):
         out = curriculum.main(["--config", str(recipe), "--out", str(tmp_path / "curriculum.jsonl"), "--samples",
-                               "2"], logits_processors=[ScriptedText(tokenizer, prompts)])
+                               "2", "--trajectories", str(tmp_path / "rollouts.jsonl")],
+                              logits_processors=[ScriptedText(tokenizer, prompts)])
     # The scripted planner answers every sample alike: the rates are all 0 or 1, and the curriculum says so.
     assert any("every pass rate is 0 or 1" in r.getMessage() and "temperature 1.0" in r.getMessage()
                for r in caplog.records)
@@ -52,6 +54,11 @@ def test_command_samples_with_the_engine_and_writes_the_order(tmp_path, tiny_mod
     assert rows == [{"prompt": "What is 2 plus 2?", "answer": "4", "pass_rate": 0.0, "source": "data"},
                     {"prompt": "What is 10 minus 3?", "answer": "7", "pass_rate": 0.0, "source": "data"}]  # 6 x 7
     # is always solved; the source is the file's name, as the data loader labels a file without a source column
+    sampled = read_records(tmp_path / "rollouts.jsonl")  # every sample, as a record: the warm start's pool
+    assert [(r["question"], r["correct"], len(r["tool_calls"])) for r in sampled] == [
+        ("What is 6 times 7?", True, 1)] * 2 + [("What is 2 plus 2?", False, 0)] * 2 + [
+        ("What is 10 minus 3?", False, 0)] * 2
+    assert all(r["reference"] == problems[r["question"]] for r in sampled)
     dropped = curriculum.main(["--config", str(recipe), "--out", str(tmp_path / "c2.jsonl"), "--samples", "2",
                                "--drop-unsolved"], logits_processors=[ScriptedText(tokenizer, prompts)])
     assert dropped.read_text() == ""

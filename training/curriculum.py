@@ -1,12 +1,15 @@
 """The curriculum: each training problem's pass rate under the starting policy, easiest first.
 
     python -m training.curriculum --config RECIPE.yaml --out runs/curriculum.jsonl [--samples 8] [--drop-unsolved]
+        [--trajectories runs/curriculum-rollouts.jsonl]
 
 Samples `--samples` answers per problem through the same engine and sandbox as training (the recipe's planner,
 at its temperature), drops the problems every sample solved (they teach nothing), optionally those none solved,
 and writes the rest from the highest pass rate to the lowest, with a `pass_rate` column. Point the recipe's
 `data.path` at the file and keep `grpo.shuffle_dataset: false`: training then follows that order, and a resumed
-run continues it where it stopped (the trainer skips the batches it has already seen).
+run continues it where it stopped (the trainer skips the batches it has already seen). `--trajectories` keeps
+every sampled rollout as a trajectory record (`training.records`): the pool `python -m training.warmstart` picks
+its examples from.
 """
 
 from __future__ import annotations
@@ -39,15 +42,26 @@ class Scored:
     source: str = ""
 
 
-def pass_rates(agent: Agent, problems: list[dict[str, str]], samples: int, batch: int = 64) -> list[Scored]:
-    """Each problem's share of `samples` solutions whose answer matches the reference (with a progress bar)."""
+def pass_rates(agent: Agent, problems: list[dict[str, str]], samples: int, batch: int = 64,
+               trajectories: Path | None = None) -> list[Scored]:
+    """Each problem's share of `samples` solutions whose answer matches the reference (with a progress bar);
+    every rollout appended to `trajectories` as a record, batch by batch, when given."""
+    from training.records import record, write_records
+
     flat = [p for p in problems for _ in range(samples)]
     solved: list[bool] = []
+    if trajectories is not None:
+        write_records(trajectories, [])
     with tqdm(total=len(flat), desc="curriculum", unit="sample") as progress:
         for start in range(0, len(flat), batch):
             chunk = flat[start:start + batch]
             solutions = agent.solve_many([p["prompt"] for p in chunk])
             solved += [answers_match(p["answer"], s.answer) for p, s in zip(chunk, solutions, strict=True)]
+            if trajectories is not None:
+                write_records(trajectories, [record(s.trajectory, agent.tokenizer, reference=p["answer"],
+                                                    source=p.get("source")) for p, s in zip(chunk, solutions,
+                                                                                             strict=True)],
+                              append=True)
             progress.update(len(chunk))
     scored = [Scored(p["prompt"], p["answer"], sum(solved[i * samples:(i + 1) * samples]) / samples,
                      p.get("source") or "") for i, p in enumerate(problems)]
@@ -83,6 +97,7 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
     parser.add_argument("--out", required=True)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--drop-unsolved", action="store_true")
+    parser.add_argument("--trajectories", type=Path, help="also write every sampled rollout here (JSONL records)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a recipe field, e.g. --set executor.isolation=none (repeatable)")
     args = parser.parse_args(argv)
@@ -94,7 +109,7 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
     problems = list(load_prompts(recipe))
     agent_config = AgentConfig(planner=recipe.planner, coder=recipe.coder, executor=recipe.executor)
     with Agent(agent_config, **agent_kwargs) as agent:
-        scored = pass_rates(agent, problems, args.samples, recipe.planner.batch_size)
+        scored = pass_rates(agent, problems, args.samples, recipe.planner.batch_size, args.trajectories)
     ordered = order(scored, args.drop_unsolved)
     out = Path(args.out)
     write_scored(ordered, out)

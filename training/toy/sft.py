@@ -11,23 +11,17 @@ from __future__ import annotations
 import logging
 import random
 import re
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from executor import ExecutionResult
 from planner.protocols import CODE_TAGS, Markers, Protocol
+from training.sft import Example, train  # noqa: F401  (the toy's SFT uses the planner's)
 from training.toy.tasks import Problem
 
 log = logging.getLogger(__name__)
 _NUMBER = re.compile(r"[0-9.]+")
 
-
-@dataclass(frozen=True)
-class Example:
-    input_ids: list[int]
-    completion_mask: list[int]  # 1 where the token is in the loss
 
 
 # The toy coder's program: the request copied verbatim into a fixed frame that evaluates it exactly (every number
@@ -137,27 +131,3 @@ def copy_examples(tokenizer: Any, words: list[str], n: int, seed: int = 0,
         prompt_ids, target_ids = encode(tokenizer, prompt), encode(tokenizer, target)
         examples.append(Example(prompt_ids + target_ids, [0] * len(prompt_ids) + [1] * len(target_ids)))
     return examples
-
-
-def train(model: Any, tokenizer: Any, examples: list[Example], out_dir: str | Path, *, epochs: float,
-          learning_rate: float, batch_size: int = 32, seed: int = 0, use_cpu: bool = True) -> Path:
-    """Supervised warm-up with TRL's `SFTTrainer` on pre-tokenized examples; `completion_mask` becomes the labels
-    (`completion_only_loss`). Saves the model and tokenizer to `out_dir`."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    dataset = Dataset.from_dict({"input_ids": [e.input_ids for e in examples],
-                                 "completion_mask": [e.completion_mask for e in examples]})
-    config = SFTConfig(output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=learning_rate,
-                       per_device_train_batch_size=batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
-                       weight_decay=0.0, completion_only_loss=True, max_length=None, logging_steps=25,
-                       save_strategy="no", report_to="none", use_cpu=use_cpu, seed=seed,
-                       gradient_checkpointing=False)  # TRL turns it on; a model this small only loses time to it
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    log.info("SFT %s: loss %.3f -> %.3f over %d steps", out_dir, losses[0] if losses else float("nan"),
-             losses[-1] if losses else float("nan"), trainer.state.global_step)
-    return Path(out_dir)
