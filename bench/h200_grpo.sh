@@ -5,6 +5,8 @@
 #   remedies  request mode with ```python blocks unpriced (`unparsed_call` 0), on big-value train and on a half
 #             plain, half big-value mix; code mode's ablations, without same-score filtering and without the
 #             curriculum, stopped at MAX_STEPS (the reference run's 23 steps) (2026-12-01, one GPU)
+#   warmstart request mode from `training.sft` on its own right, delegating rollouts (POOL_SAMPLES of each mixed
+#             problem), on the mix and on big values; code mode with and without the curriculum at MAX_STEPS
 #   setsid bash bench/h200_grpo.sh start     # runs the three phases below in the background, logs in $R
 #   bash bench/h200_grpo.sh status           # one line per process: its last step and metrics; GPU memory
 #   bash bench/h200_grpo.sh collect FILE.tgz # tables, comparisons, curves and logs in one file (a device call
@@ -56,6 +58,34 @@ plan_remedies() {
 --set data.limit=null --set data.curriculum=null"
   add code-nofilter code "$small --set groups.filter=false --set grpo.max_steps=$MAX_STEPS"
   add code-nocurriculum code "$small --set data.curriculum=null --set grpo.max_steps=$MAX_STEPS"
+}
+
+plan_warmstart() {
+  # Request mode from a warm start (training.sft on its own right, delegating rollouts), on the mix and on big
+  # values; code mode with and without the curriculum at the same steps, on the same card.
+  local small="--set grpo.per_device_train_batch_size=16 --set grpo.gradient_accumulation_steps=4"
+  add request-warm-mix request "$small --set planner.adapter=$R/sft-request --set data.path=$R/mix.jsonl \
+--set data.big_values=false --set data.limit=null --set data.curriculum=null"
+  add request-warm request "$small --set planner.adapter=$R/sft-request"
+  add code-ref code "$small --set grpo.max_steps=$MAX_STEPS"
+  add code-nocurriculum code "$small --set data.curriculum=null --set grpo.max_steps=$MAX_STEPS"
+}
+
+prepare_warmstart() {  # the pool (POOL_SAMPLES rollouts of each mixed problem), then the SFT adapter
+  echo "$(date +%T) warm start: sampling the pool"
+  python3 -m training.curriculum --config "$(recipe request)" --samples "${POOL_SAMPLES:-8}" \
+    --out "$R/pool-order.jsonl" --trajectories "$R/pool.jsonl" "${COMMON[@]}" --set "data.path=$R/mix.jsonl" \
+    --set data.big_values=false --set data.limit=null --set data.curriculum=null --set planner.batch_size=1024 \
+    > "$R/pool.log" 2>&1
+  python3 -m training.sft --config "$(recipe request)" --records "$R/pool.jsonl" --out "$R/sft-request" \
+    "${COMMON[@]}" > "$R/sft.log" 2>&1
+  echo "$(date +%T) $(grep -o 'warm start: [0-9]* of [0-9]* trajectories kept' "$R/sft.log")"
+  if [ ! -f "$R/sft-request/adapter_config.json" ]; then  # nothing to continue: the warm runs would fail at load
+    echo "$(date +%T) no warm-start adapter ($(tail -1 "$R/sft.log")): the request runs are left out"
+    local names=("${NAMES[@]}") modes=("${MODES[@]}") args=("${ARGS[@]}") i
+    NAMES=() MODES=() ARGS=()
+    for i in "${!names[@]}"; do [[ ${names[$i]} == request-warm* ]] || add "${names[$i]}" "${modes[$i]}" "${args[$i]}"; done
+  fi
 }
 
 mix() {  # half plain GSM8K train, half big-value, interleaved: correctness can fire on the plain half
@@ -110,8 +140,9 @@ start() {
     curricula+=($!)
     gpu=$(( (gpu + 1) % GPUS ))
   done
-  [[ " ${NAMES[*]} " == *" request-mix "* ]] && mix
+  [[ " ${NAMES[*]} " == *"-mix "* ]] && mix
   (( ${#curricula[@]} )) && wait "${curricula[@]}"  # alone: beside two evaluations, 1,024 code rows ran out of memory
+  if declare -F "prepare_$PLAN" > /dev/null; then "prepare_$PLAN"; fi
   for mode in request code; do
     [ -s "$R/curriculum-$mode.jsonl" ] || echo "$(date +%T) no curriculum for $mode: its run computes it (slowly)"
   done
