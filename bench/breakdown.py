@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from coder import graph_decode
-from coder.transformers_backend import TransformersBackend
-from planner import generation
-from planner.generation import TransformersGeneration
+from delegate.coder import graph_decode
+from delegate.coder.transformers_backend import TransformersBackend
+from delegate.planner import generation
+from delegate.planner.generation import TransformersGeneration
 
 
 class Breakdown:

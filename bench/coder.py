@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coder import CoderConfig, build_coder
-from training.tiny import build_tiny
+from delegate.coder import CoderConfig, build_coder
+from delegate.training.tiny import build_tiny
 
 TEMPLATES = ["the least common multiple of {a} and {b}", "{a} times {b}", "the sum of the integers from 1 to {a}",
              "{a} divided by {b} as an exact fraction", "the remainder of {a} divided by {b}"]

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shapes import random_model, table  # bench/shapes.py
 
-from planner import TransformersGeneration
-from training.tiny import build_tokenizer
+from delegate.planner import TransformersGeneration
+from delegate.training.tiny import build_tokenizer
 
 
 def prompts(tokenizer, batch: int, width: int, padded: bool) -> list[list[int]]:
@@ -193,7 +193,7 @@ def main() -> None:
     if args.lora:  # the training recipe's planner: the same model under PEFT's LoRA (adapters not merged)
         from peft import LoraConfig, get_peft_model
 
-        from training.recipe import LoraSection
+        from delegate.training.recipe import LoraSection
 
         lora = LoraSection()
         model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,

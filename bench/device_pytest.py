@@ -8,7 +8,7 @@ Never for CI or a user's machine: there a missing isolation layer must refuse, a
 
 from __future__ import annotations
 
-from executor.config import SandboxConfig
+from delegate.executor.config import SandboxConfig
 
 SandboxConfig.model_fields["isolation"].default = "none"
 SandboxConfig.model_rebuild(force=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from executor import Sandbox, SandboxConfig
+from delegate.executor import Sandbox, SandboxConfig
 
 WORKLOADS = {
     "print(1)": "print(1)",

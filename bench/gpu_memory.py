@@ -28,9 +28,9 @@ def memory(args: argparse.Namespace) -> str:
     import yaml
     from transformers import AutoTokenizer
 
+    from delegate.training import grpo
+    from delegate.training.recipe import Recipe
     from tests.scripted import CallsThenFree, StepClock
-    from training import grpo
-    from training.recipe import Recipe
 
     cuda = args.device == "cuda"
     work = Path(args.work)

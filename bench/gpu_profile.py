@@ -35,9 +35,9 @@ def profile(args: argparse.Namespace) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
-    from coder import CoderConfig, build_coder
-    from coder.transformers_backend import shared_prefix
-    from training.tiny import build_tokenizer
+    from delegate.coder import CoderConfig, build_coder
+    from delegate.coder.transformers_backend import shared_prefix
+    from delegate.training.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     model = random_model(args.shape, tokenizer, args.device)

@@ -37,13 +37,13 @@ def rollout(args: argparse.Namespace) -> str:
     from rollout import OneAtATime  # bench/rollout.py: tools one rollout after another (TRL's tools= pattern)
     from trl_loop import trl_tools_rollouts  # bench/trl_loop.py
 
-    from coder import CoderConfig, build_coder
-    from executor import Sandbox, SandboxConfig
-    from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
-    from planner.engine import PHASES
-    from planner.graph_generation import GraphGeneration
+    from delegate.coder import CoderConfig, build_coder
+    from delegate.executor import Sandbox, SandboxConfig
+    from delegate.planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
+    from delegate.planner.engine import PHASES
+    from delegate.planner.graph_generation import GraphGeneration
+    from delegate.training.tiny import build_tokenizer
     from tests.scripted import PlannedScript
-    from training.tiny import build_tokenizer
 
     class Programs:
         """The sandbox running a real program for every call: a random coder writes no code block, and an empty

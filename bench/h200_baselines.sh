@@ -21,7 +21,7 @@ for name in "$@"; do
     *-code) mode=(--config training/recipes/qwen2.5-0.5b-code.yaml) ;;
   esac
   start=$(date +%s)
-  timeout "$limit" python3 -m training.evaluate "${mode[@]}" "${data[@]}" --batch-size 400 --set planner.batch_size=400 \
+  timeout "$limit" python3 -m delegate.training.evaluate "${mode[@]}" "${data[@]}" --batch-size 400 --set planner.batch_size=400 \
     --set executor.isolation=none --out "$out/$name" > "$out/$name.log" 2>&1
   echo "$name: exit $? after $(( $(date +%s) - start )) s"
 done

@@ -73,11 +73,11 @@ plan_warmstart() {
 
 prepare_warmstart() {  # the pool (POOL_SAMPLES rollouts of each mixed problem), then the SFT adapter
   echo "$(date +%T) warm start: sampling the pool"
-  python3 -m training.curriculum --config "$(recipe request)" --samples "${POOL_SAMPLES:-8}" \
+  python3 -m delegate.training.curriculum --config "$(recipe request)" --samples "${POOL_SAMPLES:-8}" \
     --out "$R/pool-order.jsonl" --trajectories "$R/pool.jsonl" "${COMMON[@]}" --set "data.path=$R/mix.jsonl" \
     --set data.big_values=false --set data.limit=null --set data.curriculum=null --set planner.batch_size=1024 \
     > "$R/pool.log" 2>&1
-  python3 -m training.sft --config "$(recipe request)" --records "$R/pool.jsonl" --out "$R/sft-request" \
+  python3 -m delegate.training.sft --config "$(recipe request)" --records "$R/pool.jsonl" --out "$R/sft-request" \
     "${COMMON[@]}" > "$R/sft.log" 2>&1
   echo "$(date +%T) $(grep -o 'warm start: [0-9]* of [0-9]* trajectories kept' "$R/sft.log")"
   if [ ! -f "$R/sft-request/adapter_config.json" ]; then  # nothing to continue: the warm runs would fail at load
@@ -91,7 +91,7 @@ prepare_warmstart() {  # the pool (POOL_SAMPLES rollouts of each mixed problem),
 mix() {  # half plain GSM8K train, half big-value, interleaved: correctness can fire on the plain half
   python3 - "$R/mix.jsonl" "$LIMIT" "$DATA/gsm8k/train.jsonl" <<'PY'
 import json, sys
-from training.data import load_problems
+from delegate.training.data import load_problems
 out, half = sys.argv[1], int(sys.argv[2])
 path = sys.argv[3]
 plain = list(load_problems(path, limit=half))
@@ -106,7 +106,7 @@ one_eval() {  # GPU CONFIG NAME SET [ARGS...]: one test set (bv: big-value GSM8K
   local gpu=$1 config=$2 name=$3 set=$4; shift 4
   local data=(--batch-size 700 --set planner.batch_size=700)
   [ "$set" = bv ] && data=(--big-values --seed 0 --batch-size 512 --set planner.batch_size=512)
-  CUDA_VISIBLE_DEVICES=$gpu python3 -m training.evaluate --config "$config" --data $TEST "${data[@]}" \
+  CUDA_VISIBLE_DEVICES=$gpu python3 -m delegate.training.evaluate --config "$config" --data $TEST "${data[@]}" \
     "${COMMON[@]}" "$@" --out "$R/eval/$set-$name" > "$R/eval/$set-$name.log" 2>&1
 }
 
@@ -134,7 +134,7 @@ start() {
       cp "$CURRICULA/curriculum-$mode.jsonl" "$R/"
       continue
     fi
-    CUDA_VISIBLE_DEVICES=$gpu python3 -m training.curriculum --config "$(recipe $mode)" --samples 4 \
+    CUDA_VISIBLE_DEVICES=$gpu python3 -m delegate.training.curriculum --config "$(recipe $mode)" --samples 4 \
       --out "$R/curriculum-$mode.jsonl" "${TRAIN_DATA[@]}" "${COMMON[@]}" --set planner.batch_size=1024 \
       > "$R/curriculum-$mode.log" 2>&1 &
     curricula+=($!)
@@ -184,7 +184,7 @@ finish() {  # phase 3 alone (e.g. after killing the driver to give the runs long
   evaluate_all "${agents[@]}"
   for name in "${NAMES[@]}"; do
     for set in bv gsm; do
-      python3 -m training.evaluate --compare "$R/eval/$set-${name%%-*}-base" "$R/eval/$set-$name" \
+      python3 -m delegate.training.evaluate --compare "$R/eval/$set-${name%%-*}-base" "$R/eval/$set-$name" \
         --out "$R/compare/$set-$name" > "$R/compare-$set-$name.log" 2>&1
     done
   done

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import prompts  # bench/decode.py
 from shapes import random_model, table  # bench/shapes.py
 
-from coder.config import CoderConfig
-from coder.transformers_backend import TransformersBackend
-from planner import TransformersGeneration
-from training.tiny import build_tokenizer
+from delegate.coder.config import CoderConfig
+from delegate.coder.transformers_backend import TransformersBackend
+from delegate.planner import TransformersGeneration
+from delegate.training.tiny import build_tokenizer
 
 CUDA = torch.cuda.is_available()  # on a CPU: a smoke run (--shape tiny)
 SHARED, OWN = 310, 12  # the coder's prompt: template and system prompt, then the request (bench/NOTES.md)

@@ -30,8 +30,8 @@ def main() -> None:
                         help="also torch.profiler: GPU time per operator (not where the host waits)")
     args = parser.parse_args()
 
-    from planner import Agent, AgentConfig
-    from training.data import load_problems
+    from delegate.planner import Agent, AgentConfig
+    from delegate.training.data import load_problems
 
     overrides = [*args.set, f"planner.max_completion_tokens={args.max_tokens}", f"planner.batch_size={args.rows}"]
     config = AgentConfig.from_yaml(args.config, overrides)

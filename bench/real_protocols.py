@@ -23,9 +23,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coder.config import resolve
-from planner.protocols import CODE_TAGS
-from training.models import fetch
+from delegate.coder.config import resolve
+from delegate.planner.protocols import CODE_TAGS
+from delegate.training.models import fetch
 
 TAGS = CODE_TAGS.model_dump()  # the `<code>` variants' markers (the default is a ```python block)
 # (row name, protocol, prompt file, markers or None, tools)
@@ -85,10 +85,10 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from coder import CoderConfig, build_coder
-    from executor import Sandbox, SandboxConfig
-    from training.data import load_problems
-    from training.evaluate import evaluate
+    from delegate.coder import CoderConfig, build_coder
+    from delegate.executor import Sandbox, SandboxConfig
+    from delegate.training.data import load_problems
+    from delegate.training.evaluate import evaluate
 
     model_dir = args.model or str(fetch("qwen2.5-coder-0.5b"))
     problems = [dict(r) for r in load_problems(args.data, split="test", limit=args.limit,

@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coder import CoderConfig, build_coder
-from executor import Sandbox, SandboxConfig
-from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
+from delegate.coder import CoderConfig, build_coder
+from delegate.executor import Sandbox, SandboxConfig
+from delegate.planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
+from delegate.training.tiny import build_model, build_tokenizer
 from tests.scripted import Env, Say, ScriptedText
-from training.tiny import build_model, build_tokenizer
 
 SHAPES = {  # Qwen2.5 layer shapes (the vocabulary is the local tokenizer's)
     "tiny": {},

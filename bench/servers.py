@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from executor import Sandbox, SandboxConfig
-from executor.config import available_cores
+from delegate.executor import Sandbox, SandboxConfig
+from delegate.executor.config import available_cores
 
 
 def cpu_seconds(pid: int) -> float:

@@ -50,7 +50,7 @@ def random_model(shape: str, tokenizer, device: str = "cuda"):
 
 def saved_model(shape: str, where: Path, device: str = "cuda") -> Path:
     """The random model and the local tokenizer written to `where` (for code that loads from a path)."""
-    from training.tiny import build_tokenizer
+    from delegate.training.tiny import build_tokenizer
 
     if (where / "config.json").exists():
         return where
@@ -78,7 +78,7 @@ def unpacked_attention() -> Iterator[None]:
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from coder.attention import NAME, packed_sdpa
+    from delegate.coder.attention import NAME, packed_sdpa
 
     AttentionInterface.register(NAME, sdpa_attention_forward)
     try:

@@ -4,7 +4,7 @@ SFT data, GRPO sampling all follow the seed), side by side in one run, and optio
     python bench/toy_noise.py --seeds 0 1 2 --modes request [--device cuda] [--parallel 3] \
         [--variant NAME FIELD=VALUE ...] [--out runs/toy-noise]
 
-Each (variant, seed) is `python -m training.toy.demo` in its own process, `--threads` CPU threads each (run several at
+Each (variant, seed) is `python -m delegate.training.toy.demo` in its own process, `--threads` CPU threads each (run several at
 once on a machine with the cores, or on one GPU); prints one table: held-out accuracy before and after GRPO and the
 gain, per seed, then each variant's mean and sample standard deviation of the gain, and its run time.
 """
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_one(out: Path, mode_args: list[str], seed: int, settings: list[str], device: str | None,
             threads: int = 1) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "training.toy.demo", "--out", str(out), "--seed", str(seed), "--modes",
+    command = [sys.executable, "-m", "delegate.training.toy.demo", "--out", str(out), "--seed", str(seed), "--modes",
                *mode_args, *(["--device", device] if device else []), *(["--set", *settings] if settings else [])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false"}

@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training import grpo
-from training.recipe import Recipe
-from training.rewards import REWARDS
-from training.tiny import build_tiny
+from delegate.training import grpo
+from delegate.training.recipe import Recipe
+from delegate.training.rewards import REWARDS
+from delegate.training.tiny import build_tiny
 
 
 def length(prompts, completions, **kwargs):
@@ -90,7 +90,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from coder.config import resolve
+    from delegate.coder.config import resolve
 
     system = resolve(recipe.planner.prompt_file).read_text()
     rows = [json.loads(line) for line in data.read_text().splitlines()]

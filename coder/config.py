@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MODELS_ENV = "DELEGATE_MODELS"  # where `python -m training.models fetch` prepares real models
+MODELS_ENV = "DELEGATE_MODELS"  # where `python -m delegate.training.models fetch` prepares real models
 DEFAULT_MODELS_DIR = "~/.cache/delegate/models"
 
 

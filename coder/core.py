@@ -8,8 +8,8 @@ from typing import Protocol
 
 from cachetools import LRUCache
 
-from coder.config import CoderConfig
-from coder.extract import extract_code
+from delegate.coder.config import CoderConfig
+from delegate.coder.extract import extract_code
 
 Conversation = list[dict[str, str]]
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 from transformers import StaticCache, TemperatureLogitsWarper, TopPLogitsWarper
 
-from coder.hf import last_logits
+from delegate.coder.hf import last_logits
 
 CHECK_EVERY = 8  # steps between checks (one host sync) that every row has finished
 WARMUP_STEPS = 2  # eager steps on a side stream before the capture, as `torch.cuda.graphs` asks

@@ -17,8 +17,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from coder.config import CoderConfig
-from coder.core import BackendError, Conversation
+from delegate.coder.config import CoderConfig
+from delegate.coder.core import BackendError, Conversation
 
 
 class OpenAIBackend:

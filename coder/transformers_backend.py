@@ -13,9 +13,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from coder.config import CoderConfig
-from coder.core import BackendError, Conversation
-from coder.hf import cache_argument, eos_ids, last_logits, padded, resolve_device, resolve_dtype, returned_cache
+from delegate.coder.config import CoderConfig
+from delegate.coder.core import BackendError, Conversation
+from delegate.coder.hf import (
+    cache_argument,
+    eos_ids,
+    last_logits,
+    padded,
+    resolve_device,
+    resolve_dtype,
+    returned_cache,
+)
 
 MIN_SHARED_TOKENS = 8  # a shorter common prefix is not worth the extra forward pass
 
@@ -52,7 +60,7 @@ class TransformersBackend:
         self.prefix: tuple[list[int], Any] | None = None  # the last shared prefix's tokens and one-row KV cache
         self.decoder = None
         if config.cuda_graph:
-            from coder.graph_decode import GraphDecoder, check_model
+            from delegate.coder.graph_decode import GraphDecoder, check_model
 
             check_model(self.model)
             self.decoder = GraphDecoder(self.model, sorted(eos_ids(self.model, self.tokenizer)),
@@ -81,7 +89,7 @@ class TransformersBackend:
     def _generate(self, rows: list[list[int]], shared: int) -> list[str]:
         import torch
 
-        from coder.attention import packed_attention
+        from delegate.coder.attention import packed_attention
 
         ids, mask = padded(rows, shared, self.tokenizer.pad_token_id, self.device)
         with torch.inference_mode(), packed_attention(self.model):

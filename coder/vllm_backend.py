@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from coder.config import CoderConfig
-from coder.core import BackendError, Conversation
+from delegate.coder.config import CoderConfig
+from delegate.coder.core import BackendError, Conversation
 
 
 def import_vllm(what: str = "the 'vllm' coder backend") -> Any:

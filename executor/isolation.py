@@ -152,4 +152,6 @@ def server_command() -> tuple[list[str], dict[str, str]]:
         "MKL_NUM_THREADS": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+    # As the top-level `executor` (its imports are relative): the sandbox shows this package and nothing else of
+    # delegate's, so the server cannot import it as `delegate.executor`.
     return [sys.executable, "-u", "-m", "executor.server"], env

@@ -20,7 +20,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from executor import isolation, syscalls
+from . import isolation, syscalls
 
 JOB_FILENAME = "<job>"
 JOB_DIR = "/tmp/delegate-job"  # a job's working directory, on its private tmpfs

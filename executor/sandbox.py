@@ -24,11 +24,11 @@ import time
 from concurrent.futures import Future
 from typing import IO, Any
 
-from executor import isolation, launch
-from executor.cgroup import SandboxCgroup, host_memory_bytes
-from executor.config import SandboxConfig
-from executor.protocol import FRAME, encode
-from executor.result import ExecutionResult
+from . import isolation, launch
+from .cgroup import SandboxCgroup, host_memory_bytes
+from .config import SandboxConfig
+from .protocol import FRAME, encode
+from .result import ExecutionResult
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from executor import isolation, syscalls
-from executor.job import SETUP_FAILED, JobSetup, job_main
-from executor.protocol import FRAME, read_frame_blocking, write_frame
+from . import isolation, syscalls
+from .job import SETUP_FAILED, JobSetup, job_main
+from .protocol import FRAME, read_frame_blocking, write_frame
 
 MAX_REPORT_BYTES = 8192
 WARMUP = """

@@ -13,7 +13,7 @@ import errno
 import tempfile
 from typing import Any
 
-from executor import isolation
+from . import isolation
 
 CLONE_NEWUSER = 0x10000000
 

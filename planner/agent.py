@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coder import Coder, build_coder
-from coder.config import resolve
-from executor import Sandbox
-from planner.ban import BanText
-from planner.config import AgentConfig
-from planner.engine import EngineLimits, RolloutEngine
-from planner.generation import GenerationBackend, TransformersGeneration
-from planner.protocols import build_protocol
-from planner.trajectory import Trajectory
+from delegate.coder import Coder, build_coder
+from delegate.coder.config import resolve
+from delegate.executor import Sandbox
+from delegate.planner.ban import BanText
+from delegate.planner.config import AgentConfig
+from delegate.planner.engine import EngineLimits, RolloutEngine
+from delegate.planner.generation import GenerationBackend, TransformersGeneration
+from delegate.planner.protocols import build_protocol
+from delegate.planner.trajectory import Trajectory
 
 
 @dataclass
@@ -71,8 +71,8 @@ class Agent:
     def _generator(self, model: Any, logits_processors: list[Any] | None) -> GenerationBackend:
         planner = self.config.planner
         if planner.backend == "vllm":
-            from coder.vllm_backend import import_vllm
-            from planner.vllm_generation import VLLMGeneration
+            from delegate.coder.vllm_backend import import_vllm
+            from delegate.planner.vllm_generation import VLLMGeneration
 
             if planner.adapter:
                 raise ValueError("planner.adapter with the vllm backend: merge the adapter into the model first "
@@ -80,7 +80,7 @@ class Agent:
             vllm = import_vllm("the 'vllm' planner backend")
             ban: list[Any] = []
             if not planner.tools:  # the call marker banned in every tokenization, not only vLLM's own
-                from planner.vllm_ban import BanTextLogitsProcessor
+                from delegate.planner.vllm_ban import BanTextLogitsProcessor
 
                 ban.append(BanTextLogitsProcessor)
             llm = vllm.LLM(model=planner.model, dtype=planner.dtype, logits_processors=ban,
@@ -93,7 +93,7 @@ class Agent:
         if not planner.tools:
             processors.append(BanText(self.tokenizer, self.protocol.markers.open))
         if planner.cuda_graph and model.device.type == "cuda":  # on a CPU there is no graph: generate
-            from planner.graph_generation import GraphGeneration
+            from delegate.planner.graph_generation import GraphGeneration
 
             return GraphGeneration(model, self.tokenizer, planner.temperature, planner.top_p, planner.batch_size,
                                    processors)
@@ -123,7 +123,7 @@ class Agent:
 def load_planner_model(name: str, adapter: str | None, device: str, dtype: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    from coder.hf import resolve_device, resolve_dtype
+    from delegate.coder.hf import resolve_device, resolve_dtype
 
     where = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, where)).to(where)

@@ -9,10 +9,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from coder import CoderConfig
-from coder.config import expand_model_path
-from executor import SandboxConfig
-from planner.protocols import Markers, ProtocolName
+from delegate.coder import CoderConfig
+from delegate.coder.config import expand_model_path
+from delegate.executor import SandboxConfig
+from delegate.planner.protocols import Markers, ProtocolName
 
 
 class PlannerConfig(BaseModel):

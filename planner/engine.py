@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from executor import ExecutionResult
-from planner.generation import Generated, GenerationBackend
-from planner.protocols import Call
-from planner.protocols import Protocol as ToolProtocol
-from planner.sync import RankSync
-from planner.trajectory import ToolCall, Trajectory, boxed_end, last_boxed
+from delegate.executor import ExecutionResult
+from delegate.planner.generation import Generated, GenerationBackend
+from delegate.planner.protocols import Call
+from delegate.planner.protocols import Protocol as ToolProtocol
+from delegate.planner.sync import RankSync
+from delegate.planner.trajectory import ToolCall, Trajectory, boxed_end, last_boxed
 
 TOOL_LIMIT_NOTICE = "Tool limit reached: no more calls. Give your final answer now."
 PHASES = ("generate", "coder", "executor")  # where a run's wall time goes (`RolloutEngine.seconds`)

@@ -21,9 +21,9 @@ from transformers import (
     StopStringCriteria,
 )
 
-from coder.attention import packed_attention
-from coder.hf import cache_argument, eos_ids, last_logits, padded, returned_cache
-from planner.sync import RankSync
+from delegate.coder.attention import packed_attention
+from delegate.coder.hf import cache_argument, eos_ids, last_logits, padded, returned_cache
+from delegate.planner.sync import RankSync
 
 StopReason = Literal["eos", "stop", "length"]
 

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, StopStringCriteria
 
-from coder.attention import packed_attention
-from coder.graph_decode import GraphDecoder, check_model, greedy_or_sampled
-from coder.hf import eos_ids, padded
-from planner.generation import Generated, StopReason, StopStrings, start_call
+from delegate.coder.attention import packed_attention
+from delegate.coder.graph_decode import GraphDecoder, check_model, greedy_or_sampled
+from delegate.coder.hf import eos_ids, padded
+from delegate.planner.generation import Generated, StopReason, StopStrings, start_call
 
 _REASONS: tuple[StopReason, ...] = ("length", "eos", "stop")
 PLANNER_GRAPHS_KEPT = 3  # shapes kept: a run's rounds shrink the live rows (rounded up to 32) as rollouts end

@@ -1,6 +1,6 @@
 """Solve one question from the command line.
 
-    python -m planner.solve --config RECIPE.yaml "What is 123456789 * 987654321?" [--show]
+    python -m delegate.planner.solve --config RECIPE.yaml "What is 123456789 * 987654321?" [--show]
 
 Prints the answer; with --show, the transcript first, with requests, code and results set apart.
 """
@@ -11,8 +11,8 @@ import argparse
 import logging
 import sys
 
-from planner.agent import Agent
-from planner.trajectory import Trajectory, segments
+from delegate.planner.agent import Agent
+from delegate.planner.trajectory import Trajectory, segments
 
 
 def format_transcript(trajectory: Trajectory, tokenizer) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from executor import ExecutionResult
+from delegate.executor import ExecutionResult
 
 FinishReason = Literal["eos", "answer", "length", "tool_limit", "format_violation"]
 

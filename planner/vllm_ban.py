@@ -16,7 +16,7 @@ from typing import Any
 from transformers import AutoTokenizer
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
-from planner.ban import BAN_ARG, PROMPT_TAIL_ARG, BanText
+from delegate.planner.ban import BAN_ARG, PROMPT_TAIL_ARG, BanText
 
 
 class BanTextLogitsProcessor(AdapterLogitsProcessor):

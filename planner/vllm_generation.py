@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from coder.vllm_backend import import_vllm
-from planner.ban import BAN_ARG, PROMPT_TAIL_ARG, BanText
-from planner.generation import Generated
+from delegate.coder.vllm_backend import import_vllm
+from delegate.planner.ban import BAN_ARG, PROMPT_TAIL_ARG, BanText
+from delegate.planner.generation import Generated
 
 
 class VLLMGeneration:

@@ -13,7 +13,7 @@ SHARED_DATA = Path(os.environ.get("DELEGATE_SHARED_DATA") or Path(__file__).reso
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with a locally trained tokenizer and a random tiny Qwen2-shaped model."""
-    from training.tiny import build_tiny
+    from delegate.training.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny-model"))
 

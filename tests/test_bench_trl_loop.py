@@ -9,10 +9,10 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))  # after the packages: bench/coder.py
 
-from coder import CoderConfig, build_coder
-from executor import Sandbox, SandboxConfig
+from delegate.coder import CoderConfig, build_coder
+from delegate.executor import Sandbox, SandboxConfig
+from delegate.training.tiny import build_model, build_tokenizer
 from tests.scripted import PlannedScript
-from training.tiny import build_model, build_tokenizer
 
 
 def test_trl_loop_makes_every_planned_call_through_the_tool_function():

@@ -9,8 +9,8 @@ from fractions import Fraction
 import pytest
 import sympy
 
-from training.bigvalue import NotReplayable, build, decimal, final_answer, plan, rebuild, replay
-from training.data import load_problems
+from delegate.training.bigvalue import NotReplayable, build, decimal, final_answer, plan, rebuild, replay
+from delegate.training.data import load_problems
 
 
 def rows_of(path):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from coder import CoderConfig, build_coder
+from delegate.coder import CoderConfig, build_coder
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "training" / "recipes" / "coders").glob("*.yaml"))
 

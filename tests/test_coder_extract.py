@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coder import extract_code
+from delegate.coder import extract_code
 
 CASES = {
     "fenced python": ("```python\nprint(1)\n```", "print(1)"),

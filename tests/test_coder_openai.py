@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from coder import CoderConfig, build_coder
+from delegate.coder import CoderConfig, build_coder
 from tests.servers import SilentServer, TransformersServer, free_port
 
 REQUESTS = ["the least common multiple of 38 and 16", "2 to the power 100", "the sum of 1 to 100",

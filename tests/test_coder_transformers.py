@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coder import CoderConfig, build_coder
+from delegate.coder import CoderConfig, build_coder
 
 REQUESTS = ["the least common multiple of 38 and 16", "2 to the power 100", "the sum of 1 to 100",
             "the square root of 2 to 30 digits", "the number of primes below 1000"]
@@ -93,7 +93,7 @@ def test_mismatched_contexts_are_rejected(coder):
 
 
 def test_shared_prefix_leaves_each_row_a_token():
-    from coder.transformers_backend import shared_prefix
+    from delegate.coder.transformers_backend import shared_prefix
 
     assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 9]]) == 2
     assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # equal rows: the last token is still each row's own
@@ -151,7 +151,7 @@ def test_graph_decoding_stops_every_row_at_its_eos(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from coder.graph_decode import CHECK_EVERY, decode
+    from delegate.coder.graph_decode import CHECK_EVERY, decode
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
@@ -177,7 +177,7 @@ def test_graph_decoder_keeps_rounded_shapes_and_writes_what_a_fresh_loop_writes(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from coder.graph_decode import GRAPHS_KEPT, LENGTH_STEP, ROWS_STEP, GraphDecoder, decode
+    from delegate.coder.graph_decode import GRAPHS_KEPT, LENGTH_STEP, ROWS_STEP, GraphDecoder, decode
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     decoder = GraphDecoder(model, eos_ids=[], pad_id=0, graph=False, round_shapes=True)
@@ -198,7 +198,7 @@ def test_graph_decoder_keeps_rounded_shapes_and_writes_what_a_fresh_loop_writes(
 def test_graph_decoding_refuses_flash_and_sliding_window_attention(config, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from coder.transformers_backend import TransformersBackend
+    from delegate.coder.transformers_backend import TransformersBackend
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model.config._attn_implementation = "flash_attention_2"

@@ -8,11 +8,11 @@ import logging
 import pytest
 import yaml
 
-from planner import Agent, AgentConfig
+from delegate.planner import Agent, AgentConfig
+from delegate.training import curriculum
+from delegate.training.curriculum import Scored, order
+from delegate.training.records import read_records
 from tests.scripted import Env, Say, ScriptedText
-from training import curriculum
-from training.curriculum import Scored, order
-from training.records import read_records
 
 
 def test_order_drops_solved_and_sorts_easy_to_hard():
@@ -67,8 +67,8 @@ def test_command_samples_with_the_engine_and_writes_the_order(tmp_path, tiny_mod
 def test_the_curriculum_is_a_step_of_training(tmp_path, tiny_model_dir):
     """`data.curriculum` in a recipe: `grpo.build` samples the starting policy, writes the order, and trains on it
     easiest first; a second build reads the file instead of sampling again."""
-    from training import grpo
-    from training.recipe import Recipe
+    from delegate.training import grpo
+    from delegate.training.recipe import Recipe
 
     problems = {"What is 2 plus 2?": "4", "What is 6 times 7?": "42", "What is 10 minus 3?": "7"}
     data = tmp_path / "data.jsonl"

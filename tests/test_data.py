@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from training.data import drop_reason, load_problems
+from delegate.training.data import drop_reason, load_problems
 
 
 def write_jsonl(path, rows):

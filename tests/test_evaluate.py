@@ -1,4 +1,4 @@
-"""`python -m training.evaluate` end to end on the tiny agent (a scripted planner), `--no-tools`, `--compare`."""
+"""`python -m delegate.training.evaluate` end to end on the tiny agent (a scripted planner), `--no-tools`, `--compare`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import yaml
 from transformers import LogitsProcessor
 
-from planner import Agent, AgentConfig
-from planner.protocols import CODE_TAGS
+from delegate.planner import Agent, AgentConfig
+from delegate.planner.protocols import CODE_TAGS
+from delegate.training import evaluate, stats
+from delegate.training.records import read_records
 from tests.scripted import Env, Say, ScriptedText
-from training import evaluate, stats
-from training.records import read_records
 
 PROBLEMS = [  # question, reference, source, the planner's script
     ("What is 6 times 7?", "42", "easy", [Say("<code>\nprint(6 * 7)\n</code>"), Env("</result>\n"),

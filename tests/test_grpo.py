@@ -10,12 +10,12 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from planner import Agent, AgentConfig, RolloutEngine
+from delegate.planner import Agent, AgentConfig, RolloutEngine
+from delegate.training import curves, grpo
+from delegate.training.filtering import replace_rows
+from delegate.training.recipe import GroupsSection, Recipe
+from delegate.training.rewards import REWARDS
 from tests.scripted import Env, Say, ScriptedText
-from training import curves, grpo
-from training.filtering import replace_rows
-from training.recipe import GroupsSection, Recipe
-from training.rewards import REWARDS
 
 QUESTIONS = [f"What is {i} times 7?" for i in range(4)]
 
@@ -175,7 +175,7 @@ def test_a_batch_whose_every_group_scored_the_same_is_said_aloud(tmp_path, tiny_
     run = grpo.build(recipe.model_copy(update={"grpo": {**recipe.grpo, "max_steps": 2},
                                                "groups": GroupsSection(filter=True, refill=refill)}))
     try:
-        with caplog.at_level("WARNING", logger="training.filtering"):
+        with caplog.at_level("WARNING", logger="delegate.training.filtering"):
             grpo.train(run)
         streak = run.trainer.all_removed_streak
     finally:
@@ -190,7 +190,7 @@ def test_recipe_rejects_unknown_grpo_fields(tmp_path, tiny_model_dir):
 
 
 def test_agent_reads_a_training_recipe(tmp_path, tiny_model_dir):
-    from planner import AgentConfig
+    from delegate.planner import AgentConfig
 
     config = AgentConfig.from_yaml(write_recipe(tmp_path, tiny_model_dir))
     assert config.planner.protocol == "code"
@@ -246,7 +246,7 @@ def test_replace_rows_pads_prompts_left_and_completions_right():
 def test_a_non_finite_gradient_skips_the_update_and_a_diverged_run_stops(tmp_path, tiny_model_dir, monkeypatch):
     """A NaN in the gradients (injected into one LoRA matrix at the first backward) must not reach the weights: the
     guard drops that step; with patience 1 the run stops with a clear error instead of sampling from NaN."""
-    from training.guards import NonFiniteGradientGuard
+    from delegate.training.guards import NonFiniteGradientGuard
 
     monkeypatch.setitem(REWARDS, "digits", digits)
     run = grpo.build(Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir)))

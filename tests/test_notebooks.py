@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from training.toy.demo import prepare
+from delegate.training.toy.demo import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from planner import Agent, AgentConfig
+from delegate.planner import Agent, AgentConfig
 from tests.scripted import Env, Say, ScriptedText
 
 
@@ -85,7 +85,7 @@ def test_vllm_planner_backend_needs_vllm_and_says_how(tmp_path, tiny_model_dir):
 
 def test_command_line_prints_the_transcript_and_answer(tmp_path, tiny_model_dir):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, protocol="request", max_completion_tokens=24)
-    done = subprocess.run([sys.executable, "-m", "planner.solve", "--config", str(recipe), "--show",
+    done = subprocess.run([sys.executable, "-m", "delegate.planner.solve", "--config", str(recipe), "--show",
                            "What is 2 + 2?"], capture_output=True, text=True, timeout=300)
     assert "(finish: " in done.stdout  # the random tiny planner rarely answers; the transcript is still shown
     assert done.returncode in (0, 1) and done.stdout.strip().splitlines()[-1]

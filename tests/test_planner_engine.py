@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from coder import CoderConfig, build_coder
-from executor import Sandbox, SandboxConfig
-from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
-from planner.protocols import ASK_CODER, CODE_TAGS
+from delegate.coder import CoderConfig, build_coder
+from delegate.executor import Sandbox, SandboxConfig
+from delegate.planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
+from delegate.planner.protocols import ASK_CODER, CODE_TAGS
 from tests.scripted import Env, Say, ScriptedText, Tokens
 
 SYSTEM = "Solve the problem. Delegate computation."

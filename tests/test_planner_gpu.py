@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from executor import Sandbox, SandboxConfig
-from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
+from delegate.executor import Sandbox, SandboxConfig
+from delegate.planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
 from tests.scripted import Env, Say, ScriptedText
 from tests.test_planner_engine import SYSTEM, assert_token_exact
 
@@ -58,7 +58,7 @@ def test_the_graphed_planner_replays_one_captured_step_and_stays_token_exact(tin
         pytest.skip("no CUDA device")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from planner.graph_generation import GraphGeneration
+    from delegate.planner.graph_generation import GraphGeneration
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).to("cuda").eval()

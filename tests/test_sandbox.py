@@ -13,8 +13,8 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from executor import ExecutionResult, Sandbox, SandboxConfig, SandboxError
-from executor.sandbox import STALL_MARGIN_S
+from delegate.executor import ExecutionResult, Sandbox, SandboxConfig, SandboxError
+from delegate.executor.sandbox import STALL_MARGIN_S
 from tests.helpers import alive, descendants, open_fds, processes_with_cmdline, rss_kb, server_python_pid, wait_until
 
 FAST = SandboxConfig(timeout_s=3.0, grace_s=0.5, workers=2)
@@ -124,7 +124,7 @@ def test_missing_setpriv_refuses_to_start_as_root(monkeypatch, tmp_path):
 
 def test_isolation_none_is_an_explicit_loud_opt_in(monkeypatch, caplog):
     monkeypatch.setenv("PATH", "/nonexistent")
-    with caplog.at_level(logging.WARNING, logger="executor.sandbox"), Sandbox(UNISOLATED) as sandbox:
+    with caplog.at_level(logging.WARNING, logger="delegate.executor.sandbox"), Sandbox(UNISOLATED) as sandbox:
         assert sandbox.run("print(1)").stdout == "1\n"
         assert {"bubblewrap", "job_namespaces", "seccomp"} <= set(sandbox.layers.missing)
     assert any("UNISOLATED" in r.getMessage() for r in caplog.records)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import executor
-from executor import Sandbox, SandboxConfig
+import delegate.executor as executor
+from delegate.executor import Sandbox, SandboxConfig
 from tests.helpers import alive, cmdline, descendants, processes_with_cmdline, wait_until
 
 CONFIG = SandboxConfig(timeout_s=2.0, grace_s=0.5, memory_mb=512, workers=2, max_output_bytes=8192,
@@ -585,7 +585,7 @@ def test_the_callers_session_keyring_is_out_of_reach(sandbox):
     """The test plants a key in its own session keyring; the job cannot list, search or read any keyring."""
     import ctypes
 
-    from executor import syscalls
+    from delegate.executor import syscalls
 
     libc = ctypes.CDLL(None, use_errno=True)
     secret = f"delegate-secret-{uuid.uuid4().hex}".encode()
@@ -608,7 +608,7 @@ def test_the_callers_session_keyring_is_out_of_reach(sandbox):
 
 
 def test_seccomp_denies_the_kernels_riskiest_interfaces(sandbox):
-    from executor import syscalls
+    from delegate.executor import syscalls
 
     calls = {"io_uring_setup": "1, 0", "ptrace": "0, 0, 0, 0", "bpf": "0, 0, 0", "perf_event_open": "0, 0, -1, -1, 0",
              "userfaultfd": "0", "unshare": f"{syscalls.CLONE_NEWUSER}", "keyctl": "0, -3", "mount": "0, 0, 0, 0, 0",

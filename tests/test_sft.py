@@ -7,10 +7,10 @@ import pytest
 import torch
 import yaml
 
-from planner import Agent, AgentConfig
+from delegate.planner import Agent, AgentConfig
+from delegate.training import sft
+from delegate.training.records import record, write_records
 from tests.scripted import Env, Say, ScriptedText
-from training import sft
-from training.records import record, write_records
 
 CALL = [Say("```python\nprint(6 * 7)\n```\n"), Env("\n```\n")]
 SCRIPTS = {  # question -> (script, reference)

@@ -11,11 +11,11 @@ import sympy
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from executor import ExecutionResult
-from planner.protocols import build_protocol
-from training.tiny import build_model
-from training.toy import sft
-from training.toy.tasks import format_exact, generate, held_out, split
+from delegate.executor import ExecutionResult
+from delegate.planner.protocols import build_protocol
+from delegate.training.tiny import build_model
+from delegate.training.toy import sft
+from delegate.training.toy.tasks import format_exact, generate, held_out, split
 
 PROBLEMS = generate(400, seed=3)
 
@@ -130,7 +130,7 @@ def test_copy_examples_number_lengths_follow_the_digits_setting(tokenizer):
 
 
 def test_demo_overrides_are_checked_against_the_world_config():
-    from training.toy.demo import WorldConfig, parse_overrides
+    from delegate.training.toy.demo import WorldConfig, parse_overrides
 
     overrides = parse_overrides(["planner_epochs=5", "copy_digits=[6, 20]", "grpo_steps=80", "delegate_share=0.3"])
     assert overrides == {"planner_epochs": 5.0, "copy_digits": (6, 20), "grpo_steps": 80, "delegate_share": 0.3}
@@ -145,7 +145,7 @@ def test_skill_scores_are_what_greedy_decoding_writes(tokenizer):
     decoding from the tokens before it writes it, also with examples of several lengths padded in one batch."""
     import torch
 
-    from training.toy import skills
+    from delegate.training.toy import skills
 
     model = build_model(tokenizer, seed=5).eval()
     examples, pieces = [], []

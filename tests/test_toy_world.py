@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from planner import Agent
-from training.toy import demo
+from delegate.planner import Agent
+from delegate.training.toy import demo
 
 SAMPLED_MARGIN, GREEDY_MARGIN = 0.20, 0.35
 

@@ -7,10 +7,10 @@ import shutil
 import pytest
 from transformers import AutoTokenizer
 
-from executor import ExecutionResult
-from planner.trajectory import ToolCall, Trajectory
-from training import view
-from training.records import record, write_records
+from delegate.executor import ExecutionResult
+from delegate.planner.trajectory import ToolCall, Trajectory
+from delegate.training import view
+from delegate.training.records import record, write_records
 
 HOSTILE = "</script><script>window.pwned = 1</script><!-- <img src=x onerror=window.pwned=2>"
 

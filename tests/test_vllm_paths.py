@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from coder import CoderConfig
-from coder.core import BackendError, Coder
-from coder.vllm_backend import VLLMBackend
-from training.rollout import ending_ids
-from training.vllm_server import ServerGeneration
+from delegate.coder import CoderConfig
+from delegate.coder.core import BackendError, Coder
+from delegate.coder.vllm_backend import VLLMBackend
+from delegate.training.rollout import ending_ids
+from delegate.training.vllm_server import ServerGeneration
 
 
 class FakeLLM:
@@ -78,8 +78,8 @@ def test_the_planners_no_tools_ban_rides_on_each_request(monkeypatch):
     `planner.vllm_ban`'s processor through `extra_args`, with the prompt's tail, on every request."""
     import sys
 
-    from planner.ban import BAN_ARG, PROMPT_TAIL_ARG
-    from planner.vllm_generation import VLLMGeneration
+    from delegate.planner.ban import BAN_ARG, PROMPT_TAIL_ARG
+    from delegate.planner.vllm_generation import VLLMGeneration
 
     made: list[dict] = []
     fake = SimpleNamespace(SamplingParams=lambda **kw: made.append(kw) or kw,

@@ -1,7 +1,7 @@
 """Big-value GSM8K: GSM8K problems whose numbers are 9- to 11-digit values, answers recomputed exactly.
 
 ```bash
-python -m training.bigvalue ../shared/data/gsm8k/test.jsonl --out runs/data/big-value-gsm8k-test.jsonl
+python -m delegate.training.bigvalue ../shared/data/gsm8k/test.jsonl --out runs/data/big-value-gsm8k-test.jsonl
 ```
 ```python
 load_problems("../shared/data/gsm8k/train.jsonl", big_values=True, seed=0)   # the same, inside a recipe's data:
@@ -272,7 +272,7 @@ def build(rows: Iterable[dict], seed: int = 0) -> Iterator[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.bigvalue", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m delegate.training.bigvalue", description=__doc__.split("\n\n")[0])
     parser.add_argument("gsm8k", help="a GSM8K JSONL file (question, answer with <<expr=value>> annotations)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)

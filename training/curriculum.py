@@ -1,6 +1,6 @@
 """The curriculum: each training problem's pass rate under the starting policy, easiest first.
 
-    python -m training.curriculum --config RECIPE.yaml --out runs/curriculum.jsonl [--samples 8] [--drop-unsolved]
+    python -m delegate.training.curriculum --config RECIPE.yaml --out runs/curriculum.jsonl [--samples 8] [--drop-unsolved]
         [--trajectories runs/curriculum-rollouts.jsonl]
 
 Samples `--samples` answers per problem through the same engine and sandbox as training (the recipe's planner,
@@ -8,7 +8,7 @@ at its temperature), drops the problems every sample solved (they teach nothing)
 and writes the rest from the highest pass rate to the lowest, with a `pass_rate` column. Point the recipe's
 `data.path` at the file and keep `grpo.shuffle_dataset: false`: training then follows that order, and a resumed
 run continues it where it stopped (the trainer skips the batches it has already seen). `--trajectories` keeps
-every sampled rollout as a trajectory record (`training.records`): the pool `python -m training.warmstart` picks
+every sampled rollout as a trajectory record (`training.records`): the pool `python -m delegate.training.warmstart` picks
 its examples from.
 """
 
@@ -27,9 +27,9 @@ if __package__ in (None, ""):
 
 from tqdm import tqdm
 
-from planner import Agent, AgentConfig
-from training.recipe import Recipe
-from training.rewards import answers_match
+from delegate.planner import Agent, AgentConfig
+from delegate.training.recipe import Recipe
+from delegate.training.rewards import answers_match
 
 log = logging.getLogger("training.curriculum")
 
@@ -46,7 +46,7 @@ def pass_rates(agent: Agent, problems: list[dict[str, str]], samples: int, batch
                trajectories: Path | None = None) -> list[Scored]:
     """Each problem's share of `samples` solutions whose answer matches the reference (with a progress bar);
     every rollout appended to `trajectories` as a record, batch by batch, when given."""
-    from training.records import record, write_records
+    from delegate.training.records import record, write_records
 
     flat = [p for p in problems for _ in range(samples)]
     solved: list[bool] = []
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from training.grpo import load_prompts
+    from delegate.training.grpo import load_prompts
 
     recipe = Recipe.from_yaml(args.config, args.set)
     problems = list(load_prompts(recipe))

@@ -5,7 +5,7 @@ completion length and the share of groups filtered out.
 `training/grpo.py` redraws `<output_dir>/curves.png` at every checkpoint and at the end; for a run cut short, draw
 them from its latest checkpoint:
 
-    python -m training.curves runs/qwen2.5-0.5b-request            # -> runs/qwen2.5-0.5b-request/curves.png
+    python -m delegate.training.curves runs/qwen2.5-0.5b-request            # -> runs/qwen2.5-0.5b-request/curves.png
 """
 
 from __future__ import annotations

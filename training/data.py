@@ -1,7 +1,7 @@
 """Training and evaluation sets: loaders that return a `datasets.Dataset` with `prompt`, `answer` and `source`.
 
 ```python
-from training.data import load_problems
+from delegate.training.data import load_problems
 load_problems("gsm8k")                                  # the hub's openai/gsm8k, split "train"
 load_problems("math", split="test", levels=(4, 5))      # MATH, levels 4 and 5 only
 load_problems("my/gsm8k-copy.parquet", schema="gsm8k")  # a local file in the hub's schema
@@ -16,7 +16,7 @@ answer of `ground_truth_solution`). A local JSON, JSONL or Parquet file in a sou
 
 The seed's filters (`drop_reason`) then remove multiple-choice questions, proofs and concept questions, and
 anything whose reference answer cannot be verified. Dropping what the starting policy always solves is the
-curriculum's job (`python -m training.curriculum`), which samples that policy.
+curriculum's job (`python -m delegate.training.curriculum`), which samples that policy.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.trajectory import last_boxed
+from delegate.planner.trajectory import last_boxed
 
 log = logging.getLogger("training.data")
 
@@ -266,7 +266,7 @@ def load_problems(name_or_path: str, *, schema: str | None = None, split: str = 
 def big_value_rows(raw: Any, where: str, seed: int) -> Any:
     from datasets import Dataset
 
-    from training import bigvalue
+    from delegate.training import bigvalue
 
     if not {"question", "answer"} <= set(raw.column_names):
         raise ValueError(f"{where}: big_values needs GSM8K's schema (question, answer with <<expr=value>> "

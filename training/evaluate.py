@@ -1,11 +1,11 @@
 """Evaluate an agent on a problem set: accuracy, and how it uses its tools.
 
-    python -m training.evaluate --config RECIPE.yaml --data gsm8k [--split test] [--limit N] [--no-tools] [--out DIR]
-    python -m training.evaluate --compare runs/eval/with-tools runs/eval/no-tools [--out DIR]
+    python -m delegate.training.evaluate --config RECIPE.yaml --data gsm8k [--split test] [--limit N] [--no-tools] [--out DIR]
+    python -m delegate.training.evaluate --compare runs/eval/with-tools runs/eval/no-tools [--out DIR]
 
 Runs `Agent.solve_many` over the set in batches (with a progress bar) and writes, in `--out`:
 - `trajectories.jsonl`: every rollout as a trajectory record (`training.records`), appended batch by batch, so an
-  interrupted run keeps what it did; `python -m training.view` turns it into an HTML report;
+  interrupted run keeps what it did; `python -m delegate.training.view` turns it into an HTML report;
 - `metrics.json`: accuracy with a 95 % (Wilson) interval, overall and by source; the share of problems with a
   tool call; calls per answer; tool errors by executor status (and coder failures, refused calls); format
   violations by kind; mean tokens (sampled and inserted); seconds per problem;
@@ -30,7 +30,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.stats import paired, wilson
+from delegate.training.stats import paired, wilson
 
 log = logging.getLogger("training.evaluate")
 
@@ -43,7 +43,7 @@ def _accuracy(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summarize(records: list[dict[str, Any]], seconds: float | None = None) -> dict[str, Any]:
     """The metrics of a set of trajectory records (what `metrics.json` holds)."""
-    from training.rewards import format_violations
+    from delegate.training.rewards import format_violations
 
     n = len(records)
     calls = [c for r in records for c in r["tool_calls"]]
@@ -77,7 +77,7 @@ def run(agent: Any, problems: list[dict[str, Any]], out: Path, batch_size: int) 
     """Solve every problem, appending records to `out/trajectories.jsonl` batch by batch; the metrics."""
     from tqdm.auto import tqdm
 
-    from training.records import record, write_records
+    from delegate.training.records import record, write_records
 
     path = out / "trajectories.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def write_report(out: Path, name: str, metrics: dict[str, Any], about: str) -> P
             f"Format violations (share of problems): {kinds}.\n\n| source | problems | accuracy |\n|---|---|---|\n"
             f"{by_source}\n\n![accuracy by source](accuracy_by_source.png)\n\n"
             f"![calls per answer](calls_per_answer.png)\n\nTrajectories: `trajectories.jsonl` "
-            f"(`python -m training.view {out / 'trajectories.jsonl'} -o {out / 'report.html'}`).\n")
+            f"(`python -m delegate.training.view {out / 'trajectories.jsonl'} -o {out / 'report.html'}`).\n")
     path = out / "report.md"
     path.write_text(text)
     return path
@@ -235,7 +235,7 @@ def _paired_correctness(runs: list[Path]) -> list[list[bool]]:
 
 
 def load_set(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from training.data import load_problems
+    from delegate.training.data import load_problems
 
     dataset = load_problems(args.data, schema=args.schema, split=args.split, levels=args.levels, limit=args.limit,
                             filters=not args.no_filters, big_values=args.big_values, seed=args.seed)
@@ -246,7 +246,7 @@ def evaluate(config: str | Path, problems: list[dict[str, Any]], out: Path, *, n
              batch_size: int | None = None, overrides: Sequence[str] = (), **agent_kwargs: Any) -> dict[str, Any]:
     """Evaluate the agent of `config` on `problems` (dicts with `prompt`, `answer`, `source`); write the run's
     files in `out`; the metrics."""
-    from planner import Agent, AgentConfig
+    from delegate.planner import Agent, AgentConfig
 
     agent_config = AgentConfig.from_yaml(config, overrides)
     if no_tools:

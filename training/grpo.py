@@ -20,15 +20,15 @@ if __package__ in (None, ""):  # run as a script: make the project importable fr
 import yaml
 from transformers import TrainerCallback
 
-from coder import build_coder
-from executor import Sandbox
-from planner import build_protocol
-from training.curves import plot_history
-from training.data import load_problems
-from training.recipe import Recipe
-from training.rewards import WeightSchedule, scheduled_rewards
-from training.rollout import PlannerRollout
-from training.samples import SampleWriter
+from delegate.coder import build_coder
+from delegate.executor import Sandbox
+from delegate.planner import build_protocol
+from delegate.training.curves import plot_history
+from delegate.training.data import load_problems
+from delegate.training.recipe import Recipe
+from delegate.training.rewards import WeightSchedule, scheduled_rewards
+from delegate.training.rollout import PlannerRollout
+from delegate.training.samples import SampleWriter
 
 log = logging.getLogger("training.grpo")
 
@@ -48,8 +48,8 @@ def curriculum_order(recipe: Recipe, dataset: Any, sandbox: Sandbox, coder: Any,
     adapter included), read from `data.curriculum.path` or computed and written there first."""
     from datasets import Dataset
 
-    from planner import Agent, AgentConfig
-    from training.curriculum import order, pass_rates, read_scored, write_scored
+    from delegate.planner import Agent, AgentConfig
+    from delegate.training.curriculum import order, pass_rates, read_scored, write_scored
 
     spec = recipe.data.curriculum
     assert spec is not None
@@ -92,8 +92,8 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.filtering import FilteringGRPOTrainer
-    from training.guards import NonFiniteGradientGuard, StopOnSignal
+    from delegate.training.filtering import FilteringGRPOTrainer
+    from delegate.training.guards import NonFiniteGradientGuard, StopOnSignal
 
     planner = recipe.planner
     tokenizer = AutoTokenizer.from_pretrained(planner.model)

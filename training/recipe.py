@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from coder import CoderConfig
-from executor import SandboxConfig
-from planner.config import PlannerConfig, load_recipe
+from delegate.coder import CoderConfig
+from delegate.executor import SandboxConfig
+from delegate.planner.config import PlannerConfig, load_recipe
 
 
 class LoraSection(BaseModel):

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from planner.trajectory import Trajectory, segments
-from training.rewards import answers_match
+from delegate.planner.trajectory import Trajectory, segments
+from delegate.training.rewards import answers_match
 
 
 def record(trajectory: Trajectory, tokenizer: Any, *, reference: str | None = None, source: str | None = None,

@@ -17,7 +17,7 @@ from typing import Any
 
 from math_verify import parse, verify
 
-from planner.trajectory import last_boxed
+from delegate.planner.trajectory import last_boxed
 
 RewardFunc = Callable[..., list[float]]
 _PLAIN_NUMBER = re.compile(r"^[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$")

@@ -13,15 +13,15 @@ from typing import Any, get_args
 
 import torch
 
-from coder import Coder
-from coder.config import resolve
-from executor import Sandbox
-from executor.result import STATUSES
-from planner import EngineLimits, RolloutEngine, Trajectory, TransformersGeneration
-from planner.config import PlannerConfig
-from planner.protocols import VIOLATIONS, Protocol
-from planner.sync import RankSync, TorchDistributedSync
-from planner.trajectory import FinishReason
+from delegate.coder import Coder
+from delegate.coder.config import resolve
+from delegate.executor import Sandbox
+from delegate.executor.result import STATUSES
+from delegate.planner import EngineLimits, RolloutEngine, Trajectory, TransformersGeneration
+from delegate.planner.config import PlannerConfig
+from delegate.planner.protocols import VIOLATIONS, Protocol
+from delegate.planner.sync import RankSync, TorchDistributedSync
+from delegate.planner.trajectory import FinishReason
 
 
 def question_of(prompt: Any) -> str:
@@ -93,8 +93,8 @@ class PlannerRollout:
         """Generation on TRL's vLLM engine: colocated (each rank drives its own `vllm.LLM`) or a server (prompts
         gathered to the main process; `training.vllm_server`). TRL pushes the current weights before calling us.
         Not run on our machines: vLLM is too large for them; this follows vLLM's and TRL's documented APIs."""
-        from planner.vllm_generation import VLLMGeneration
-        from training.vllm_server import ServerGeneration
+        from delegate.planner.vllm_generation import VLLMGeneration
+        from delegate.training.vllm_server import ServerGeneration
 
         vllm = trainer.vllm_generation
         if getattr(vllm, "enable_sleep_mode", False):
@@ -134,7 +134,7 @@ class PlannerRollout:
 
     def graph_generation(self, model: Any) -> Any:
         """One graphed decoder per model, kept across steps (the optimizer updates the weights it reads in place)."""
-        from planner.graph_generation import GraphGeneration
+        from delegate.planner.graph_generation import GraphGeneration
 
         if self._graph is None or self._graph.model is not model:
             s = self.sampling

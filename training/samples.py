@@ -1,5 +1,5 @@
 """Training samples: every `every`-th step, the first rollouts of the step with their rewards, as trajectory
-records (`training.records`), so the viewer (`python -m training.view`) reads training and evaluation alike.
+records (`training.records`), so the viewer (`python -m delegate.training.view`) reads training and evaluation alike.
 
 Written to `<output_dir>/samples/step-<step>.jsonl` by the main process, from its own rollouts.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.records import record, write_records
+from delegate.training.records import record, write_records
 
 
 class SampleWriter:

@@ -7,9 +7,9 @@ tools inserted (as in GRPO). GRPO then continues that adapter (`planner.adapter`
 of its request-mode answers, and GRPO from there took even those away (bench/results/gpu-real-grpo.md); a policy
 that already delegates in some of its right answers gives GRPO something to reinforce.
 
-    python -m training.curriculum --config training/recipes/qwen2.5-0.5b-request.yaml --samples 8 \\
+    python -m delegate.training.curriculum --config training/recipes/qwen2.5-0.5b-request.yaml --samples 8 \\
         --out runs/curriculum/qwen2.5-0.5b-request.jsonl --trajectories runs/curriculum/request-rollouts.jsonl
-    python -m training.sft --config training/recipes/qwen2.5-0.5b-request.yaml \\
+    python -m delegate.training.sft --config training/recipes/qwen2.5-0.5b-request.yaml \\
         --records runs/curriculum/request-rollouts.jsonl --out runs/sft-request
     accelerate launch training/grpo.py --config training/recipes/qwen2.5-0.5b-request.yaml \\
         --set planner.adapter=runs/sft-request
@@ -135,12 +135,12 @@ def main(argv: list[str] | None = None) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from coder.config import resolve
-    from coder.hf import eos_ids
-    from planner.protocols import build_protocol
-    from training.grpo import write_agent_recipe
-    from training.recipe import Recipe
-    from training.records import read_records
+    from delegate.coder.config import resolve
+    from delegate.coder.hf import eos_ids
+    from delegate.planner.protocols import build_protocol
+    from delegate.training.grpo import write_agent_recipe
+    from delegate.training.recipe import Recipe
+    from delegate.training.records import read_records
 
     recipe = Recipe.from_yaml(args.config, args.set)
     planner = recipe.planner

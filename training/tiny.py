@@ -5,7 +5,7 @@ matches what matters of Qwen2.5's: byte-level BPE, digits split one per token, C
 ChatML chat template with tool calls (Qwen2.5's template, with a neutral default system message).
 
 ```
-python -m training.tiny OUT_DIR            # tokenizer + a random tiny model, loadable with from_pretrained
+python -m delegate.training.tiny OUT_DIR            # tokenizer + a random tiny model, loadable with from_pretrained
 ```
 """
 

@@ -1,7 +1,7 @@
 """The trajectory viewer: one self-contained HTML file from trajectory records.
 
-    python -m training.view runs/eval/toy/trajectories.jsonl -o report.html
-    python -m training.view runs/toy/grpo-request/samples/*.jsonl -o samples.html
+    python -m delegate.training.view runs/eval/toy/trajectories.jsonl -o report.html
+    python -m delegate.training.view runs/toy/grpo-request/samples/*.jsonl -o samples.html
 
 Reads the JSONL that evaluation (`training.evaluate`) and training (`<output_dir>/samples/`) write. The page needs
 no network and no build step: the records are embedded as JSON, the page's script renders them with DOM text
@@ -22,7 +22,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.records import read_records
+from delegate.training.records import read_records
 
 TEMPLATE = Path(__file__).with_name("view.html")
 

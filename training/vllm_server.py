@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner.generation import Generated
+from delegate.planner.generation import Generated
 
 
 def finish_reason(tokens: list[int], budget: int, eos_ids: set[int]) -> str:

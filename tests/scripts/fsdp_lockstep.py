@@ -23,13 +23,13 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from executor import Sandbox
-from executor.config import SandboxConfig
-from planner import RolloutEngine, build_protocol
-from planner.config import PlannerConfig
-from planner.sync import TorchDistributedSync
+from delegate.executor import Sandbox
+from delegate.executor.config import SandboxConfig
+from delegate.planner import RolloutEngine, build_protocol
+from delegate.planner.config import PlannerConfig
+from delegate.planner.sync import TorchDistributedSync
+from delegate.training.rollout import PlannerRollout
 from tests.scripted import Env, Say, ScriptedText
-from training.rollout import PlannerRollout
 
 QUESTIONS = [f"What is {i} times 7?" for i in range(4)]
 

@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from transformers import TrainerCallback
 
+from delegate.training import grpo
+from delegate.training.recipe import Recipe
+from delegate.training.rewards import REWARDS
+from delegate.training.rollout import zero_stage
 from tests.scripted import Env, Say, ScriptedText
-from training import grpo
-from training.recipe import Recipe
-from training.rewards import REWARDS
-from training.rollout import zero_stage
 
 
 def length(prompts, completions, **kwargs):
@@ -65,7 +65,7 @@ def main() -> None:
     run = grpo.build(Recipe.from_yaml(recipe_path), logits_processors=processors)
     rank = run.trainer.accelerator.process_index
     rollout = run.rollout
-    from planner import RolloutEngine
+    from delegate.planner import RolloutEngine
 
     engine = RolloutEngine(rollout.protocol, None, rollout.tokenizer, rollout.sandbox, rollout.coder, rollout.limits)
     delegate_twice = [Say("```python\nprint(6 * 7)\n```\n"), Env("\n```\n"), Say("```python\nprint(42 + 0)\n```\n"),

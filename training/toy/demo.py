@@ -1,4 +1,4 @@
-"""The toy world end to end, on CPU: `python -m training.toy.demo` (what `make demo` runs).
+"""The toy world end to end, on CPU: `python -m delegate.training.toy.demo` (what `make demo` runs).
 
 1. Problems: big-number word problems, a training pool and a held-out split that shares none of them.
 2. A tokenizer trained on the toy text; a coder and a planner per mode (Qwen2-shaped, about a million
@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
-from coder.config import PROJECT_ROOT
-from training.toy import sft, skills
-from training.toy.tasks import Problem, generate, split, write_jsonl
+from delegate.coder.config import PROJECT_ROOT
+from delegate.training.toy import sft, skills
+from delegate.training.toy.tasks import Problem, generate, split, write_jsonl
 
 log = logging.getLogger("toy")
 RECIPES = PROJECT_ROOT / "training" / "recipes"
@@ -79,8 +79,8 @@ class Metrics:
 def evaluate(agent: Any, problems: list[Problem]) -> Metrics:
     """Held-out accuracy (exact, via the `correctness` reward), the share of problems with a tool call, calls per
     problem, and the share of calls that failed (coder or executor)."""
-    from training.rewards import answers_match
-    from training.stats import wilson
+    from delegate.training.rewards import answers_match
+    from delegate.training.stats import wilson
 
     solutions = agent.solve_many([p.question for p in problems])
     correct = [s.answer is not None and answers_match(s.answer, p.answer) for s, p in zip(solutions, problems,
@@ -130,7 +130,7 @@ class World:
         log.info("[%5.0fs] %s", *self.stages[-1])
 
     def build_tokenizer(self) -> Any:
-        from training.tiny import build_tokenizer
+        from delegate.training.tiny import build_tokenizer
 
         prompts = [(PROJECT_ROOT / "prompts" / f"toy_{name}.txt").read_text()
                    for name in ("planner_request", "planner_code", "coder")]
@@ -140,7 +140,7 @@ class World:
 
     def train_base(self, tokenizer: Any) -> Path:
         """A random Qwen2-shaped model pre-trained to copy numbers (`sft.copy_examples`)."""
-        from training.tiny import build_model
+        from delegate.training.tiny import build_model
 
         c = self.config
         self.stage(f"copy pre-training of the base model on {c.copy_examples} short examples")
@@ -168,7 +168,7 @@ class World:
                          use_cpu=c.device == "cpu")
 
     def train_planner(self, tokenizer: Any, mode: str, recipe: dict[str, Any]) -> Path:
-        from planner.protocols import build_protocol
+        from delegate.planner.protocols import build_protocol
 
         self.stage(f"SFT of the {mode} planner ({self.config.delegate_share:.0%} of transcripts delegate)")
         protocol = build_protocol(mode, sft.toy_markers(mode), 2000, tokenizer)
@@ -182,7 +182,7 @@ class World:
 
     def evaluate_agent(self, recipe: dict[str, Any], adapter: str | None, sandbox: Any) -> dict[str, Metrics]:
         """Sampled at the training temperature, and greedy."""
-        from planner import Agent, AgentConfig
+        from delegate.planner import Agent, AgentConfig
 
         results = {}
         for name, temperature in (("sampled", recipe["planner"]["temperature"]), ("greedy", 0.0)):
@@ -199,8 +199,8 @@ class World:
         return measured
 
     def run_mode(self, mode: str, tokenizer: Any, sandbox: Any) -> dict[str, Any]:
-        from training import curriculum, grpo
-        from training.recipe import Recipe
+        from delegate.training import curriculum, grpo
+        from delegate.training.recipe import Recipe
 
         c = self.config
         fields: dict[str, Any] = {"seed": c.seed}  # the world's seed drives GRPO's too
@@ -327,7 +327,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> Path:
 
 
 def run(config: WorldConfig) -> dict[str, Any]:
-    from executor import Sandbox, SandboxConfig
+    from delegate.executor import Sandbox, SandboxConfig
 
     world = World(config)
     config.out.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,10 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from executor import ExecutionResult
-from planner.protocols import CODE_TAGS, Markers, Protocol
-from training.sft import Example, train  # noqa: F401  (the toy's SFT uses the planner's)
-from training.toy.tasks import Problem
+from delegate.executor import ExecutionResult
+from delegate.planner.protocols import CODE_TAGS, Markers, Protocol
+from delegate.training.sft import Example, train  # noqa: F401  (the toy's SFT uses the planner's)
+from delegate.training.toy.tasks import Problem
 
 log = logging.getLogger(__name__)
 _NUMBER = re.compile(r"[0-9.]+")

@@ -7,7 +7,7 @@ piece counts as right when the model's most likely token is the transcript's tok
 is exactly when greedy decoding would write the piece. The first token of the call (whether to delegate at all) is
 left out: GRPO sets that decision, and the skills measure what delegating is worth once decided.
 
-    python -m training.toy.skills --world runs/toy --modes request code
+    python -m delegate.training.toy.skills --world runs/toy --modes request code
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from coder.config import resolve
-from training.toy import sft
-from training.toy.tasks import Problem, read_jsonl
+from delegate.coder.config import resolve
+from delegate.training.toy import sft
+from delegate.training.toy.tasks import Problem, read_jsonl
 
 LONG_RESULT = 14  # digits: results this long or longer are counted apart (copying weakens with length)
 
@@ -77,7 +77,7 @@ def measure(world: Path, mode: str, problems: list[Problem], adapter: str | Path
     request mode), on `problems`, under the system `prompt` it was trained with (default: the toy recipe's file)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from planner.protocols import build_protocol
+    from delegate.planner.protocols import build_protocol
 
     planner_dir = world / f"planner-{mode}"
     tokenizer = AutoTokenizer.from_pretrained(planner_dir)

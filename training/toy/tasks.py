@@ -5,7 +5,7 @@ operations. The reference answer is computed with `Fraction` as the story is bui
 computation as Python source, which is what the toy planner asks for and the toy coder prints.
 
 ```
-python -m training.toy.tasks --n 1000 --seed 0 --out runs/toy/problems.jsonl
+python -m delegate.training.toy.tasks --n 1000 --seed 0 --out runs/toy/problems.jsonl
 ```
 """
 
