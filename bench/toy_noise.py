@@ -4,7 +4,8 @@ SFT data, GRPO sampling all follow the seed), side by side in one run, and optio
     python bench/toy_noise.py --seeds 0 1 2 --modes request [--device cuda] [--parallel 3] \
         [--variant NAME FIELD=VALUE ...] [--out runs/toy-noise]
 
-Each (variant, seed) is `python -m delegate.training.toy.demo` in its own process, `--threads` CPU threads each (run several at
+Each (variant, seed) is `python -m delegate.training.toy.demo` in its own process, `--threads` CPU threads each
+(run several at
 once on a machine with the cores, or on one GPU); prints one table: held-out accuracy before and after GRPO and the
 gain, per seed, then each variant's mean and sample standard deviation of the gain, and its run time.
 """

@@ -1,4 +1,5 @@
-"""`python -m delegate.training.evaluate` end to end on the tiny agent (a scripted planner), `--no-tools`, `--compare`."""
+"""`python -m delegate.training.evaluate` end to end on the tiny agent (a scripted planner), `--no-tools`,
+`--compare`."""
 
 from __future__ import annotations
 

