@@ -88,7 +88,6 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     rewards = scheduled_rewards(WeightSchedule(recipe.rewards.schedule), recipe.rewards.options)  # and the rewards'
     sandbox = Sandbox(recipe.executor).start()  # a fresh process, started before any CUDA work
 
-    import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -108,12 +107,8 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     if recipe.data.curriculum is not None:
         dataset = curriculum_order(recipe, dataset, sandbox, coder, logits_processors)
     rollout = PlannerRollout(planner, protocol, tokenizer, sandbox, coder, logits_processors)
-    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-    dtype = dtypes.get(planner.dtype) or (torch.bfloat16 if config.bf16 else torch.float32)  # `auto`: the flags'
-    model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=dtype)
-    lora: LoraConfig | None = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
-                                         lora_dropout=recipe.lora.dropout, target_modules=recipe.lora.target_modules,
-                                         task_type="CAUSAL_LM")
+    model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=planner_dtype(planner, config.bf16))
+    lora: LoraConfig | None = lora_config(recipe)
     if planner.adapter:  # continue the given adapter (an SFT one, a checkpoint's), trainable; its own LoRA shape
         from peft import PeftModel
 
@@ -129,6 +124,23 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
                                    filter_groups=recipe.groups.filter, refill=recipe.groups.refill,
                                    refill_max_rounds=recipe.groups.refill_max_rounds, samples=samples)
     return Run(recipe, trainer, rollout, sandbox, coder)
+
+
+def planner_dtype(planner: Any, half: bool) -> Any:
+    """The planner's torch dtype: `planner.dtype`, or for `auto` bf16 when `half` (the trainer's flags), else fp32."""
+    import torch
+
+    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    return dtypes.get(planner.dtype) or (torch.bfloat16 if half else torch.float32)
+
+
+def lora_config(recipe: Recipe) -> Any:
+    """PEFT's `LoraConfig` from the recipe's `lora` section (GRPO's and the warm start's)."""
+    from peft import LoraConfig
+
+    lora = recipe.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      task_type="CAUSAL_LM")
 
 
 def write_agent_recipe(recipe: Recipe, adapter_dir: Path) -> Path:

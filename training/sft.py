@@ -132,13 +132,13 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from delegate.coder.config import resolve
     from delegate.coder.hf import eos_ids
     from delegate.planner.protocols import build_protocol
-    from delegate.training.grpo import write_agent_recipe
+    from delegate.training.grpo import lora_config, planner_dtype, write_agent_recipe
     from delegate.training.recipe import Recipe
     from delegate.training.records import read_records
 
@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> Path:
                          "--samples, more problems, or easier ones)")
     tokenizer = AutoTokenizer.from_pretrained(planner.model)
     use_cpu = bool(recipe.grpo.get("use_cpu", False)) or not torch.cuda.is_available()
-    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-    dtype = dtypes.get(planner.dtype) or (torch.float32 if use_cpu else torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(planner.model, dtype=planner_dtype(planner, half=not use_cpu))
     configured = model.generation_config.eos_token_id  # GRPO appends the first of these (TRL's eos_token_ids)
     eos_id = (configured[0] if isinstance(configured, list) and configured else configured) or tokenizer.eos_token_id
     ends = eos_ids(model, tokenizer) | ({tokenizer.pad_token_id} - {None})
@@ -162,9 +160,7 @@ def main(argv: list[str] | None = None) -> Path:
     system_prompt = resolve(planner.prompt_file).read_text()
     examples = [example(r, tokenizer(protocol.prompt_text(tokenizer, system_prompt, r["question"]),
                                      add_special_tokens=False)["input_ids"], eos_id, ends) for r in kept]
-    model = get_peft_model(model, LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha,
-                                             lora_dropout=recipe.lora.dropout,
-                                             target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM"))
+    model = get_peft_model(model, lora_config(recipe))
     out = train(model, tokenizer, examples, args.out, epochs=args.epochs, learning_rate=args.learning_rate,
                 batch_size=args.batch_size, seed=int(recipe.grpo.get("seed", 0)), use_cpu=use_cpu)
     write_agent_recipe(recipe, out)
