@@ -194,8 +194,8 @@ status() {
   python3 - "$R" <<'EOF'
 import ast, json, pathlib, re, sys
 root = pathlib.Path(sys.argv[1])
-keys = ("reward", "rewards/with_calls", "rewards/without_calls", "rewards/correctness/mean", "tools/calls_per_rollout", "tools/error_rate", "groups/removed_frac",
-        "completions/mean_length")
+keys = ("reward", "rewards/with_calls", "rewards/without_calls", "rewards/correctness/mean",
+        "tools/calls_per_rollout", "tools/error_rate", "groups/removed_frac", "completions/mean_length")
 for log in sorted(root.glob("*.log")) + sorted(root.glob("eval/*.log")):
     text = log.read_text(errors="replace")
     steps = [ast.literal_eval(m) for m in re.findall(r"^(\{.*'reward'.*\})$", text, re.M)]
