@@ -5,8 +5,9 @@
 #   remedies  request mode with ```python blocks unpriced (`unparsed_call` 0), on big-value train and on a half
 #             plain, half big-value mix; code mode's ablations, without same-score filtering and without the
 #             curriculum, stopped at MAX_STEPS (the reference run's 23 steps) (2026-12-01, one GPU)
-#   warmstart request mode from `training.sft` on its own right, delegating rollouts (POOL_SAMPLES of each mixed
-#             problem), on the mix and on big values; code mode with and without the curriculum at MAX_STEPS
+#   warmstart request mode from `training.sft` on its own right, delegating rollouts (POOL_SAMPLES of each of
+#             POOL_LIMIT plain GSM8K train problems; SFT_EPOCHS), on the mix and on big values, two runs alone on
+#             one card; the warm start evaluated beside them. POOL=FILE: a previous block's pool.jsonl
 #   setsid bash bench/h200_grpo.sh start     # runs the three phases below in the background, logs in $R
 #   bash bench/h200_grpo.sh status           # one line per process: its last step and metrics; GPU memory
 #   bash bench/h200_grpo.sh collect FILE.tgz # tables, comparisons, curves and logs in one file (a device call
@@ -41,8 +42,9 @@ COMMON=(--set executor.isolation=none --set planner.cuda_graph=true ${EXTRA:-}) 
 TRAIN_DATA=(--set data.path=$DATA/gsm8k/train.jsonl --set "data.limit=$LIMIT")
 recipe() { echo "training/recipes/qwen2.5-0.5b-$1.yaml"; }
 
-# A plan fills NAMES, MODES and ARGS (each run's --set overrides, one string, split on spaces).
-NAMES=() MODES=() ARGS=()
+# A plan fills NAMES, MODES and ARGS (each run's --set overrides, one string, split on spaces), and WARM with the
+# warm-start adapters (NAME:MODE, under $R) that phase 3 evaluates beside the runs.
+NAMES=() MODES=() ARGS=() WARM=()
 add() { NAMES+=("$1") MODES+=("$2") ARGS+=("${3:-}"); }
 plan_lrs() {
   local lr mode
@@ -61,29 +63,34 @@ plan_remedies() {
 }
 
 plan_warmstart() {
-  # Request mode from a warm start (training.sft on its own right, delegating rollouts), on the mix and on big
-  # values; code mode with and without the curriculum at the same steps, on the same card.
+  # Request mode from a warm start (training.sft on its own right, delegating rollouts of plain GSM8K train), on
+  # the mix and on big values, two runs alone on the card; the warm start itself is evaluated too (WARM).
   local small="--set grpo.per_device_train_batch_size=16 --set grpo.gradient_accumulation_steps=4"
-  add request-warm-mix request "$small --set planner.adapter=$R/sft-request --set data.path=$R/mix.jsonl \
---set data.big_values=false --set data.limit=null --set data.curriculum=null"
-  add request-warm request "$small --set planner.adapter=$R/sft-request"
-  add code-ref code "$small --set grpo.max_steps=$MAX_STEPS"
-  add code-nocurriculum code "$small --set data.curriculum=null --set grpo.max_steps=$MAX_STEPS"
+  local warm="--set planner.adapter=$R/sft-request --set data.curriculum=null"
+  add request-warm-mix request "$small $warm --set data.path=$R/mix.jsonl --set data.big_values=false \
+--set data.limit=null"
+  add request-warm request "$small $warm"
+  WARM=(sft-request:request)
 }
 
-prepare_warmstart() {  # the pool (POOL_SAMPLES rollouts of each mixed problem), then the SFT adapter
-  echo "$(date +%T) warm start: sampling the pool"
-  python3 -m delegate.training.curriculum --config "$(recipe request)" --samples "${POOL_SAMPLES:-8}" \
-    --out "$R/pool-order.jsonl" --trajectories "$R/pool.jsonl" "${COMMON[@]}" --set "data.path=$R/mix.jsonl" \
-    --set data.big_values=false --set data.limit=null --set data.curriculum=null --set planner.batch_size=1024 \
-    > "$R/pool.log" 2>&1
+prepare_warmstart() {  # the pool (POOL_SAMPLES rollouts of POOL_LIMIT plain GSM8K train problems), then the adapter
+  if [ -n "${POOL:-}" ]; then  # a previous block's pool (its pool.jsonl)
+    cp "$POOL" "$R/pool.jsonl"
+  else
+    echo "$(date +%T) warm start: sampling the pool"
+    python3 -m delegate.training.curriculum --config "$(recipe request)" --samples "${POOL_SAMPLES:-8}" \
+      --out "$R/pool-order.jsonl" --trajectories "$R/pool.jsonl" "${COMMON[@]}" \
+      --set "data.path=$DATA/gsm8k/train.jsonl" --set data.big_values=false --set "data.limit=${POOL_LIMIT:-384}" \
+      --set data.curriculum=null --set planner.batch_size=1024 > "$R/pool.log" 2>&1
+  fi
   python3 -m delegate.training.sft --config "$(recipe request)" --records "$R/pool.jsonl" --out "$R/sft-request" \
-    "${COMMON[@]}" > "$R/sft.log" 2>&1
-  echo "$(date +%T) $(grep -o 'warm start: [0-9]* of [0-9]* trajectories kept' "$R/sft.log")"
+    --epochs "${SFT_EPOCHS:-4}" "${COMMON[@]}" > "$R/sft.log" 2>&1
+  echo "$(date +%T) $(grep -o 'warm start: [0-9]* of [0-9]* trajectories kept.*' "$R/sft.log" | head -1)"
+  echo "$(date +%T) $(grep -o 'SFT .*' "$R/sft.log" | tail -1)"
   if [ ! -f "$R/sft-request/adapter_config.json" ]; then  # nothing to continue: the warm runs would fail at load
     echo "$(date +%T) no warm-start adapter ($(tail -1 "$R/sft.log")): the request runs are left out"
     local names=("${NAMES[@]}") modes=("${MODES[@]}") args=("${ARGS[@]}") i
-    NAMES=() MODES=() ARGS=()
+    NAMES=() MODES=() ARGS=() WARM=()
     for i in "${!names[@]}"; do [[ ${names[$i]} == request-warm* ]] || add "${names[$i]}" "${modes[$i]}" "${args[$i]}"; done
   fi
 }
@@ -100,6 +107,14 @@ with open(out, "w") as f:
     for pair in zip(plain, big):
         f.writelines(json.dumps(row) + "\n" for row in pair)
 PY
+}
+
+needs_curriculum() {  # MODE: does a run of the plan in this mode order its problems by the curriculum?
+  local i
+  for i in "${!NAMES[@]}"; do
+    [[ ${MODES[$i]} == "$1" && ${ARGS[$i]} != *"data.curriculum=null"* ]] && return 0
+  done
+  return 1
 }
 
 one_eval() {  # GPU CONFIG NAME SET [ARGS...]: one test set (bv: big-value GSM8K test, gsm: GSM8K test)
@@ -130,6 +145,7 @@ start() {
   echo "$(date +%T) plan $PLAN: ${NAMES[*]}"
   echo "$(date +%T) phase 1: curricula"
   for mode in request code; do
+    needs_curriculum $mode || continue
     if [ -n "${CURRICULA:-}" ] && [ -s "$CURRICULA/curriculum-$mode.jsonl" ]; then
       cp "$CURRICULA/curriculum-$mode.jsonl" "$R/"
       continue
@@ -144,10 +160,13 @@ start() {
   (( ${#curricula[@]} )) && wait "${curricula[@]}"  # alone: beside two evaluations, 1,024 code rows ran out of memory
   if declare -F "prepare_$PLAN" > /dev/null; then "prepare_$PLAN"; fi
   for mode in request code; do
+    needs_curriculum $mode || continue
     [ -s "$R/curriculum-$mode.jsonl" ] || echo "$(date +%T) no curriculum for $mode: its run computes it (slowly)"
   done
   echo "$(date +%T) phase 2: training for $TRAIN_S s"
-  (evaluate_all "request-base:$(recipe request)" "code-base:$(recipe code)") &  # beside the first minutes
+  local bases=()  # the untrained agent of each mode in the plan, beside the first minutes
+  for mode in request code; do [[ " ${MODES[*]} " == *" $mode "* ]] && bases+=("$mode-base:$(recipe $mode)"); done
+  (evaluate_all "${bases[@]}") &
   local baselines=$! pids=() i
   for i in "${!NAMES[@]}"; do
     # shellcheck disable=SC2086  # ARGS holds several words
@@ -168,8 +187,8 @@ start() {
 }
 
 finish() {  # phase 3 alone (e.g. after killing the driver to give the runs longer): stop the plan's runs, evaluate
-  local pids=() name set i
-  NAMES=() MODES=() ARGS=()
+  local pids=() name set i item
+  NAMES=() MODES=() ARGS=() WARM=()
   "plan_$PLAN"
   for name in "${NAMES[@]}"; do pids+=($(pgrep -f "[o]utput_dir=$R/$name( |$)")); done
   if (( ${#pids[@]} )); then
@@ -179,12 +198,17 @@ finish() {  # phase 3 alone (e.g. after killing the driver to give the runs long
     kill -KILL "${pids[@]}" 2>/dev/null
   fi
   echo "$(date +%T) phase 3: evaluations"
-  local agents=()
-  for name in "${NAMES[@]}"; do [ -f "$R/$name/agent.yaml" ] && agents+=("$name:$R/$name/agent.yaml"); done
+  local agents=() compared=()  # NAME:MODE of everything phase 3 evaluates, each against its mode's baseline
+  for i in "${!NAMES[@]}"; do compared+=("${NAMES[$i]}:${MODES[$i]}"); done
+  [ -n "${WARM[*]}" ] && compared+=("${WARM[@]}")
+  for item in "${compared[@]}"; do
+    [ -f "$R/${item%%:*}/agent.yaml" ] && agents+=("${item%%:*}:$R/${item%%:*}/agent.yaml")
+  done
   evaluate_all "${agents[@]}"
-  for name in "${NAMES[@]}"; do
+  for item in "${compared[@]}"; do
+    name=${item%%:*}
     for set in bv gsm; do
-      python3 -m delegate.training.evaluate --compare "$R/eval/$set-${name%%-*}-base" "$R/eval/$set-$name" \
+      python3 -m delegate.training.evaluate --compare "$R/eval/$set-${item#*:}-base" "$R/eval/$set-$name" \
         --out "$R/compare/$set-$name" > "$R/compare-$set-$name.log" 2>&1
     done
   done
@@ -196,7 +220,7 @@ import ast, json, pathlib, re, sys
 root = pathlib.Path(sys.argv[1])
 keys = ("reward", "rewards/with_calls", "rewards/without_calls", "rewards/correctness/mean",
         "tools/calls_per_rollout", "tools/error_rate", "groups/removed_frac", "completions/mean_length")
-for log in sorted(root.glob("*.log")) + sorted(root.glob("eval/*.log")):
+for log in [p for p in sorted(root.glob("*.log")) if not p.name.startswith("compare-")] + sorted(root.glob("eval/*.log")):
     text = log.read_text(errors="replace")
     steps = [ast.literal_eval(m) for m in re.findall(r"^(\{.*'reward'.*\})$", text, re.M)]
     bars = re.findall(r"(\d+)/(\d+) \[", text)

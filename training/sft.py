@@ -103,16 +103,17 @@ def train(model: Any, tokenizer: Any, examples: list[Example], out_dir: str | Pa
                                  "completion_mask": [e.completion_mask for e in examples]})
     config = SFTConfig(output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=learning_rate,
                        per_device_train_batch_size=batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
-                       weight_decay=0.0, completion_only_loss=True, max_length=None, logging_steps=25,
+                       weight_decay=0.0, completion_only_loss=True, max_length=None, logging_steps=5,
                        save_strategy="no", report_to="none", use_cpu=use_cpu, seed=seed,
                        gradient_checkpointing=False)  # TRL turns it on; the models trained here only lose time to it
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
+    result = trainer.train()
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    log.info("SFT %s: loss %.3f -> %.3f over %d steps", out_dir, losses[0] if losses else float("nan"),
-             losses[-1] if losses else float("nan"), trainer.state.global_step)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]  # every logging_steps, if it reached one
+    first_last = f"{losses[0]:.3f} -> {losses[-1]:.3f}, " if len(losses) > 1 else ""
+    log.info("SFT %s: loss %smean %.3f over %d steps", out_dir, first_last, result.training_loss,
+             trainer.state.global_step)
     return Path(out_dir)
 
 
