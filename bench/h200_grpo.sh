@@ -73,6 +73,12 @@ plan_warmstart() {
   WARM=(sft-request:request)
 }
 
+plan_curriculum() {  # code mode with and without the curriculum, the same MAX_STEPS, two runs alone on one card
+  local small="--set grpo.per_device_train_batch_size=16 --set grpo.gradient_accumulation_steps=4"
+  add code-ref code "$small --set grpo.max_steps=$MAX_STEPS"
+  add code-nocurriculum code "$small --set data.curriculum=null --set grpo.max_steps=$MAX_STEPS"
+}
+
 prepare_warmstart() {  # the pool (POOL_SAMPLES rollouts of POOL_LIMIT plain GSM8K train problems), then the adapter
   if [ -n "${POOL:-}" ]; then  # a previous block's pool (its pool.jsonl)
     cp "$POOL" "$R/pool.jsonl"
@@ -255,7 +261,16 @@ collect() {
     [ -f "$d/adapter_model.safetensors" ] && sha256sum "$d/adapter_model.safetensors" >> "$dest/adapters.sha256"
   done
   for d in "$R"/compare/*/; do [ -f "$d/comparison.md" ] && cp "$d/comparison.md" "$dest/compare-$(basename "$d").md"; done
-  for d in "$R"/eval/*/; do [ -f "$d/metrics.json" ] && cp "$d/metrics.json" "$dest/metrics-$(basename "$d").json"; done
+  for d in "$R"/eval/*/; do
+    [ -f "$d/metrics.json" ] || continue
+    cp "$d/metrics.json" "$dest/metrics-$(basename "$d").json"
+    # each problem's outcome, enough for `training.evaluate --compare` here if the device's own did not finish
+    python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(json.dumps({k: r.get(k) for k in ("question", "reference", "correct", "answer")}))' \
+      "$d/trajectories.jsonl" > "$dest/outcomes-$(basename "$d").jsonl"
+  done
   cp "$R"/*.log "$R"/curriculum-*.jsonl "$R"/gpu-memory.csv "$dest/" 2>/dev/null
   tar czf "$1" -C "$dest" .
 }

@@ -83,6 +83,7 @@ class Problem:
     question: str
     answer: str  # exact, as a plain decimal string
     mapping: dict[str, str]  # original value -> new value, as strings
+    steps: tuple[tuple[str, str], ...] = ()  # the replayed chain: each step's expression and value, new numbers
 
 
 def literals(question: str) -> tuple[list[Literal], set[Fraction]]:
@@ -254,8 +255,13 @@ def rebuild(question: str, answer: str, seed: int = 0, tries: int = 20) -> Probl
                 text += [question[end:lit.start], decimal(new[lit.value])]
                 end = lit.end
             text.append(question[end:])
+            replayed = []
+            for step, origin, value in zip(chain, sources, values, strict=True):
+                numbers = iter(decimal(new.get(x, x) if kind == "q" else values[int(x)]) for kind, x in origin)
+                expr = _EXPR_NUMBER.sub(lambda _, numbers=numbers: next(numbers), step.expr)
+                replayed.append((expr, decimal(value)))
             return Problem("".join(text), decimal(values[answer_step]),
-                           {decimal(k): decimal(v) for k, v in new.items()})
+                           {decimal(k): decimal(v) for k, v in new.items()}, tuple(replayed))
     raise NotReplayable(f"no draw in {tries} kept every result positive and the answer a short decimal")
 
 
