@@ -5,9 +5,11 @@
 #   remedies  request mode with ```python blocks unpriced (`unparsed_call` 0), on big-value train and on a half
 #             plain, half big-value mix; code mode's ablations, without same-score filtering and without the
 #             curriculum, stopped at MAX_STEPS (the reference run's 23 steps) (2026-12-01, one GPU)
-#   warmstart request mode from `training.sft` on its own right, delegating rollouts (POOL_SAMPLES of each of
-#             POOL_LIMIT plain GSM8K train problems; SFT_EPOCHS), on the mix and on big values, two runs alone on
-#             one card; the warm start evaluated beside them. POOL=FILE: a previous block's pool.jsonl
+#   warmstart request mode from `training.sft` on WORKED demonstrations (training.worked) of plain and of
+#             big-value GSM8K train (and, if POOL_SAMPLES > 0, the policy's own right, delegating rollouts of
+#             POOL_LIMIT plain problems; POOL=FILE: a previous block's pool.jsonl), SFT_EPOCHS; GRPO continues it
+#             on the mix and on big values, two runs alone on one card; the warm start evaluated beside them
+#   curriculum code mode with and without the curriculum, the same MAX_STEPS, two runs alone on one card
 #   setsid bash bench/h200_grpo.sh start     # runs the three phases below in the background, logs in $R
 #   bash bench/h200_grpo.sh status           # one line per process: its last step and metrics; GPU memory
 #   bash bench/h200_grpo.sh collect FILE.tgz # tables, comparisons, curves and logs in one file (a device call
@@ -24,7 +26,8 @@
 # 3. Each run's agent on the same two test sets, EVAL_JOBS (4) at a time per GPU (eight at once ran out of memory:
 #    a code-mode evaluation takes about 35 GiB at 512-700 rows); `training.evaluate --compare` against its mode's
 #    baseline.
-# Needs the wheels in /root/site, GSM8K in /root/shared/data and the model in /root/models (bench/device_model.py).
+# Needs the wheels in /root/site (transformers 5.24 among them: the image's 5.17 cannot run the graphed planner),
+# GSM8K in /root/shared/data and the model in /root/models (bench/device_model.py).
 # The machine has no bubblewrap: the sandbox runs with `--set executor.isolation=none`, the explicit opt-in.
 set -u
 R=${R:-/root/runs}
@@ -79,18 +82,29 @@ plan_curriculum() {  # code mode with and without the curriculum, the same MAX_S
   add code-nocurriculum code "$small --set data.curriculum=null --set grpo.max_steps=$MAX_STEPS"
 }
 
-prepare_warmstart() {  # the pool (POOL_SAMPLES rollouts of POOL_LIMIT plain GSM8K train problems), then the adapter
+prepare_warmstart() {  # the warm start's records (worked demonstrations; a sampled pool if asked), then the adapter
+  local records=() big
   if [ -n "${POOL:-}" ]; then  # a previous block's pool (its pool.jsonl)
-    cp "$POOL" "$R/pool.jsonl"
-  else
+    cp "$POOL" "$R/pool.jsonl" && records+=("$R/pool.jsonl")
+  elif (( ${POOL_SAMPLES:-0} > 0 )); then  # 0 by default: 3,072 samples kept none (gpu-real-grpo.md, third block)
     echo "$(date +%T) warm start: sampling the pool"
-    python3 -m delegate.training.curriculum --config "$(recipe request)" --samples "${POOL_SAMPLES:-8}" \
+    python3 -m delegate.training.curriculum --config "$(recipe request)" --samples "$POOL_SAMPLES" \
       --out "$R/pool-order.jsonl" --trajectories "$R/pool.jsonl" "${COMMON[@]}" \
       --set "data.path=$DATA/gsm8k/train.jsonl" --set data.big_values=false --set "data.limit=${POOL_LIMIT:-384}" \
       --set data.curriculum=null --set planner.batch_size=1024 > "$R/pool.log" 2>&1
+    records+=("$R/pool.jsonl")
   fi
-  python3 -m delegate.training.sft --config "$(recipe request)" --records "$R/pool.jsonl" --out "$R/sft-request" \
-    --epochs "${SFT_EPOCHS:-4}" "${COMMON[@]}" > "$R/sft.log" 2>&1
+  for big in false true; do  # WORKED demonstrations of plain and of big-value GSM8K train (training.worked)
+    echo "$(date +%T) warm start: worked demonstrations, big values $big"
+    python3 -m delegate.training.worked --config "$(recipe request)" --limit "${WORKED:-384}" \
+      --out "$R/worked-$big.jsonl" "${COMMON[@]}" --set "data.path=$DATA/gsm8k/train.jsonl" \
+      --set "data.big_values=$big" --set data.curriculum=null --set planner.batch_size=1024 \
+      --set coder.batch_size=1024 > "$R/worked-$big.log" 2>&1
+    records+=("$R/worked-$big.jsonl")
+    echo "$(date +%T) $(grep -o 'worked: [0-9]* of [0-9]* demonstrations kept.*' "$R/worked-$big.log" | tail -1)"
+  done
+  python3 -m delegate.training.sft --config "$(recipe request)" --records "${records[@]}" --out "$R/sft-request" \
+    --epochs "${SFT_EPOCHS:-2}" "${COMMON[@]}" > "$R/sft.log" 2>&1
   echo "$(date +%T) $(grep -o 'warm start: [0-9]* of [0-9]* trajectories kept.*' "$R/sft.log" | head -1)"
   echo "$(date +%T) $(grep -o 'SFT .*' "$R/sft.log" | tail -1)"
   if [ ! -f "$R/sft-request/adapter_config.json" ]; then  # nothing to continue: the warm runs would fail at load
