@@ -5,10 +5,10 @@ Given a mask, transformers' SDPA attention copies each key/value head once for e
 before calling `scaled_dot_product_attention` (PyTorch's fused kernels take grouped heads only without a mask);
 for a single query token a row it packs the query heads onto their key/value head instead. `packed_sdpa` packs
 several query tokens as well, as a prefill has them: a group's query heads become one longer query sequence of
-their key/value head, and the mask (the same for every head) is tiled to match. On the H200, at 256 rows, 19 query
-tokens and 192 cached positions, the copies took 0.51 ms per tensor and the attention 0.39 ms; packed, 0.13 ms in
-all, per layer (`python bench/kernels.py`). Only where no gradient is recorded: a training step would keep the
-tiled mask for its backward pass, so it runs transformers' own attention unchanged.
+their key/value head, and the mask (the same for every head) is tiled to match. On the H200 the copies cost more
+than the attention itself, and packing removed them (`python bench/kernels.py`; figures in `bench/NOTES.md`). Only
+where no gradient is recorded: a training step would keep the tiled mask for its backward pass, so it runs
+transformers' own attention unchanged.
 """
 
 from __future__ import annotations

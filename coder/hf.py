@@ -34,8 +34,8 @@ def last_logits(model: Any) -> dict[str, Any]:
     """The keyword, for `generate` or a forward pass, that keeps the logits of each row's last position only: as an
     index, not the count 1 that `generate` passes by itself. The count leaves the hidden states as a strided view,
     on which PyTorch's matmul runs a frozen output layer as one matrix-vector product per row (pytorch/pytorch#186148):
-    the prefill of 256 rows of a 7B read its 1 GB output layer 256 times, 65 ms instead of 0.4 ms on the H200
-    (`python bench/gpu.py profile`). The index copies the last positions into one matrix first."""
+    the prefill of 256 rows of a 7B read its 1 GB output layer 256 times (`python bench/gpu.py profile`; figures
+    in `bench/NOTES.md`). The index copies the last positions into one matrix first."""
     import torch
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

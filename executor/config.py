@@ -37,7 +37,7 @@ class SandboxConfig(BaseModel):
     max_processes: int = Field(512, gt=8, description="processes the whole sandbox may hold (cgroup or NPROC)")
     workers: int = Field(default_factory=available_cores, gt=0, description="jobs run at once (over all servers)")
     servers: int | None = Field(None, gt=0, description="fork servers sharing the workers (a server forks each of "
-                                "its jobs in turn, about 2 ms each); None: one for every 4 workers")
+                                "its jobs in turn); None: one for every 4 workers")
     ready: int | None = Field(None, gt=0, description="job processes kept forked and isolated ahead of need (over "
                               "all servers, at least `workers`): a burst of this many jobs waits for no fork. The "
                               "pool is refilled while the servers are idle; None: `workers`")

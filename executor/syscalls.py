@@ -76,7 +76,7 @@ _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 
 def install(program: bytes) -> None:
     """Load a compiled filter into this process (no_new_privs must be set). libseccomp's `load()` would compile
-    the rules again in every job (0.5 ms each, measured); the kernel takes the same program from a buffer."""
+    the rules again in every job (bench/NOTES.md); the kernel takes the same program from a buffer."""
     buffer = ctypes.create_string_buffer(program, len(program))
     prog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     isolation.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(prog))
