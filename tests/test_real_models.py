@@ -377,3 +377,24 @@ def test_the_real_request_recipe_trains_a_step_on_cpu(qwen_dir, shared_data, tmp
     monkeypatch.chdir(tmp_path)
     out = grpo.main(["--config", str(recipe)])
     assert (out / "adapter_model.safetensors").exists() and (out / "agent.yaml").exists()
+
+
+def test_worked_demonstrations_through_the_real_coder(qwen_dir, tokenizer, sandbox, coder, shared_data):
+    """GSM8K's annotated steps in big values as request-mode calls, written by the real coder and run in the sandbox:
+    the kept ones got every step's exact value and the right answer, token for token as a rollout."""
+    from delegate.training import worked
+
+    demos = [d for d in worked.rows_of(str(shared_data / "gsm8k" / "train.jsonl"), 12, big_values=True, seed=0)
+             if len(d.steps) <= 4][:8]
+    script = worked.Demonstrations(tokenizer)
+    with Agent(agent_config(qwen_dir, max_completion_tokens=512), tokenizer=tokenizer, sandbox=sandbox,
+               coder=coder, generator=script) as agent:
+        replayed = worked.replay(agent, script, demos)
+    kept = [(d, t) for d, t, reason in replayed if reason is None]
+    assert len(kept) >= 2, [reason for _, _, reason in replayed]
+    for demo, t in kept:
+        assert [c.request for c in t.tool_calls] == [f"Compute {expr}" for expr, _ in demo.steps]
+        assert t.finish_reason == "answer" and answers_match(demo.answer, t.answer)
+        assert t.text == tokenizer.decode(t.completion_ids, skip_special_tokens=False)
+        planner = tokenizer.decode([i for i, m in zip(t.completion_ids, t.env_mask, strict=True) if m])
+        assert planner == "".join(worked.segments(demo, agent.protocol))

@@ -175,6 +175,16 @@ def rows_of(path: str, limit: int | None, big_values: bool, seed: int) -> list[W
     return list(demos.values())
 
 
+def replay(agent: Any, script: Demonstrations, demos: list[Worked]) -> list[tuple[Worked, Any, str | None]]:
+    """Each demonstration through `agent`'s engine (its generator must be `script`): the trajectory and why it is
+    dropped (None: kept)."""
+    prompts = [agent.engine.prompt_ids(agent.system_prompt, d.question) for d in demos]
+    for demo, prompt in zip(demos, prompts, strict=True):
+        script.add(prompt, segments(demo, agent.protocol))
+    trajectories = agent.engine.run([d.question for d in demos], prompts)
+    return [(d, t, why_dropped(t, d)) for d, t in zip(demos, trajectories, strict=True)]
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the recipe whose planner prompt, coder and sandbox serve")
@@ -211,13 +221,8 @@ def main(argv: list[str] | None = None) -> Path:
         batch = recipe.planner.batch_size
         for start in range(0, len(demos), batch):
             chunk = demos[start:start + batch]
-            prompts = [agent.engine.prompt_ids(agent.system_prompt, d.question) for d in chunk]
-            for demo, prompt in zip(chunk, prompts, strict=True):
-                script.add(prompt, segments(demo, agent.protocol))
-            trajectories = agent.engine.run([d.question for d in chunk], prompts)
             good = []
-            for demo, trajectory in zip(chunk, trajectories, strict=True):
-                reason = why_dropped(trajectory, demo)
+            for demo, trajectory, reason in replay(agent, script, chunk):
                 if reason is None:
                     good.append(record(trajectory, tokenizer, reference=demo.answer, source=source))
                 else:
