@@ -42,6 +42,14 @@ def test_a_worked_solution_becomes_calls_with_its_expressions_in_big_values(shar
     assert "48" not in "".join(texts) and "24" not in "".join(texts)  # no small number is left in the words
 
 
+def test_the_words_before_a_call_lose_the_expression_and_keep_their_own():
+    row = {"question": "A box holds 4 cans of 3 cups.", "answer": "The box = <<4*3=12>>12 cups, 0.5 x 12 = "
+           "$<<0.5*12=6>>6 dollars.\n#### 6"}
+    demo = worked.worked(row, big_values=False, seed=0)
+    assert demo.prose == ("The box ", "12 cups, ", "6 dollars.\n")
+    assert demo.steps == (("4*3", "12"), ("0.5*12", "6"))
+
+
 def test_every_replayed_step_recomputes_to_its_value(shared_data):
     demos = worked.rows_of(str(shared_data / "gsm8k" / "train.jsonl"), 50, big_values=True, seed=0)
     assert len(demos) == 50

@@ -44,7 +44,8 @@ from delegate.training import bigvalue
 log = logging.getLogger("delegate.training.worked")
 
 _PROSE_NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w])")
-_EXPRESSION_BEFORE = re.compile(r"[\d.,+\-*/x() $]*=\s*\$?\s*$")  # "48/2 = $" before an annotation
+# "48/2 = $" or "0.2 x 50 = " before an annotation ("x" only as a word: "a box = " keeps its box)
+_EXPRESSION_BEFORE = re.compile(r"(?:[\d.+\-*/()$ ]|(?<=\d),(?=\d)| x(?= ))*=\s*\$?\s*$")
 
 
 @dataclass(frozen=True)
