@@ -2,11 +2,14 @@
 
     python bench/decode.py [--shape 7b] [--batch 256] [--prompt-tokens 128] [--new-tokens 256] [--trace T.json.gz]
                            [--lora] [--step-profile N]
+                           [--rows plain,compiled,ours,graphed]
 
 Rows, side by side in one run (random Qwen2.5 shape, bf16, the local tokenizer; no weights downloaded):
 transformers' plain `generate` with the dynamic and the static KV cache, on prompts of equal length (the issue's
 reference: 3.8k and 7.1k tokens/s at 7B, batch 256) and on left-padded prompts of mixed length (what rollouts
 have); then our `TransformersGeneration` (log-probabilities, per-row budgets, stop strings) on the padded prompts.
+`--rows compiled,graphed` sets transformers' own answer to a launch-bound step (the static cache under
+`torch.compile(mode="reduce-overhead")`) beside ours (`planner.cuda_graph`: `coder/graph_decode.py`).
 Every row decodes `--new-tokens` steps for the whole batch (tokens/s = batch x steps / seconds). With `--trace`,
 a torch.profiler run over a short call of ours prints the operators that take the GPU's and the CPU's time and
 writes a Chrome trace; with `--step-profile N`, one decoding step's time by operator (N steps profiled, the
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import random_model, table  # bench/shapes.py
 
 from delegate.planner import TransformersGeneration
+from delegate.planner.graph_generation import GraphGeneration
 from delegate.training.tiny import build_tokenizer
 
 
@@ -45,15 +49,20 @@ def prompts(tokenizer, batch: int, width: int, padded: bool) -> list[list[int]]:
     return out
 
 
-def plain(model, tokenizer, batch: list[list[int]], new_tokens: int, cache: str) -> int:
-    """transformers' `generate`, sampling, every row decoding `new_tokens` steps; returns the steps taken."""
+def plain(model, tokenizer, batch: list[list[int]], new_tokens: int, cache: str, compiled: bool = False) -> int:
+    """transformers' `generate`, sampling, every row decoding `new_tokens` steps; returns the steps taken.
+    `compiled`: the static cache's forward under `torch.compile(mode="reduce-overhead")` (CUDA graphs), asked for
+    explicitly, as transformers' own answer to a launch-bound decoding step."""
+    from transformers import CompileConfig
+
     width = max(len(p) for p in batch)
     ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in batch], device=model.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                          do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                          cache_implementation=None if cache == "dynamic" else cache,
-                         pad_token_id=tokenizer.pad_token_id)
+                         pad_token_id=tokenizer.pad_token_id, disable_compile=not compiled,
+                         compile_config=CompileConfig(mode="reduce-overhead") if compiled else None)
     return out.shape[1] - width
 
 
@@ -163,7 +172,10 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--rows", default="plain,ours", help="plain, ours, or both (comma-separated)")
+    parser.add_argument("--rows", default="plain,ours",
+                        help="comma-separated: plain (generate, dynamic and static cache), compiled (generate, "
+                             "static cache under torch.compile reduce-overhead), ours (TransformersGeneration), "
+                             "graphed (planner.cuda_graph: coder/graph_decode.py)")
     parser.add_argument("--lora", action="store_true",
                         help="a row of ours on the model under PEFT's LoRA (the recipe's defaults); the profiles "
                              "then run on it")
@@ -180,16 +192,24 @@ def main() -> None:
     equal = prompts(tokenizer, args.batch, args.prompt_tokens, padded=False)
     mixed = prompts(tokenizer, args.batch, args.prompt_tokens, padded=True)
     plan = []
-    if "plain" in args.rows:
+    wanted = args.rows.split(",")
+    if "plain" in wanted:
         plan += [(f"generate, {cache} cache, {name} prompts", lambda c=cache, b=batch: plain(
             model, tokenizer, b, args.new_tokens, c)) for cache in ("dynamic", "static")
             for name, batch in (("equal", equal), ("padded", mixed))]
-    if "ours" in args.rows:
+    if "compiled" in wanted:
+        plan.append(("generate, static cache, torch.compile reduce-overhead, padded prompts",
+                     lambda: plain(model, tokenizer, mixed, args.new_tokens, "static", compiled=True)))
+    if "ours" in wanted:
         for cache in ("dynamic", "static"):
             generation = TransformersGeneration(model, tokenizer, batch_size=args.batch,
                                                 cache_implementation=None if cache == "dynamic" else cache)
             plan.append((f"ours, {cache} cache, padded prompts",
                          lambda g=generation: ours(g, mixed, args.new_tokens)))
+    if "graphed" in wanted:  # temperature 1.0, top-p 1.0: the sampling the other rows do
+        graphed = GraphGeneration(model, tokenizer, batch_size=args.batch)
+        plan.append(("ours, graphed (coder/graph_decode.py), padded prompts",
+                     lambda: ours(graphed, mixed, args.new_tokens)))
     if args.lora:  # the training recipe's planner: the same model under PEFT's LoRA (adapters not merged)
         from peft import LoraConfig, get_peft_model
 

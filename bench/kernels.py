@@ -1,7 +1,8 @@
 """The kernels a 7B decoding step and a short prefill choose between, timed alone on the GPU: the output layer on
 the last position's hidden states (a strided view, as `logits_to_keep=1` leaves it, or a contiguous copy), and
 scaled dot-product attention under a per-row mask through each of PyTorch's backends, with the query heads packed
-onto the key/value heads or the key/value heads repeated. `bench/gpu.py profile` shows where these sit in a call.
+onto the key/value heads (`coder/attention.py`), the key/value heads repeated (transformers' SDPA path under a mask)
+or SDPA's own grouping (`enable_gqa=True`). `bench/gpu.py profile` shows where these sit in a call.
 
     python bench/kernels.py [--rows 256] [--length 192] [--own 19]
 """
@@ -38,12 +39,13 @@ def timed(fn: Callable[[], object], repeats: int = 50) -> float:
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-              backend: SDPBackend | None) -> Callable[[], object]:
+              backend: SDPBackend | None, gqa: bool = False) -> Callable[[], object]:
+    """SDPA on one backend (None: PyTorch's choice); `gqa`: SDPA's own grouping of query heads (`enable_gqa`)."""
     def run() -> object:
         if backend is None:
-            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=gqa)
         with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=gqa)
     return run
 
 
@@ -98,10 +100,12 @@ def main() -> None:
                                   ("key/value heads repeated, boolean mask", query, repeated_key, repeated_value,
                                    allowed),
                                   ("query heads packed, boolean mask", packed_query, key, value,
-                                   allowed.repeat(1, 1, group, 1))):
+                                   allowed.repeat(1, 1, group, 1)),
+                                  ("SDPA's enable_gqa", query, key, value, prefill_mask),
+                                  ("SDPA's enable_gqa, boolean mask", query, key, value, allowed)):
             try:
                 out.append((f"prefill attention ({args.own} tokens), {label}, {name}",
-                            timed(attention(q, k, v, m, backend))))
+                            timed(attention(q, k, v, m, backend, gqa="enable_gqa" in label))))
             except RuntimeError as error:
                 out.append((f"prefill attention, {label}, {name}: {str(error)[:60]}", float("nan")))
 
