@@ -70,8 +70,10 @@ plan_warmstart() {
   # the mix and on big values, two runs alone on the card; the warm start itself is evaluated too (WARM).
   local small="--set grpo.per_device_train_batch_size=16 --set grpo.gradient_accumulation_steps=4"
   local warm="--set planner.adapter=$R/sft-request --set data.curriculum=null"
-  add request-warm-mix request "$small $warm --set data.path=$R/mix.jsonl --set data.big_values=false \
+  if [ "${WARM_MIX:-1}" = 1 ]; then  # WARM_MIX=0: the big-value run alone (a short block)
+    add request-warm-mix request "$small $warm --set data.path=$R/mix.jsonl --set data.big_values=false \
 --set data.limit=null"
+  fi
   add request-warm request "$small $warm"
   WARM=(sft-request:request)
 }
@@ -285,7 +287,7 @@ for line in open(sys.argv[1]):
     print(json.dumps({k: r.get(k) for k in ("question", "reference", "correct", "answer")}))' \
       "$d/trajectories.jsonl" > "$dest/outcomes-$(basename "$d").jsonl"
   done
-  cp "$R"/*.log "$R"/curriculum-*.jsonl "$R"/gpu-memory.csv "$dest/" 2>/dev/null
+  cp "$R"/*.log "$R"/curriculum-*.jsonl "$R"/worked-*.jsonl "$R"/gpu-memory.csv "$dest/" 2>/dev/null
   tar czf "$1" -C "$dest" .
 }
 
