@@ -15,6 +15,7 @@
 #   bash bench/h200_grpo.sh collect FILE.tgz # tables, comparisons, curves and logs in one file (a device call
 #                                            # brings back only a few files)
 #   bash bench/h200_grpo.sh finish           # phase 3 alone: after killing the driver to let the runs go longer
+#   bash bench/h200_grpo.sh warmeval         # the warm start alone against the untrained agent, in one call
 # The device calls: one with the wheels and GSM8K (`.whl`, `.carry/data`), nine with the model's pieces
 # (bench/device_model.py), the last of them building it and starting this script with `setsid` from a copy of the
 # checkout in /root/work; then calls that print `status` until it is done. CURRICULA=DIR reads each mode's
@@ -233,6 +234,17 @@ finish() {  # phase 3 alone (e.g. after killing the driver to give the runs long
       python3 -m delegate.training.evaluate --compare "$R/eval/$set-${item#*:}-base" "$R/eval/$set-$name" \
         --out "$R/compare/$set-$name" > "$R/compare-$set-$name.log" 2>&1
     done
+  done
+}
+
+warmeval() {  # the warm start alone, against the untrained agent (no GRPO: a block too short for training)
+  mkdir -p "$R/eval"
+  PLAN=warmstart; plan_warmstart; prepare_warmstart
+  evaluate_all "request-base:$(recipe request)" "sft-request:$R/sft-request/agent.yaml"
+  local set
+  for set in bv gsm; do
+    python3 -m delegate.training.evaluate --compare "$R/eval/$set-request-base" "$R/eval/$set-sft-request" \
+      --out "$R/compare/$set-sft-request" > "$R/compare-$set-sft-request.log" 2>&1
   done
 }
 
