@@ -5,9 +5,10 @@
                            [--rows plain,compiled,ours,graphed]
 
 Rows, side by side in one run (random Qwen2.5 shape, bf16, the local tokenizer; no weights downloaded):
-transformers' plain `generate` with the dynamic and the static KV cache, on prompts of equal length (the issue's
-reference: 3.8k and 7.1k tokens/s at 7B, batch 256) and on left-padded prompts of mixed length (what rollouts
-have); then our `TransformersGeneration` (log-probabilities, per-row budgets, stop strings) on the padded prompts.
+transformers' plain `generate` with the dynamic and the static KV cache (compilation off), on prompts of equal
+length (the issue's reference: 3.8k and 7.1k tokens/s at 7B, batch 256) and on left-padded prompts of mixed length
+(what rollouts have); then our `TransformersGeneration` (log-probabilities, per-row budgets, stop strings) on the
+padded prompts.
 `--rows compiled,graphed` sets transformers' own answer to a launch-bound step (the static cache under
 `torch.compile(mode="reduce-overhead")`) beside ours (`planner.cuda_graph`: `coder/graph_decode.py`).
 Every row decodes `--new-tokens` steps for the whole batch (tokens/s = batch x steps / seconds). With `--trace`,

@@ -210,7 +210,7 @@ start() {
 }
 
 finish() {  # phase 3 alone (e.g. after killing the driver to give the runs longer): stop the plan's runs, evaluate
-  local pids=() name set i item
+  local pids=() name i item
   NAMES=() MODES=() ARGS=() WARM=()
   "plan_$PLAN"
   for name in "${NAMES[@]}"; do pids+=($(pgrep -f "[o]utput_dir=$R/$name( |$)")); done
@@ -228,11 +228,15 @@ finish() {  # phase 3 alone (e.g. after killing the driver to give the runs long
     [ -f "$R/${item%%:*}/agent.yaml" ] && agents+=("${item%%:*}:$R/${item%%:*}/agent.yaml")
   done
   evaluate_all "${agents[@]}"
-  for item in "${compared[@]}"; do
-    name=${item%%:*}
+  compare_all "${compared[@]}"
+}
+
+compare_all() {  # NAME:MODE ...: each evaluated agent against its mode's untrained baseline, on both test sets
+  local item set
+  for item in "$@"; do
     for set in bv gsm; do
-      python3 -m delegate.training.evaluate --compare "$R/eval/$set-${item#*:}-base" "$R/eval/$set-$name" \
-        --out "$R/compare/$set-$name" > "$R/compare-$set-$name.log" 2>&1
+      python3 -m delegate.training.evaluate --compare "$R/eval/$set-${item#*:}-base" "$R/eval/$set-${item%%:*}" \
+        --out "$R/compare/$set-${item%%:*}" > "$R/compare-$set-${item%%:*}.log" 2>&1
     done
   done
 }
@@ -240,12 +244,9 @@ finish() {  # phase 3 alone (e.g. after killing the driver to give the runs long
 warmeval() {  # the warm start alone, against the untrained agent (no GRPO: a block too short for training)
   mkdir -p "$R/eval"
   PLAN=warmstart; plan_warmstart; prepare_warmstart
+  [ -f "$R/sft-request/agent.yaml" ] || return 1  # prepare_warmstart said why
   evaluate_all "request-base:$(recipe request)" "sft-request:$R/sft-request/agent.yaml"
-  local set
-  for set in bv gsm; do
-    python3 -m delegate.training.evaluate --compare "$R/eval/$set-request-base" "$R/eval/$set-sft-request" \
-      --out "$R/compare/$set-sft-request" > "$R/compare-$set-sft-request.log" 2>&1
-  done
+  compare_all sft-request:request
 }
 
 status() {
