@@ -8,7 +8,8 @@
 #   warmstart request mode from `training.sft` on WORKED demonstrations (training.worked) of plain and of
 #             big-value GSM8K train (and, if POOL_SAMPLES > 0, the policy's own right, delegating rollouts of
 #             POOL_LIMIT plain problems; POOL=FILE: a previous block's pool.jsonl), SFT_EPOCHS; GRPO continues it
-#             at WARM_LR on the mix and on big values (WARM_MIX=0: big values alone), two runs alone on one card;
+#             at WARM_LR and WARM_SCHEDULE on the mix and on big values (WARM_MIX=0: big values alone), two runs
+#             alone on one card;
 #             the warm start evaluated beside them
 #   curriculum code mode with and without the curriculum, the same MAX_STEPS, two runs alone on one card
 #   setsid bash bench/h200_grpo.sh start     # runs the three phases below in the background, logs in $R
@@ -71,8 +72,15 @@ plan_warmstart() {
   # Request mode from a warm start (training.sft on its own right, delegating rollouts of plain GSM8K train), on
   # the mix and on big values, two runs alone on the card; the warm start itself is evaluated too (WARM).
   local small="--set grpo.per_device_train_batch_size=16 --set grpo.gradient_accumulation_steps=4"
-  # WARM_LR: 1e-4, the rate that moved request mode's big-value accuracy (+4.1 in 65 steps, first block; 2e-5: -0.3)
+  # WARM_LR: 1e-4, the rate that moved request mode's big-value accuracy (+4.1 in 65 steps, first block; 2e-5: -0.3).
+  # WARM_SCHEDULE=accuracy (the default) starts in the seed's second phase (correctness 2, format 1) with tool use
+  # unpaid: from the warm start, which already calls, the seed's first phase (tool use 2 x 0.1 a clean call, capped
+  # at 3 calls) pushed calls from 2.5 to 3.1 an answer and big-value accuracy down 3.8 points in 16 steps (fifth
+  # block of gpu-real-grpo.md). WARM_SCHEDULE=seed keeps the recipe's schedule.
   local warm="--set planner.adapter=$R/sft-request --set data.curriculum=null --set grpo.learning_rate=${WARM_LR:-1.0e-4}"
+  [ "${WARM_SCHEDULE:-accuracy}" = accuracy ] && \
+    warm+=' --set rewards.schedule=[[0,{"correctness":2.0,"format":1.0,"tool_use":0.0}]]'
+
   if [ "${WARM_MIX:-1}" = 1 ]; then  # WARM_MIX=0: the big-value run alone (a short block)
     add request-warm-mix request "$small $warm --set data.path=$R/mix.jsonl --set data.big_values=false \
 --set data.limit=null"
