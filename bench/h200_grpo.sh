@@ -9,7 +9,7 @@
 #             big-value GSM8K train (and, if POOL_SAMPLES > 0, the policy's own right, delegating rollouts of
 #             POOL_LIMIT plain problems; POOL=FILE: a previous block's pool.jsonl), SFT_EPOCHS; GRPO continues it
 #             at WARM_LR and WARM_SCHEDULE on the mix and on big values (WARM_MIX=0: big values alone), two runs
-#             alone on one card;
+#             alone on one card; INLINE_BELOW: plain GSM8K's small steps written out in the demonstrations;
 #             the warm start evaluated beside them
 #   curriculum code mode with and without the curriculum, the same MAX_STEPS, two runs alone on one card
 #   setsid bash bench/h200_grpo.sh start     # runs the three phases below in the background, logs in $R
@@ -109,7 +109,10 @@ prepare_warmstart() {  # the warm start's records (worked demonstrations; a samp
   fi
   for big in false true; do  # WORKED demonstrations of plain and of big-value GSM8K train (training.worked)
     echo "$(date +%T) warm start: worked demonstrations, big values $big"
+    # INLINE_BELOW=N: plain GSM8K's steps whose numbers are all below N are written out, not called (training.worked
+    # --inline-below); 0, the default, calls every step, as the fourth and fifth blocks did
     python3 -m delegate.training.worked --config "$(recipe request)" --limit "${WORKED:-384}" \
+      --inline-below "$([ $big = false ] && echo "${INLINE_BELOW:-0}" || echo 0)" \
       --out "$R/worked-$big.jsonl" "${COMMON[@]}" --set "data.path=$DATA/gsm8k/train.jsonl" \
       --set "data.big_values=$big" --set data.curriculum=null --set planner.batch_size=1024 \
       --set coder.batch_size=1024 > "$R/worked-$big.log" 2>&1

@@ -50,6 +50,22 @@ def test_the_words_before_a_call_lose_the_expression_and_keep_their_own():
     assert demo.steps == (("4*3", "12"), ("0.5*12", "6"))
 
 
+def test_small_steps_are_written_out_and_only_the_others_called(shared_data, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    betty = gsm8k_rows(shared_data, 3)[2]  # 100/2 = <<100/2=50>>50; 15*2 = <<15*2=30>>30; 100-50-30-15 = <<...=5>>5
+    demo = worked.worked(betty, big_values=False, seed=0, inline_below=100)
+    assert demo.called == (True, False, True)  # 100 is not below 100; 15, 2 and 30 are
+    assert demo.calls == (("100/2", "50"), ("100-50-30-15", "5"))
+    protocol = build_protocol("request", None, 500, AutoTokenizer.from_pretrained(tiny_model_dir))
+    texts = worked.segments(demo, protocol)
+    assert len(texts) == 3 and texts[1] == ("50.\nBetty's grandparents gave her 15*2 = 30.\nThis means, Betty needs "
+                                            "<request>Compute 100-50-30-15</request>")
+    assert worked.worked(betty, big_values=False, seed=0).calls == worked.worked(betty, False, 0).steps  # default
+    big = worked.worked(betty, big_values=True, seed=0, inline_below=100)
+    assert all(big.called)  # big values: nothing is small, every step stays a call
+
+
 def test_every_replayed_step_recomputes_to_its_value(shared_data):
     demos = worked.rows_of(str(shared_data / "gsm8k" / "train.jsonl"), 50, big_values=True, seed=0)
     assert len(demos) == 50

@@ -54,11 +54,20 @@ class Worked:
     answer: str
     steps: tuple[tuple[str, str], ...]  # each calculation's expression and value
     prose: tuple[str, ...]  # the solution's words before each step, and after the last (one more than steps)
+    called: tuple[bool, ...] = ()  # per step: a call (True) or written out in the words; () means every step called
+
+    @property
+    def calls(self) -> tuple[tuple[str, str], ...]:
+        """The steps the planner delegates, in order."""
+        return tuple(step for i, step in enumerate(self.steps) if not self.called or self.called[i])
 
 
-def worked(row: dict[str, str], big_values: bool, seed: int) -> Worked:
+def worked(row: dict[str, str], big_values: bool, seed: int, inline_below: float = 0) -> Worked:
     """One GSM8K row (question, answer with `<<expr=value>>`) as a demonstration's parts; NotReplayable if its
-    chain cannot be read (or, with big values, replayed), or a step's value is no decimal of at most 6 places."""
+    chain cannot be read (or, with big values, replayed), or a step's value is no decimal of at most 6 places.
+
+    A step whose value and every number of its expression are below `inline_below` in size is written out in the
+    words (`48/2 = 24`), as a planner works out what needs no computing, rather than called; 0: every step called."""
     solution = row["answer"].rsplit("####", 1)[0]
     original = bigvalue.steps(row["answer"])
     if big_values:
@@ -76,7 +85,13 @@ def worked(row: dict[str, str], big_values: bool, seed: int) -> Worked:
     pieces = bigvalue._STEP.split(solution)[::3]  # the words between annotations (split keeps 2 groups each)
     prose = [_PROSE_NUMBER.sub(lambda m: _renumber(m.group(0), numbers), piece) for piece in pieces]
     prose = [_spaced(_EXPRESSION_BEFORE.sub("", text)) if i < len(steps) else text for i, text in enumerate(prose)]
-    return Worked(question, answer, steps, tuple(prose))
+    called = tuple(not _small(expr, value, inline_below) for expr, value in steps)
+    return Worked(question, answer, steps, tuple(prose), called)
+
+
+def _small(expr: str, value: str, below: float) -> bool:
+    numbers = [Fraction(n) for n in bigvalue._EXPR_NUMBER.findall(expr)] + [Fraction(value)]
+    return all(abs(n) < below for n in numbers)
 
 
 def _spaced(text: str) -> str:
@@ -93,11 +108,19 @@ def _renumber(text: str, numbers: dict[Fraction, str]) -> str:
 
 
 def segments(demo: Worked, protocol: Any) -> list[str]:
-    """The planner's text in rounds: each ends with a call; the last ends with the boxed answer."""
+    """The planner's text in rounds: each ends with a call; the last ends with the boxed answer. A step written
+    out (`Worked.called`) stays in the words of the round it falls in."""
     markers = protocol.markers
-    calls = [f"Compute {expr}" if protocol.uses_coder else f"print({expr})" for expr, _ in demo.steps]
-    parts = [f"{demo.prose[i]}{markers.open}{call}{markers.close}" for i, call in enumerate(calls)]
-    return [*parts, f"{demo.prose[-1].rstrip()}\nThe answer is \\boxed{{{demo.answer}}}."]
+    parts, text = [], ""
+    for i, (expr, value) in enumerate(demo.steps):
+        if demo.called and not demo.called[i]:  # the next words mostly open with the value ("24 clips")
+            shown = "" if demo.prose[i + 1].startswith(value) else value
+            text += f"{demo.prose[i]}{expr} = {shown}"
+            continue
+        call = f"Compute {expr}" if protocol.uses_coder else f"print({expr})"
+        parts.append(f"{text}{demo.prose[i]}{markers.open}{call}{markers.close}")
+        text = ""
+    return [*parts, f"{text}{demo.prose[-1].rstrip()}\nThe answer is \\boxed{{{demo.answer}}}."]
 
 
 class Demonstrations:
@@ -144,9 +167,9 @@ def why_dropped(trajectory: Any, demo: Worked) -> str | None:
     """Why a replayed demonstration is not kept (None: it is)."""
     from delegate.training.rewards import answers_match
 
-    if len(trajectory.tool_calls) != len(demo.steps):
+    if len(trajectory.tool_calls) != len(demo.calls):
         return "not every step was called"
-    for call, (_, value) in zip(trajectory.tool_calls, demo.steps, strict=True):
+    for call, (_, value) in zip(trajectory.tool_calls, demo.calls, strict=True):
         if call.result.status != "ok":
             return f"a call ended {call.result.status}"
         if _number(call.result.stdout) != Fraction(value):
@@ -158,7 +181,7 @@ def why_dropped(trajectory: Any, demo: Worked) -> str | None:
     return None
 
 
-def rows_of(path: str, limit: int | None, big_values: bool, seed: int) -> list[Worked]:
+def rows_of(path: str, limit: int | None, big_values: bool, seed: int, inline_below: float = 0) -> list[Worked]:
     """The first `limit` demonstrations that the GSM8K rows at `path` give (one per question)."""
     lines = Path(path).read_text().splitlines()
     demos: dict[str, Worked] = {}
@@ -169,7 +192,7 @@ def rows_of(path: str, limit: int | None, big_values: bool, seed: int) -> list[W
         if not row or "question" not in row or "<<" not in row.get("answer", ""):
             continue
         try:
-            demo = worked(row, big_values, seed)
+            demo = worked(row, big_values, seed, inline_below)
         except bigvalue.NotReplayable:
             continue
         demos.setdefault(demo.question, demo)
@@ -191,6 +214,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--config", required=True, help="the recipe whose planner prompt, coder and sandbox serve")
     parser.add_argument("--out", type=Path, required=True, help="the kept demonstrations (JSONL records)")
     parser.add_argument("--limit", type=int, help="problems (default: the recipe's data.limit)")
+    parser.add_argument("--inline-below", type=float, default=0.0,
+                        help="write out (not call) a step whose numbers are all below this in size (default 0: "
+                             "call every step)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a recipe field (repeatable)")
     args = parser.parse_args(argv)
@@ -204,12 +230,13 @@ def main(argv: list[str] | None = None) -> Path:
 
     recipe = Recipe.from_yaml(args.config, args.set)
     data = recipe.data
-    demos = rows_of(data.path, args.limit if args.limit is not None else data.limit, data.big_values, data.seed)
+    demos = rows_of(data.path, args.limit if args.limit is not None else data.limit, data.big_values, data.seed,
+                    args.inline_below)
     dropped: Counter[str] = Counter()
-    if recipe.planner.max_tool_calls < max((len(d.steps) for d in demos), default=0):  # the engine would stop them
-        dropped["more steps than planner.max_tool_calls"] = sum(len(d.steps) > recipe.planner.max_tool_calls
-                                                                  for d in demos)
-        demos = [d for d in demos if len(d.steps) <= recipe.planner.max_tool_calls]
+    limit = recipe.planner.max_tool_calls
+    if limit < max((len(d.calls) for d in demos), default=0):  # the engine would stop them
+        dropped["more steps than planner.max_tool_calls"] = sum(len(d.calls) > limit for d in demos)
+        demos = [d for d in demos if len(d.calls) <= limit]
     if not demos:
         raise SystemExit(f"worked: no GSM8K row with a replayable <<expr=value>> chain in {data.path}")
     tokenizer = AutoTokenizer.from_pretrained(recipe.planner.model)
