@@ -114,13 +114,17 @@ def segments(demo: Worked, protocol: Any) -> list[str]:
     parts, text = [], ""
     for i, (expr, value) in enumerate(demo.steps):
         if demo.called and not demo.called[i]:  # the next words mostly open with the value ("24 clips")
-            shown = "" if demo.prose[i + 1].startswith(value) else value
-            text += f"{demo.prose[i]}{expr} = {shown}"
+            text += f"{demo.prose[i]}{expr} = {'' if _opens_with(demo.prose[i + 1], value) else value}"
             continue
         call = f"Compute {expr}" if protocol.uses_coder else f"print({expr})"
         parts.append(f"{text}{demo.prose[i]}{markers.open}{call}{markers.close}")
         text = ""
     return [*parts, f"{text}{demo.prose[-1].rstrip()}\nThe answer is \\boxed{{{demo.answer}}}."]
+
+
+def _opens_with(words: str, value: str) -> bool:
+    first = _PROSE_NUMBER.match(words)
+    return first is not None and _number(first.group(0)) == Fraction(value)
 
 
 class Demonstrations:
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> Path:
     dropped: Counter[str] = Counter()
     limit = recipe.planner.max_tool_calls
     if limit < max((len(d.calls) for d in demos), default=0):  # the engine would stop them
-        dropped["more steps than planner.max_tool_calls"] = sum(len(d.calls) > limit for d in demos)
+        dropped["more calls than planner.max_tool_calls"] = sum(len(d.calls) > limit for d in demos)
         demos = [d for d in demos if len(d.calls) <= limit]
     if not demos:
         raise SystemExit(f"worked: no GSM8K row with a replayable <<expr=value>> chain in {data.path}")
