@@ -18,6 +18,7 @@
 #                                            # brings back only a few files)
 #   bash bench/h200_grpo.sh finish           # phase 3 alone: after killing the driver to let the runs go longer
 #   bash bench/h200_grpo.sh warmeval         # the warm start alone against the untrained agent, in one call
+# Here first, in a fresh checkout: `bash bench/device_carry.sh` (the wheels, GSM8K and the model's pieces).
 # The device calls: one with the wheels and GSM8K (`.whl`, `.carry/data`), nine with the model's pieces
 # (bench/device_model.py), the last of them building it and starting this script with `setsid` from a copy of the
 # checkout in /root/work; then calls that print `status` until it is done. CURRICULA=DIR reads each mode's
