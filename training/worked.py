@@ -54,12 +54,12 @@ class Worked:
     answer: str
     steps: tuple[tuple[str, str], ...]  # each calculation's expression and value
     prose: tuple[str, ...]  # the solution's words before each step, and after the last (one more than steps)
-    called: tuple[bool, ...] = ()  # per step: a call (True) or written out in the words; () means every step called
+    called: tuple[bool, ...]  # per step: a call (True) or written out in the words
 
     @property
     def calls(self) -> tuple[tuple[str, str], ...]:
         """The steps the planner delegates, in order."""
-        return tuple(step for i, step in enumerate(self.steps) if not self.called or self.called[i])
+        return tuple(step for i, step in enumerate(self.steps) if self.called[i])
 
 
 def worked(row: dict[str, str], big_values: bool, seed: int, inline_below: float = 0) -> Worked:
@@ -113,7 +113,7 @@ def segments(demo: Worked, protocol: Any) -> list[str]:
     markers = protocol.markers
     parts, text = [], ""
     for i, (expr, value) in enumerate(demo.steps):
-        if demo.called and not demo.called[i]:  # the next words mostly open with the value ("24 clips")
+        if not demo.called[i]:  # the next words mostly open with the value ("24 clips")
             text += f"{demo.prose[i]}{expr} = {'' if _opens_with(demo.prose[i + 1], value) else value}"
             continue
         call = f"Compute {expr}" if protocol.uses_coder else f"print({expr})"
