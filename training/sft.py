@@ -99,13 +99,17 @@ def train(model: Any, tokenizer: Any, examples: list[Example], out_dir: str | Pa
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from delegate.training.recipe import cpu_precision
+
     dataset = Dataset.from_dict({"input_ids": [e.input_ids for e in examples],
                                  "completion_mask": [e.completion_mask for e in examples]})
+    precision = cpu_precision() if use_cpu else {}
     config = SFTConfig(output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=learning_rate,
                        per_device_train_batch_size=batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
                        weight_decay=0.0, completion_only_loss=True, max_length=None, logging_steps=5,
                        save_strategy="no", report_to="none", use_cpu=use_cpu, seed=seed,
-                       gradient_checkpointing=False)  # TRL turns it on; the models trained here only lose time to it
+                       gradient_checkpointing=False,  # TRL turns it on; the models trained here only lose time to it
+                       **precision)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     result = trainer.train()
     trainer.save_model(str(out_dir))
