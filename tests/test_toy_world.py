@@ -1,12 +1,15 @@
 """The toy world in request mode (the demo without its code-mode half), end to end: copy pre-training, SFT,
-curriculum, GRPO through training/grpo.py, and the held-out evaluation before and after. About 12 minutes on 2
-cores.
+curriculum, GRPO through training/grpo.py, and the held-out evaluation before and after. About 35 minutes on this
+project's 2-core AMD EPYC machine (float32; 12 minutes on an earlier machine under bf16 autocast).
 
-Seed 0 on CPU, deterministic on one machine, measured +37 points sampled (17 % -> 54 %) and +71.5 greedy on 200
-held-out problems. Over seeds 1 to 6 (`bench/results/toy-noise-cpu.md`) the gain was +21 to +36 sampled (mean +29.6,
-sd 5.3) and +41.5 to +64.5 greedy (mean +51.8, sd 8.8); the sampling noise of one such difference is about 6 points
-(one sd). The margins below (20 sampled, 35 greedy) are under the lowest gain of any seed measured, so a failure
-means the pipeline lost something, not an unlucky seed; every run measured ended delegating on 97.5 % or more."""
+Until 2026-12-02 CPU training ran under TRL's default bf16 autocast, whose rounding differs between CPUs: seed 0
+measured +37 points sampled on one machine and +9.5 (2.5 % -> 12 %) on CI's. CPU
+training is now float32 (`training.recipe.cpu_precision`). Seed 0 in float32 on this machine: sampled 24 % -> 70 %
+(+46), greedy 0 % -> 76.5 % (+76.5), the SFT planner's requests 90 % exact. Under bf16, seeds 1 to 6
+(`bench/results/toy-noise-cpu.md`) gained +21 to +36 sampled (mean +29.6, sd 5.3) and +41.5 to +64.5 greedy; the
+sampling noise of one such difference is about 6 points (one sd). The margins below (20 sampled, 35 greedy) are
+under the lowest gain of any seed measured, so a failure means the pipeline lost something, not an unlucky seed;
+every run measured ended delegating on 97.5 % or more."""
 
 from __future__ import annotations
 
