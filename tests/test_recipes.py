@@ -107,8 +107,8 @@ def test_a_cpu_planner_on_a_gpu_machine_needs_use_cpu(monkeypatch):
     assert Recipe.from_yaml(path, ["planner.device=cpu", "grpo.use_cpu=false"]).planner.device == "cpu"
 
 
-def test_training_on_cpu_is_float32_unless_the_recipe_asks_for_half_precision():
-    """TRL's configs default to bf16: on CPU an autocast, emulated on a CPU without bf16 units (ten times slower on
+def test_training_on_cpu_is_float32_unless_the_recipe_asks_for_half_precision(monkeypatch):
+    """TRL's configs default to bf16: on CPU an autocast, emulated on a CPU without bf16 units (eight times slower on
     this project's machine), whose rounding differs between CPUs. A CPU recipe trains in float32; a flag the recipe
     sets still wins."""
     import torch
@@ -118,3 +118,5 @@ def test_training_on_cpu_is_float32_unless_the_recipe_asks_for_half_precision():
     assert (config.bf16, config.fp16) == (False, False)
     assert grpo.planner_dtype(Recipe.from_yaml(path).planner, config.bf16) == torch.float32
     assert Recipe.from_yaml(path, ["grpo.bf16=true"]).grpo_config().bf16 is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no GPU: training runs on the CPU anyway
+    assert Recipe.from_yaml(path, ["grpo.use_cpu=false"]).grpo_config().bf16 is False
