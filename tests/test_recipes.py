@@ -120,3 +120,119 @@ def test_training_on_cpu_is_float32_unless_the_recipe_asks_for_half_precision(mo
     assert Recipe.from_yaml(path, ["grpo.bf16=true"]).grpo_config().bf16 is True
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no GPU: training runs on the CPU anyway
     assert Recipe.from_yaml(path, ["grpo.use_cpu=false"]).grpo_config().bf16 is False
+
+
+SEED_SCHEDULE = [[0, {"correctness": 1.0, "format": 2.0, "tool_use": 2.0}],
+                 [256, {"correctness": 2.0, "format": 1.0, "tool_use": 1.0}]]
+
+
+def schedule_warnings(caplog, data: dict) -> list[str]:
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="delegate.training.recipe"):
+        Recipe.model_validate(data)
+    return [r.getMessage() for r in caplog.records if r.name == "delegate.training.recipe"]
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-0.5b-request", "qwen2.5-0.5b-code"])
+def test_the_05b_schedule_warns_of_its_sign_reversal_and_its_dead_stage(caplog, name):
+    """Only the seed's first stage runs in 200 steps, and under it a wrong answer with three clean calls
+    (2 * 1.0 + 2 * 0.3) out-scores a right one after three failed calls (1 + 2 * 1.0 - 2 * 0.3)."""
+    data = yaml.safe_load((ROOT / "training" / "recipes" / f"{name}.yaml").read_text())
+    assert data["rewards"]["schedule"] == SEED_SCHEDULE and data["grpo"]["max_steps"] == 200
+    messages = schedule_warnings(caplog, data)
+    early = [m for m in messages if m.startswith("rewards.schedule stage from step 0:")]
+    assert len(early) == 1 and "2.60" in early[0] and "2.40" in early[0]
+    assert "a wrong answer with a clean transcript and 3 clean calls scores 2.60, above a right answer after 3 " \
+           "failed calls (2.40)" in early[0] and early[0].endswith("format and tool_use can outweigh correctness")
+    assert [m for m in messages if "step 256" in m] == ["rewards.schedule stage from step 256 never applies: "
+                                                        "grpo.max_steps is 200 (steps 0 to 199 run)"]
+
+
+def test_a_correctness_dominant_schedule_does_not_warn(caplog):
+    data = recipe_with(temperature=1.0)
+    data["rewards"] = {"schedule": [[0, {"correctness": 1.0, "format": 0.1, "tool_use": 0.1}]]}
+    data["grpo"]["max_steps"] = 200
+    assert schedule_warnings(caplog, data) == []
+    data["rewards"]["schedule"] = [[0, SEED_SCHEDULE[1][1]]]  # the seed's late stage alone, from step 0
+    assert schedule_warnings(caplog, data) == []
+
+
+def test_the_schedule_warnings_use_the_recipes_options_and_tool_limit(caplog):
+    data = recipe_with(temperature=1.0)
+    data["rewards"] = {"schedule": [[0, {"correctness": 1.0, "tool_use": 1.0}]],
+                       "options": {"tool_use": {"bonus": 0.5, "penalty": 0.5, "cap": 1.0}}}
+    (message,) = schedule_warnings(caplog, data)  # 2 clean calls: 1.0 against 1 - 1.0
+    assert "2 clean calls scores 1.00, above a right answer after 2 failed calls (0.00)" in message
+    data["planner"]["max_tool_calls"] = 1  # one call at most: 0.5 against 1 - 0.5, no reversal
+    assert schedule_warnings(caplog, data) == []
+    data["planner"].update(max_tool_calls=4, tools=False)  # no calls at all
+    assert schedule_warnings(caplog, data) == []
+
+
+def test_top_p_is_refused_in_training():
+    with pytest.raises(ValueError, match=r"planner\.top_p is 0\.9: TRL recomputes the log-probabilities without"):
+        Recipe.model_validate(recipe_with(temperature=1.0, top_p=0.9))
+    assert Recipe.model_validate(recipe_with(temperature=1.0, top_p=1.0)).planner.top_p == 1.0
+
+
+def test_no_tools_on_vllm_is_refused_in_training():
+    data = recipe_with(temperature=1.0, backend="vllm", tools=False)
+    data["grpo"]["use_vllm"] = True
+    with pytest.raises(ValueError, match=r"planner\.tools is false with planner\.backend vllm"):
+        Recipe.model_validate(data)
+
+
+class WantsText:
+    """Pushes a model towards writing `text`, whatever it wrote before (a logits processor)."""
+
+    def __init__(self, tokenizer, text: str) -> None:
+        self.tokenizer, self.text = tokenizer, text
+
+    def __call__(self, input_ids, scores):
+        for row, ids in enumerate(input_ids.tolist()):
+            tail = self.tokenizer.decode(ids[-len(self.text):], skip_special_tokens=False)
+            done = next((k for k in range(len(self.text), 0, -1) if tail.endswith(self.text[:k])), 0)
+            rest = self.text[done:] or self.text
+            scores[row, self.tokenizer(rest, add_special_tokens=False)["input_ids"][0]] += 50.0
+        return scores
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from delegate.executor import Sandbox, SandboxConfig
+
+    with Sandbox(SandboxConfig(timeout_s=5.0, workers=1)) as sandbox:
+        yield (AutoTokenizer.from_pretrained(tiny_model_dir), AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+               sandbox)
+
+
+@pytest.mark.parametrize("tools", [True, False])
+def test_training_rollouts_honour_tools_false(tiny, tiny_model_dir, tools):
+    """`planner.tools: false` in training as in `Agent`: no call allowed and the marker banned; a model pushed
+    to open a call never writes its marker (with tools, the same push makes it write it)."""
+    import torch
+
+    from delegate.planner import build_protocol
+    from delegate.planner.ban import BanText
+    from delegate.planner.config import PlannerConfig
+    from delegate.training.rollout import PlannerRollout
+
+    tokenizer, model, sandbox = tiny
+    planner = PlannerConfig(model=str(tiny_model_dir), protocol="code", temperature=1.0, max_completion_tokens=48,
+                            tools=tools)
+    protocol = build_protocol("code", None, 200, tokenizer)
+    processors: list = []
+    rollout = PlannerRollout(planner, protocol, tokenizer, sandbox, None, processors)
+    processors.append(push := WantsText(tokenizer, protocol.markers.open))  # added later: still reaches generation
+    assert rollout.limits.max_tool_calls == (4 if tools else 0)
+    assert rollout.processors()[0] is push
+    assert isinstance(rollout.processors()[-1], BanText) is not tools
+    torch.manual_seed(0)
+    trajectories = rollout.run(model.eval(), ["What is 6 times 7?", "What is 2 to the 10?"])
+    opened = [protocol.markers.open in t.text for t in trajectories]
+    if tools:
+        assert all(opened)
+    else:
+        assert not any(opened) and not any(t.tool_calls or t.violations for t in trajectories)

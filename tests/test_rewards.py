@@ -100,8 +100,10 @@ def test_format_is_graded_and_names_the_problems(text, seen, tags, reward, probl
     assert format([None], [text], violations=[seen], tags=tags) == [pytest.approx(reward)]
 
 
-def call(status: str) -> dict:
-    return {"request": "r", "code": "c", "result": {"status": status}, "cached": False}
+def call(status: str, stdout: str | None = None) -> dict:
+    """A call record as the rollout function passes it; a program that ran prints something unless told."""
+    out = stdout if stdout is not None else ("42\n" if status == "ok" else "")
+    return {"request": "r", "code": "c", "result": {"status": status, "stdout": out}, "cached": False}
 
 
 TOOL_USE = [  # (statuses of the calls, reward)
@@ -118,6 +120,14 @@ TOOL_USE = [  # (statuses of the calls, reward)
 @pytest.mark.parametrize("statuses, reward", TOOL_USE)
 def test_tool_use_bonus_penalty_and_cap(statuses, reward):
     assert tool_use([None], ["x"], tool_calls=[[call(s) for s in statuses]]) == [pytest.approx(reward)]
+
+
+def test_a_call_that_prints_nothing_is_unpaid_and_penalised():
+    """The planner got nothing back: no bonus, and the penalty of a failed call."""
+    silent, blank = call("ok", stdout=""), call("ok", stdout=" \n")
+    assert tool_use([None], ["x"], tool_calls=[[silent]]) == [pytest.approx(-0.1)]
+    assert tool_use([None], ["x"], tool_calls=[[call("ok"), blank]]) == [pytest.approx(0.0)]
+    assert tool_use([None], ["x"], tool_calls=[[{"result": {"status": "ok"}}]]) == [pytest.approx(-0.1)]
 
 
 def test_tool_use_options():
@@ -165,3 +175,64 @@ def test_format_penalties_can_be_repriced_and_wrong_options_are_refused():
         scheduled_rewards(schedule, {"tool_use": {"bonuss": 0.2}})
     with pytest.raises(ValueError, match=r"rewards.options.correctness: no such reward in the schedule"):
         scheduled_rewards(schedule, {"correctness": {}})
+
+
+def test_format_grades_the_planner_text_when_given():
+    """A program that prints `\\boxed{7}` is the environment's text: it is no second answer of the planner's, and
+    no answer at all when the planner wrote none."""
+    code = "```python\nprint(chr(92) + 'boxed{7}')\n```\n"
+    inserted = "```output\n\\boxed{7}\n```\n"
+    answered, silent = code + inserted + "So \\boxed{42}", code + inserted
+    assert format([None, None], [answered, silent]) == [pytest.approx(0.9), 1.0]  # the completion: fooled
+    assert format([None, None], [answered, silent], planner_text=[code + "So \\boxed{42}", code]) == [1.0, 0.5]
+
+
+@pytest.fixture(scope="module")
+def code_rollout(tiny_model_dir):
+    """A training `PlannerRollout` on the tiny model in code mode, a real sandbox, and the model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from delegate.executor import Sandbox, SandboxConfig
+    from delegate.planner import build_protocol
+    from delegate.planner.config import PlannerConfig
+    from delegate.training.rollout import PlannerRollout
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    planner = PlannerConfig(model=str(tiny_model_dir), protocol="code", temperature=1.0, max_completion_tokens=96)
+    protocol = build_protocol("code", None, 200, tokenizer)
+    with Sandbox(SandboxConfig(timeout_s=5.0, workers=2)) as sandbox:
+        processors: list = []
+        yield PlannerRollout(planner, protocol, tokenizer, sandbox, None, processors), processors, model
+
+
+def test_a_box_printed_by_a_tool_is_never_the_planners(code_rollout):
+    """End to end: the program prints `\\boxed{7}`; the engine's answer, `to_trl`'s `planner_text` and the format
+    and correctness rewards read only what the planner sampled."""
+    from delegate.planner import RolloutEngine
+    from delegate.planner.trajectory import last_boxed
+    from delegate.training.rollout import to_trl
+    from tests.scripted import Env, Say, ScriptedText
+
+    rollout, processors, model = code_rollout
+    tokenizer = rollout.tokenizer
+    program = "```python\nprint(chr(92) + 'boxed{7}')\n```\n"
+    scripts = {"Answer after the tool?": [Say(program), Env("\n```\n"), Say("So \\boxed{42}")],
+               "Stop after the tool?": [Say(program), Env("\n```\n")]}  # then EOS: no answer of its own
+    probe = RolloutEngine(rollout.protocol, None, tokenizer, rollout.sandbox)
+    forcer = ScriptedText(tokenizer, {tuple(probe.prompt_ids(rollout.system_prompt, q)): parts
+                                      for q, parts in scripts.items()})
+    processors[:] = [forcer]
+    answered, silent = rollout.run(model, list(scripts))
+    assert [t.tool_calls[0].result.stdout for t in (answered, silent)] == ["\\boxed{7}\n"] * 2
+    assert last_boxed(silent.text) == "7"  # the whole completion holds the tool's box
+    assert (answered.answer, silent.answer) == ("42", None)  # the engine's answer: the planner's own box only
+
+    out = to_trl([answered, silent], [tokenizer.eos_token_id], tokenizer.pad_token_id, tokenizer)
+    assert out["planner_text"] == [program + "So \\boxed{42}", program + tokenizer.eos_token]
+    texts = [t.text for t in (answered, silent)]
+    fields = {key: out[key] for key in ("predicted", "violations", "planner_text", "tool_calls")}
+    assert format([None, None], texts, **fields) == [1.0, 0.5]
+    assert format([None, None], texts, violations=out["violations"]) == [pytest.approx(0.9), 1.0]  # no planner_text
+    assert correctness([None, None], texts, answer=["7", "7"], **fields) == [0.0, 0.0]
+    assert tool_use([None, None], texts, **fields) == [pytest.approx(0.1)] * 2

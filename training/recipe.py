@@ -1,10 +1,13 @@
 """A training recipe: the agent's sections plus LoRA, data, rewards and TRL's `GRPOConfig` fields.
 
 A wrong field fails when the recipe loads, naming it (`grpo` fields are checked by building the `GRPOConfig`).
+A reward schedule under which a wrong rollout can out-score a right one, or with a stage that never applies, is
+logged as a warning.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from delegate.coder import CoderConfig
 from delegate.executor import SandboxConfig
 from delegate.planner.config import PlannerConfig, load_recipe
+from delegate.training.rewards import reward_bounds
 
+log = logging.getLogger(__name__)
 
 class LoraSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -137,6 +142,10 @@ class Recipe(BaseModel):
         if self.planner.temperature == 0:
             raise ValueError("planner.temperature is 0: greedy rollouts make every group score the same, every group "
                              "is filtered and GRPO learns nothing; set planner.temperature (e.g. 1.0)")
+        if self.planner.top_p < 1:
+            raise ValueError(f"planner.top_p is {self.planner.top_p}: TRL recomputes the log-probabilities without "
+                             "top-p, so the loss would compare the truncated distribution that sampled with the full "
+                             "one; leave planner.top_p at 1.0 for training")
         for grpo_field, planner_field in (("temperature", "temperature"),
                                           ("max_completion_length", "max_completion_tokens")):
             if grpo_field in self.grpo and self.grpo[grpo_field] != getattr(self.planner, planner_field):
@@ -168,9 +177,30 @@ class Recipe(BaseModel):
             raise ValueError(f"planner.backend is {planner.backend!r} and grpo.use_vllm is "
                              f"{bool(grpo.get('use_vllm'))}: in training TRL drives vLLM, so set planner.backend: "
                              "vllm and grpo.use_vllm: true together (or neither)")
+        if planner.backend == "vllm" and not planner.tools:
+            raise ValueError("planner.tools is false with planner.backend vllm: banning the call marker in every "
+                             "tokenization needs a vLLM engine built with Delegate's ban, and in training TRL builds "
+                             "the engine; use the transformers backend for a planner without tools")
         half = {"float16": "bf16", "bfloat16": "fp16"}.get(planner.dtype)
         if half and grpo.get(half):
             raise ValueError(f"planner.dtype is {planner.dtype} but grpo.{half} is set: one half precision, not two")
+
+    @model_validator(mode="after")
+    def _warn_about_the_schedule(self) -> Recipe:
+        """Warn about each stage that lets a wrong rollout out-score a right one (`rewards.reward_bounds`, with the
+        recipe's reward options and tool-call limit), and about each stage that starts at or after
+        `grpo.max_steps`, which never applies. Warnings, not errors: the seed's schedule stays a recipe option."""
+        max_steps = self.grpo.get("max_steps", -1)
+        max_calls = self.planner.max_tool_calls if self.planner.tools else 0
+        for start, weights in self.rewards.schedule:
+            if max_steps > 0 and start >= max_steps:
+                log.warning("rewards.schedule stage from step %d never applies: grpo.max_steps is %d (steps 0 to %d "
+                            "run)", start, max_steps, max_steps - 1)
+                continue
+            bounds = reward_bounds(weights, self.rewards.options, max_calls)
+            if bounds is not None and bounds.reversed:
+                log.warning("rewards.schedule stage from step %d: %s", start, bounds.describe())
+        return self
 
     def grpo_config(self, check_hardware: bool = True) -> Any:
         """TRL's `GRPOConfig` of this recipe (the planner's temperature and budget included). Without

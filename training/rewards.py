@@ -3,15 +3,20 @@
 Each is a plain function; the recipe picks them by name, gives their options and weights, and may change the
 weights with the training step (`WeightSchedule`). Besides TRL's arguments and the dataset's columns (`answer`, the
 reference), they read the fields the rollout function adds: `predicted` (the planner's last `\\boxed{}`),
-`tool_calls`, `finish_reason` and `violations`.
+`planner_text` (the completion without the inserted tool results), `tool_calls`, `finish_reason` and `violations`.
+
+`reward_bounds` and `reversal` say, from the rewards' own bounds, whether one stage's weights let a wrong rollout
+out-score a right one (the recipe warns at load).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -93,9 +98,14 @@ def format_violations(text: str, violations: Sequence[str] = (), tags: bool = Fa
 
 
 def format(prompts: list[Any], completions: list[Any], violations: Sequence[Sequence[str]] | None = None,
-           tags: bool = False, penalties: dict[str, float] | None = None, **kwargs: Any) -> list[float]:
+           tags: bool = False, penalties: dict[str, float] | None = None,
+           planner_text: Sequence[str] | None = None, **kwargs: Any) -> list[float]:
     """1.0 for a clean transcript, less for each named problem (`FORMAT_PENALTIES`, with `penalties` replacing
     some of them), never below 0.
+
+    It grades what the planner wrote: `planner_text` (from the rollout function: the completion without the
+    inserted tool results) when given, else the completion, so that a program printing `\\boxed{7}` neither
+    answers for the planner nor makes it give several answers.
 
     `penalties` is the recipe's lever on what format teaches first: the real 0.5B in request mode wrote ```python
     blocks in 44 % of its first rollouts (`unparsed_call`, 0.2, weighed 2 by the seed's schedule) and learned to
@@ -103,9 +113,10 @@ def format(prompts: list[Any], completions: list[Any], violations: Sequence[Sequ
     `rewards.options.format.penalties: {unparsed_call: 0.0}` leaves that habit unpriced."""
     table = FORMAT_PENALTIES | _checked_penalties(penalties)
     seen = violations if violations is not None else [()] * len(completions)
+    texts = planner_text if planner_text is not None else [_text(c) for c in completions]
     scores = []
-    for completion, named in zip(completions, seen, strict=True):
-        problems = format_violations(_text(completion), named, tags)
+    for text, named in zip(texts, seen, strict=True):
+        problems = format_violations(text, named, tags)
         scores.append(max(0.0, 1.0 - sum(table[p] for p in problems)))
     return scores
 
@@ -118,21 +129,128 @@ def _checked_penalties(penalties: dict[str, float] | None) -> dict[str, float]:
     return dict(penalties or {})
 
 
+def clean_call(call: dict[str, Any]) -> bool:
+    """A call whose program ran without error and printed something (`call["result"]`: `ExecutionResult.to_dict`)."""
+    result = call["result"]
+    return result["status"] == "ok" and bool((result.get("stdout") or "").strip())
+
+
 def tool_use(prompts: list[Any], completions: list[Any], tool_calls: Sequence[Sequence[dict[str, Any]]],
              bonus: float = 0.1, penalty: float = 0.1, cap: float = 0.3, **kwargs: Any) -> list[float]:
-    """`bonus` per call whose program ran cleanly, minus `penalty` per failed call, within [-cap, cap].
+    """`bonus` per clean call (`clean_call`), minus `penalty` per other call, within [-cap, cap].
 
-    The seed paid 0.1 per call with no cap, which rewards calling for its own sake; the cap bounds that.
+    A program that ran but printed nothing counts as failed: the planner got nothing back from it, so paying it, or
+    letting it go free, would reward delegating for its own sake. The seed paid 0.1 per call with no cap, which
+    rewards calling for its own sake too; the cap bounds that.
     """
     scores = []
     for calls in tool_calls:
-        ok = sum(1 for call in calls if call["result"]["status"] == "ok")
+        ok = sum(1 for call in calls if clean_call(call))
         score = bonus * ok - penalty * (len(calls) - ok)
         scores.append(max(-cap, min(cap, score)))
     return scores
 
 
 REWARDS: dict[str, RewardFunc] = {"correctness": correctness, "format": format, "tool_use": tool_use}
+
+
+@dataclass(frozen=True)
+class RewardBounds:
+    """Under one stage's weights: the best score a wrong rollout can get and the worst a right one can.
+
+    `wrong`: a wrong answer with a clean transcript and `clean_calls` clean calls (tool_use at its top). `right`: a
+    right answer with a clean transcript after `failed_calls` failed calls (tool_use at its bottom): against `wrong`
+    it shows what tool use alone can do. `right_worst`: the same right answer whose transcript also carries every
+    format problem a right answer can (format at `right_format`): the real lower bound."""
+
+    wrong: float
+    right: float
+    right_worst: float
+    right_format: float
+    clean_calls: int
+    failed_calls: int
+    culprits: tuple[str, ...]  # the rewards whose range lets `wrong` reach above `right_worst`
+
+    @property
+    def reversed(self) -> bool:
+        return self.wrong > self.right_worst
+
+    def describe(self) -> str:
+        """What outweighs what, in words and scores (meant for a reversed stage)."""
+        clean = f" and {_calls(self.clean_calls, 'clean')}" if self.clean_calls else ""
+        failed = f" after {_calls(self.failed_calls, 'failed')}" if self.failed_calls else ""
+        text = f"a wrong answer with a clean transcript{clean} scores {self.wrong:.2f}, "
+        if self.wrong > self.right:
+            text += f"above a right answer{failed} ({self.right:.2f})"
+            if self.right_worst < self.right:
+                text += (f" and above one whose transcript also scores {self.right_format:.2f} for format "
+                         f"({self.right_worst:.2f})")
+        else:
+            text += (f"above a right answer{failed} whose transcript scores {self.right_format:.2f} for format "
+                     f"({self.right_worst:.2f})")
+        return f"{text}: {' and '.join(self.culprits) or 'nothing'} can outweigh correctness"
+
+
+def _calls(n: int, kind: str) -> str:
+    return f"{n} {kind} call{'s' if n != 1 else ''}"
+
+
+def right_format_floor(options: dict[str, Any] | None = None) -> float:
+    """The lowest `format` score a rollout with a right answer can get: 1 minus every penalty it can carry.
+
+    A right rollout has an answer, so `no_answer` cannot apply; any other problem can come with one (a planner that
+    fakes a tool result and still boxes the right number carries `planner_wrote_result`, refused calls leave it free
+    to answer), and the tag problems only with `tags`. Several can come together, so their penalties add up."""
+    options = options or {}
+    table = FORMAT_PENALTIES | _checked_penalties(options.get("penalties"))
+    tag_problems = {"missing_think_tags", "unclosed_answer_tag"}
+    carried = [name for name in table if name != "no_answer" and (options.get("tags") or name not in tag_problems)]
+    return max(0.0, 1.0 - sum(table[name] for name in carried))
+
+
+def tool_use_extremes(options: dict[str, Any] | None = None, max_calls: int | None = None
+                      ) -> tuple[tuple[float, int], tuple[float, int]]:
+    """`tool_use`'s (top, clean calls to reach it) and (bottom, failed calls to reach it), fewest calls first,
+    computed by the function itself over 0 to `max_calls` calls (by default: enough to reach the cap)."""
+    options = options or {}
+    bonus, penalty, cap = (float(options.get(k, d)) for k, d in (("bonus", 0.1), ("penalty", 0.1), ("cap", 0.3)))
+    steps = [abs(x) for x in (bonus, penalty) if x]
+    enough = math.ceil(abs(cap) / min(steps) - 1e-9) if steps else 0
+    limit = min(enough, 64) if max_calls is None else min(enough, max_calls)
+    clean = {"result": {"status": "ok", "stdout": "1"}}
+    failed = {"result": {"status": "error", "stdout": ""}}
+    counts = range(limit + 1)
+    tops = tool_use([None] * len(counts), [""] * len(counts), [[clean] * k for k in counts], **options)
+    bottoms = tool_use([None] * len(counts), [""] * len(counts), [[failed] * k for k in counts], **options)
+    top = max(tops)
+    bottom = min(bottoms)
+    return (top, tops.index(top)), (bottom, bottoms.index(bottom))
+
+
+def reward_bounds(weights: dict[str, float], options: dict[str, dict[str, Any]] | None = None,
+                  max_calls: int | None = None) -> RewardBounds | None:
+    """`RewardBounds` of one stage's `weights` (taken as non-negative) with the recipe's reward `options`;
+    `max_calls`: the most tool calls a rollout can make (`planner.max_tool_calls`, 0 without tools). None when
+    the weights name a reward whose bounds are not known here."""
+    if set(weights) - {"correctness", "format", "tool_use"}:
+        return None
+    options = options or {}
+    w_correct, w_format, w_tools = (weights.get(name, 0.0) for name in ("correctness", "format", "tool_use"))
+    (top, clean_calls), (bottom, failed_calls) = tool_use_extremes(options.get("tool_use"), max_calls)
+    floor = right_format_floor(options.get("format"))
+    wrong = w_format * 1.0 + w_tools * top
+    right = w_correct + w_format * 1.0 + w_tools * bottom
+    right_worst = w_correct + w_format * floor + w_tools * bottom
+    culprits = tuple(name for name, spread in (("format", w_format * (1.0 - floor)),
+                                                ("tool_use", w_tools * (top - bottom))) if spread > 0)
+    return RewardBounds(wrong, right, right_worst, floor, clean_calls, failed_calls, culprits)
+
+
+def reversal(weights: dict[str, float], options: dict[str, dict[str, Any]] | None = None,
+             max_calls: int | None = None) -> RewardBounds | None:
+    """The stage's `RewardBounds` when a wrong rollout can out-score a right one under `weights`, else None."""
+    bounds = reward_bounds(weights, options, max_calls)
+    return bounds if bounds is not None and bounds.reversed else None
 
 
 class WeightSchedule:

@@ -3,7 +3,10 @@
 TRL calls it with the prompts of this process (each one as many times as the group has samples) and the trainer.
 It returns one row per prompt: `prompt_ids`, `completion_ids`, `logprobs`, `env_mask` (TRL multiplies it into the
 loss mask, so inserted tool results are out of the loss, KL, entropy and token counts) and the fields the reward
-functions read: `predicted`, `tool_calls`, `finish_reason`, `violations`.
+functions read: `predicted`, `planner_text`, `tool_calls`, `finish_reason`, `violations`.
+
+`planner.tools: false` is honoured as `Agent` honours it: no tool calls allowed, and the call marker banned from
+generation in every tokenization (`BanText`).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from delegate.coder.config import resolve
 from delegate.executor import Sandbox
 from delegate.executor.result import STATUSES
 from delegate.planner import EngineLimits, RolloutEngine, Trajectory, TransformersGeneration
+from delegate.planner.ban import BanText
 from delegate.planner.config import PlannerConfig
 from delegate.planner.protocols import VIOLATIONS, Protocol
 from delegate.planner.sync import RankSync, TorchDistributedSync
-from delegate.planner.trajectory import FinishReason
+from delegate.planner.trajectory import FinishReason, segments
 
 
 def question_of(prompt: Any) -> str:
@@ -37,7 +41,8 @@ def question_of(prompt: Any) -> str:
 class PlannerRollout:
     """`planner`: the recipe's planner section (system prompt, limits, sampling); the objects the run holds
     (protocol, tokenizer, sandbox, coder); `logits_processors` reach the planner's generation (tests script
-    tool calls with them)."""
+    tool calls with them; the list is read when generation is built, so items added later still count). With
+    `planner.tools: false` no call is allowed and `ban` keeps the call marker out of generation."""
 
     def __init__(self, planner: PlannerConfig, protocol: Protocol, tokenizer: Any, sandbox: Sandbox,
                  coder: Coder | None, logits_processors: list[Any] | None = None) -> None:
@@ -46,12 +51,14 @@ class PlannerRollout:
         self.system_prompt = resolve(planner.prompt_file).read_text()
         self.sandbox = sandbox
         self.coder = coder
-        self.limits = EngineLimits(planner.max_completion_tokens, planner.max_tool_calls, planner.max_result_chars,
-                                   planner.stop_at_answer)
+        self.tools = planner.tools
+        self.limits = EngineLimits(planner.max_completion_tokens, planner.max_tool_calls if planner.tools else 0,
+                                   planner.max_result_chars, planner.stop_at_answer)
         self.tool_chunks = planner.tool_chunks
+        self.logits_processors = logits_processors  # the caller's list, read at each generation's construction
+        self.ban = None if planner.tools else BanText(tokenizer, protocol.markers.open)
         self.sampling = dict(temperature=planner.temperature, top_p=planner.top_p, batch_size=planner.batch_size,
-                             cache_implementation=planner.cache_implementation, logits_processors=logits_processors,
-                             reuse_cache=planner.reuse_cache)
+                             cache_implementation=planner.cache_implementation, reuse_cache=planner.reuse_cache)
         self.cuda_graph = planner.cuda_graph
         self._graph: Any = None  # the graphed planner decoder: its captured steps serve every training step
         self.last: list[Trajectory] = []  # the latest batch, for logging and the trainer's samples
@@ -96,6 +103,11 @@ class PlannerRollout:
         from delegate.planner.vllm_generation import VLLMGeneration
         from delegate.training.vllm_server import ServerGeneration
 
+        if not self.tools:
+            raise NotImplementedError("planner.tools: false with vLLM in training: the call marker must be banned in "
+                                      "every tokenization, which needs the vLLM engine built with "
+                                      "planner.vllm_ban.BanTextLogitsProcessor, and TRL builds it; train without "
+                                      "tools on the transformers backend")
         vllm = trainer.vllm_generation
         if getattr(vllm, "enable_sleep_mode", False):
             raise NotImplementedError("vllm_enable_sleep_mode with Delegate's rollouts: turn it off for now")
@@ -122,15 +134,19 @@ class PlannerRollout:
         for phase, seconds in self.seconds.items():  # where this process's rollout time went
             trainer._metrics[mode][f"time/rollout_{phase}"].append(seconds)
         eos_ids = list(getattr(trainer, "eos_token_ids", None) or [self.tokenizer.eos_token_id])
-        return to_trl(self.last, eos_ids, self.tokenizer.pad_token_id)
+        return to_trl(self.last, eos_ids, self.tokenizer.pad_token_id, self.tokenizer)
+
+    def processors(self) -> list[Any]:
+        """The planner's logits processors: the caller's, then the no-tools ban."""
+        return [*(self.logits_processors or []), *([self.ban] if self.ban is not None else [])]
 
     def run(self, model: Any, questions: list[str], sync: RankSync | None = None,
             lockstep: RankSync | None = None) -> list[Trajectory]:
         # Ranks that step together keep `generate`'s synced calls; on a CPU there is no graph to replay.
         if self.cuda_graph and lockstep is None and model.device.type == "cuda":
             return self._roll(self.graph_generation(model), questions, sync)
-        return self._roll(TransformersGeneration(model, self.tokenizer, **self.sampling, sync=lockstep), questions,
-                          sync)
+        return self._roll(TransformersGeneration(model, self.tokenizer, **self.sampling,
+                                                 logits_processors=self.processors(), sync=lockstep), questions, sync)
 
     def graph_generation(self, model: Any) -> Any:
         """One graphed decoder per model, kept across steps (the optimizer updates the weights it reads in place)."""
@@ -139,7 +155,7 @@ class PlannerRollout:
         if self._graph is None or self._graph.model is not model:
             s = self.sampling
             self._graph = GraphGeneration(model, self.tokenizer, s["temperature"], s["top_p"], s["batch_size"],
-                                          s["logits_processors"])
+                                          self.processors())
         return self._graph
 
     def _roll(self, generator: Any, questions: list[str], sync: RankSync | None = None) -> list[Trajectory]:
@@ -219,12 +235,21 @@ def metrics_from_counts(c: dict[str, float], has_coder: bool) -> dict[str, float
 TRUNCATED_FINISHES = frozenset({"length"})
 
 
-def to_trl(trajectories: list[Trajectory], eos_ids: list[int], pad_id: int | None = None) -> dict[str, list[Any]]:
+def planner_text(trajectory: Trajectory, tokenizer: Any) -> str:
+    """The completion's text without what the environment inserted: each run of planner-sampled tokens decoded
+    on its own (`planner.trajectory.segments`), never re-tokenized. The format reward grades this."""
+    return "".join(run["text"] for run in segments(trajectory, tokenizer) if run["trained"])
+
+
+def to_trl(trajectories: list[Trajectory], eos_ids: list[int], pad_id: int | None = None,
+           tokenizer: Any = None) -> dict[str, list[Any]]:
     """TRL's rollout output (`TRUNCATED_FINISHES` says which rollouts stay truncated). `eos_ids`: the trainer's
-    own (`GRPOTrainer.eos_token_ids`, from the model's generation config); the first is what is appended."""
+    own (`GRPOTrainer.eos_token_ids`, from the model's generation config); the first is what is appended. With a
+    `tokenizer`, each row also gets its `planner_text`."""
     ends, eos_id = {*eos_ids, pad_id} - {None}, eos_ids[0]
-    out: dict[str, list[Any]] = {key: [] for key in ("prompt_ids", "completion_ids", "logprobs", "env_mask",
-                                                     "predicted", "tool_calls", "finish_reason", "violations")}
+    keys = ("prompt_ids", "completion_ids", "logprobs", "env_mask", "predicted", "tool_calls", "finish_reason",
+            "violations", *(("planner_text",) if tokenizer is not None else ()))
+    out: dict[str, list[Any]] = {key: [] for key in keys}
     for t in trajectories:
         ended = t.finish_reason not in TRUNCATED_FINISHES and (not t.completion_ids
                                                                or t.completion_ids[-1] not in ends)
@@ -236,4 +261,6 @@ def to_trl(trajectories: list[Trajectory], eos_ids: list[int], pad_id: int | Non
         out["tool_calls"].append([call.to_dict() for call in t.tool_calls])
         out["finish_reason"].append(t.finish_reason)
         out["violations"].append(list(t.violations))
+        if tokenizer is not None:
+            out["planner_text"].append(planner_text(t, tokenizer))
     return out
