@@ -192,7 +192,7 @@ start() {
   for mode in request code; do
     needs_curriculum $mode || continue
     if [ -n "${CURRICULA:-}" ] && [ -s "$CURRICULA/curriculum-$mode.jsonl" ]; then
-      cp "$CURRICULA/curriculum-$mode.jsonl" "$R/"
+      cp "$CURRICULA/curriculum-$mode.jsonl" "$CURRICULA/curriculum-$mode.jsonl.meta.json" "$R/"  # and its fingerprint
       continue
     fi
     CUDA_VISIBLE_DEVICES=$gpu python3 -m delegate.training.curriculum --config "$(recipe $mode)" --samples 4 \
@@ -322,7 +322,7 @@ for line in open(sys.argv[1]):
     print(json.dumps({k: r.get(k) for k in ("question", "reference", "correct", "answer")}))' \
       "$d/trajectories.jsonl" > "$dest/outcomes-$(basename "$d").jsonl"
   done
-  cp "$R"/*.log "$R"/eval/*.log "$R"/curriculum-*.jsonl "$R"/worked-*.jsonl "$R"/gpu-memory.csv "$dest/" 2>/dev/null
+  cp "$R"/*.log "$R"/eval/*.log "$R"/curriculum-*.jsonl* "$R"/worked-*.jsonl "$R"/gpu-memory.csv "$dest/" 2>/dev/null
   tar czf "$1" -C "$dest" .
 }
 

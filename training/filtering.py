@@ -1,9 +1,29 @@
 """Same-score groups carry no signal: a `GRPOTrainer` that removes them from the loss, and can refill them.
 
-TRL only logs `frac_reward_zero_std`. Here a group whose combined (weighted) rewards are all equal has its rows'
-completion mask zeroed, so it adds nothing to the loss, the KL term or the token count, and `num_items_in_batch`
-(which TRL computes before the rewards exist) is recomputed from the remaining tokens. The fraction removed is
-logged as `groups/removed_frac`.
+TRL only logs `frac_reward_zero_std`. Here a group that carries no signal (its advantages are all zero, see below)
+has its rows' completion mask zeroed, so it adds nothing to the loss, the KL term or the token count, and
+`num_items_in_batch` (which TRL computes before the rewards exist) is recomputed from the remaining tokens. The
+fraction removed is logged as `groups/removed_frac`. Advantages are left as TRL computed them.
+
+Which groups carry no signal, by TRL's (1.16) `multi_objective_aggregation` (`flat_groups`):
+- `sum_then_normalize` (TRL's default): the advantage is the combined (weighted) reward minus the group's mean,
+  divided by a std or not (`scale_rewards`): zero exactly where the group's combined rewards are all equal.
+- `normalize_then_sum`: each reward function is normalized within the group first, then the weighted sum is
+  normalized over the batch. A group whose weighted sum is constant can still carry a signal (two rewards that
+  trade off, with unequal spreads), and one whose sum varies can carry none (normalized terms that cancel): a
+  group is flat iff the weighted sum of its normalized rewards is constant within it, to 1e-3 of the weights'
+  total (the advantage is that sum under one affine map for the whole batch). `build` refuses this aggregation
+  with weights of different sizes in a stage: the schedule's weights live inside the rewards, and the per-group
+  normalization divides them out.
+Rows for which every reward function returned None (TRL gives them no advantage and leaves them out of the
+group's mean) are left out of the comparison.
+
+`scale_rewards: batch`: the advantage is (combined reward - group mean) / the std of the whole generation batch's
+rewards, which TRL computes before the filter, over the flat groups' rewards too (their spread around the batch
+mean counts). Removing a flat group therefore changes no advantage: the kept groups keep the scale of the batch as
+it was sampled. What it changes is the loss's normalisation (which tokens count, by `loss_type` below) and, with
+`beta > 0`, the KL term, which no longer counts the flat groups' tokens. A refilled group's advantages were
+scaled by its own refill batch's std.
 
 With `refill` (dynamic sampling, as in DAPO) the removed groups are replaced, in the same step, by groups of fresh
 prompts: with `shuffle_dataset: false` (the curriculum's order) the prompts that come next in the data's order,
@@ -23,6 +43,11 @@ How a removed group weighs in TRL's loss (1.16), by `loss_type` (removed rows ha
 - `dr_grpo`: token sum / (rows x `max_completion_length`), a constant: the same dilution as `grpo`.
 - `luspo`: per-sequence sums, mean over rows: the same dilution.
 With `refill`, the removed rows are replaced and no loss type is diluted.
+
+`rewards/sign_reversal_frac`: the share of the step's scored groups in which a wrong rollout (the `correctness`
+reward's raw value not above 0) has a strictly higher combined reward than a right one (`sign_reversals`); logged
+when a reward is named `correctness`. The recipe's check bounds what a stage's weights allow; this counts what
+the sampled rollouts did.
 """
 
 from __future__ import annotations
@@ -32,16 +57,60 @@ from typing import Any
 
 import torch
 from trl import GRPOTrainer
+from trl.trainer.utils import nanstd
 
 log = logging.getLogger(__name__)
 
 
-def flat_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, group_size: int) -> torch.Tensor:
-    """One bool per row: True where every sample of the row's group has the same combined reward."""
-    combined = (rewards_per_func * weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
-    grouped = combined.view(-1, group_size)
-    flat = torch.isclose(grouped.max(dim=1).values, grouped.min(dim=1).values)
+def flat_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, group_size: int,
+                aggregation: str = "sum_then_normalize") -> torch.Tensor:
+    """One bool per row: True where the row's group carries no signal under TRL's `aggregation`: its combined
+    (weighted) rewards are all equal (`sum_then_normalize`), or the weighted sum of its rewards normalized within
+    the group is (`normalize_then_sum`, within 1e-3 of the weights' total). Unscorable rows (every reward None) are
+    left out; a group of them only is flat."""
+    weights = weights.to(rewards_per_func.device)
+    unscorable = rewards_per_func.isnan().all(dim=1)
+    if aggregation == "sum_then_normalize":
+        values, atol = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1), 1e-8
+    elif aggregation == "normalize_then_sum":  # as TRL normalizes, its 1e-4 included
+        grouped = rewards_per_func.view(-1, group_size, rewards_per_func.shape[1])
+        normalized = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (
+            nanstd(grouped, dim=1, keepdim=True) + 1e-4)
+        values = (normalized.view_as(rewards_per_func) * weights.unsqueeze(0)).nansum(dim=1)
+        atol = 1e-3 * weights.abs().sum().item()
+    else:
+        raise ValueError(f"unknown multi_objective_aggregation {aggregation!r}")
+    grouped = values.masked_fill(unscorable, float("nan")).view(-1, group_size)
+    scored = ~grouped.isnan()
+    high = grouped.masked_fill(~scored, -torch.inf).max(dim=1).values
+    low = grouped.masked_fill(~scored, torch.inf).min(dim=1).values
+    flat = torch.isclose(high, low, atol=atol) | ~scored.any(dim=1)
     return flat.repeat_interleave(group_size)
+
+
+def sign_reversals(rewards_per_func: torch.Tensor, weights: torch.Tensor, correct: int,
+                   group_size: int) -> torch.Tensor:
+    """One bool per group: True where a wrong rollout (column `correct`'s raw value not above 0) has a strictly
+    higher combined (weighted) reward than a right one (above 0). Unscorable rows (every reward None) are
+    neither."""
+    combined = (rewards_per_func * weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+    scorable = ~rewards_per_func.isnan().all(dim=1)
+    right = (rewards_per_func[:, correct] > 0).view(-1, group_size)
+    wrong = scorable.view(-1, group_size) & ~right
+    grouped = combined.view(-1, group_size)
+    best_wrong = grouped.masked_fill(~wrong, -torch.inf).max(dim=1).values
+    worst_right = grouped.masked_fill(~right, torch.inf).min(dim=1).values
+    return (best_wrong > worst_right) & ~torch.isclose(best_wrong, worst_right)
+
+
+def generation_batch_index(global_step: int, micro_step: int, accumulation: int, steps_per_generation: int,
+                           iterations: int) -> int:
+    """Which generation batch of the data's order the trainer is at. TRL's `_step` (`micro_step`) counts
+    micro-steps since this process started: it restarts at 0 on resume. `global_step` counts optimizer steps and
+    is restored on resume; each is `accumulation` micro-steps, and the sampler gives one generation batch's
+    prompts for `steps_per_generation x iterations` micro-steps."""
+    micro = global_step * accumulation + micro_step % accumulation
+    return micro // (steps_per_generation * iterations)
 
 
 def _pad_to(tensor: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
@@ -106,9 +175,15 @@ class FilteringGRPOTrainer(GRPOTrainer):
             start = self.accelerator.process_index * len(inputs)
             self.samples.write(step, inputs, rewards[start:start + len(inputs)].tolist(), list(self.reward_func_names))
         group_size = self.num_generations if self.model.training else self.num_generations_eval
-        self._flat_rows = flat_groups(rewards, self.reward_weights, group_size)  # over all processes
+        self._flat_rows = flat_groups(rewards, self.reward_weights, group_size,
+                                      self.multi_objective_aggregation)  # over all processes
         self._group_size = group_size
         self._log_reward_by_calls(inputs, rewards)
+        if "correctness" in self.reward_func_names:
+            reversed_groups = sign_reversals(rewards, self.reward_weights, self.reward_func_names.index("correctness"),
+                                             group_size)  # over all processes, as the rewards are
+            self._metrics["train" if self.model.training else "eval"]["rewards/sign_reversal_frac"].append(
+                reversed_groups.float().mean().item())
         return rewards
 
     def _log_reward_by_calls(self, inputs: list[dict[str, Any]], rewards: torch.Tensor) -> None:
@@ -167,12 +242,15 @@ class FilteringGRPOTrainer(GRPOTrainer):
 
     def _fresh_inputs(self, count: int) -> list[dict[str, Any]]:
         """`count` rows: fresh prompts, each repeated `num_generations` times. In the data's order (the
-        curriculum's), the ones after this generation batch's; random ones when the dataset is shuffled."""
+        curriculum's), the ones after this generation batch's (found from the restored global step, so a resumed
+        run takes the same ones); random ones when the dataset is shuffled."""
         dataset, groups = self.train_dataset, count // self.num_generations
         if self.args.shuffle_dataset:
             picks = torch.randint(len(dataset), (groups,), generator=self._refill_generator).tolist()
         else:
-            batch = self._step // (self.args.steps_per_generation * self.num_iterations)
+            args = self.args
+            batch = generation_batch_index(self.state.global_step, self._step, args.gradient_accumulation_steps,
+                                           args.steps_per_generation, self.num_iterations)
             if batch != self._refill_batch:
                 self._refill_batch, self._refill_taken = batch, 0
             processes = self.accelerator.num_processes

@@ -45,24 +45,45 @@ def load_prompts(recipe: Recipe):
 def curriculum_order(recipe: Recipe, dataset: Any, sandbox: Sandbox, coder: Any,
                      logits_processors: list[Any] | None = None) -> Any:
     """`data.curriculum`: the problems ordered by pass rate under the starting policy (the recipe's planner, its
-    adapter included), read from `data.curriculum.path` or computed and written there first."""
+    adapter included), read from `data.curriculum.path` when its fingerprint matches this recipe's data and policy
+    (else a `ValueError` naming what differs), or computed and written there first, fingerprint beside it."""
     from datasets import Dataset
 
     from delegate.planner import Agent, AgentConfig
-    from delegate.training.curriculum import order, pass_rates, read_scored, write_scored
+    from delegate.training import curriculum
 
     spec = recipe.data.curriculum
     assert spec is not None
     path = Path(spec.path)
-    if not path.exists():
+    problems = [dict(row) for row in dataset]
+    expected = curriculum.recipe_fingerprint(recipe, problems, spec.samples, spec.drop_unsolved)
+    if path.exists():
+        curriculum.check_fingerprint(path, expected)
+    else:
         log.info("curriculum: sampling %d answers for each of %d problems -> %s", spec.samples, len(dataset), path)
         config = AgentConfig(planner=recipe.planner, coder=recipe.coder, executor=recipe.executor)
         with Agent(config, coder=coder, sandbox=sandbox, logits_processors=logits_processors) as agent:
-            scored = pass_rates(agent, [dict(row) for row in dataset], spec.samples, recipe.planner.batch_size)
-        write_scored(order(scored, spec.drop_unsolved), path)
-    rows = read_scored(path)
+            scored = curriculum.pass_rates(agent, problems, spec.samples, recipe.planner.batch_size)
+        curriculum.write_scored(curriculum.order(scored, spec.drop_unsolved), path)
+        curriculum.write_fingerprint(path, expected)
+    rows = curriculum.read_scored(path)
     log.info("curriculum: %d problems from %s, easiest first", len(rows), path)
     return Dataset.from_list([{"prompt": r.prompt, "answer": r.answer, "source": r.source} for r in rows])
+
+
+def check_aggregation(recipe: Recipe, aggregation: str) -> None:
+    """The schedule's weights are folded into each reward's output (TRL's `reward_weights` stay at 1), and
+    `normalize_then_sum` normalizes each reward within its group first, which divides a weight out: under it,
+    weights of different sizes in one stage would all count alike, so refuse them."""
+    if aggregation != "normalize_then_sum":
+        return
+    for start, weights in recipe.rewards.schedule:
+        sizes = {abs(w) for w in weights.values() if w}
+        if len(sizes) > 1:
+            raise ValueError(f"grpo.multi_objective_aggregation is normalize_then_sum, which normalizes each reward "
+                             f"within its group, and the weights (stage from step {start}: {weights}) are applied "
+                             f"inside the rewards: their sizes would be normalized away, every reward weighing "
+                             f"alike; use sum_then_normalize, or equal weights")
 
 
 @dataclass
@@ -85,6 +106,7 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     """Everything up to a ready `GRPOTrainer`. `logits_processors` reach the planner's generation (tests use them
     to script tool calls into a tiny random model)."""
     config = recipe.grpo_config()  # TRL's checks, the hardware's included, before anything heavy is loaded
+    check_aggregation(recipe, config.multi_objective_aggregation)
     rewards = scheduled_rewards(WeightSchedule(recipe.rewards.schedule), recipe.rewards.options)  # and the rewards'
     sandbox = Sandbox(recipe.executor).start()  # a fresh process, started before any CUDA work
 

@@ -7,7 +7,7 @@ tools inserted (as in GRPO). GRPO then continues that adapter (`planner.adapter`
 of its request-mode answers, and GRPO from there took even those away (bench/results/gpu-real-grpo.md); a policy
 that already delegates in some of its right answers gives GRPO something to reinforce.
 
-    python -m delegate.training.curriculum --config training/recipes/qwen2.5-0.5b-request.yaml --samples 8 \\
+    python -m delegate.training.curriculum --config training/recipes/qwen2.5-0.5b-request.yaml \\
         --out runs/curriculum/qwen2.5-0.5b-request.jsonl --trajectories runs/curriculum/request-rollouts.jsonl
     python -m delegate.training.sft --config training/recipes/qwen2.5-0.5b-request.yaml \\
         --records runs/curriculum/request-rollouts.jsonl --out runs/sft-request
