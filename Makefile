@@ -17,7 +17,7 @@ demo: install system-deps
 
 test: install-dev system-deps test-deps real-models
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not gpu"
+	$(BIN)/python -m pytest -m "not gpu" --durations=30
 
 lint: install-dev
 	$(BIN)/ruff check .
