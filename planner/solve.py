@@ -2,7 +2,8 @@
 
     python -m delegate.planner.solve --config RECIPE.yaml "What is 123456789 * 987654321?" [--show]
 
-Prints the answer; with --show, the transcript first, with requests, code and results set apart.
+Prints the answer; with --show, the transcript first, with requests, code and results set apart. Exit status: 0 with
+an answer, 1 without one, 2 for a recipe that cannot be loaded (its error on stderr, without a traceback).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import argparse
 import logging
 import sys
 
+import yaml
+
 from delegate.planner.agent import Agent
+from delegate.planner.config import AgentConfig
 from delegate.planner.trajectory import Trajectory, segments
 
 
@@ -40,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("question")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    with Agent.from_config(args.config) as agent:
+    try:
+        config = AgentConfig.from_yaml(args.config)
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # a missing file, bad YAML, a wrong field: the user's to fix
+        parser.exit(2, f"{parser.prog}: error: --config {args.config}: {exc}\n")
+    with Agent(config) as agent:
         solution = agent.solve(args.question)
         if args.show:
             print(format_transcript(solution.trajectory, agent.tokenizer))

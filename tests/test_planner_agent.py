@@ -9,7 +9,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from delegate.planner import Agent, AgentConfig
+from delegate.planner import Agent, AgentConfig, solve
+from tests.conftest import not_applicable
+from tests.helpers import alive, descendants, wait_until
 from tests.scripted import Env, Say, ScriptedText
 
 
@@ -41,17 +43,23 @@ def test_agent_from_config_solves_with_a_scripted_planner(tmp_path, tiny_model_d
 
 def test_solve_many_keeps_order(tmp_path, tiny_model_dir):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, protocol="request")
+    questions = ["first question", "second question", "third"]
     with Agent.from_config(recipe) as agent:
-        solutions = agent.solve_many(["first question", "second question", "third"])
-    assert [s.trajectory.question for s in solutions] == ["first question", "second question", "third"]
+        solutions = agent.solve_many(questions)
+        prompts = [agent.engine.prompt_ids(agent.system_prompt, q) for q in questions]
+    assert [s.trajectory.question for s in solutions] == questions
+    assert [s.trajectory.prompt_ids for s in solutions] == prompts  # each rollout ran on its own question
     assert all(s.trajectory.finish_reason is not None for s in solutions)
 
 
 def test_close_stops_what_the_agent_started(tmp_path, tiny_model_dir):
     agent = Agent.from_config(write_recipe(tmp_path / "recipe.yaml", tiny_model_dir))
     sandbox = agent.sandbox
+    started = {sandbox.server_pid, *descendants(sandbox.server_pid)}
+    assert len(started) >= 3  # bubblewrap, the server and its job processes
     agent.close()
     assert sandbox.server_pid is None
+    assert wait_until(lambda: not any(alive(pid) for pid in started)), [pid for pid in started if alive(pid)]
 
 
 @pytest.mark.parametrize("section, field, value", [("planner", "temprature", 0.5), ("coder", "modle", "x"),
@@ -77,15 +85,56 @@ def test_vllm_planner_backend_needs_vllm_and_says_how(tmp_path, tiny_model_dir):
     import importlib.util
 
     if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vLLM is installed here")
+        not_applicable("vLLM is installed here: the message for its absence cannot be shown")
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, backend="vllm")
     with pytest.raises(ImportError, match=r"pip install 'delegate-rl\[vllm\]'"):
         Agent.from_config(recipe)
 
 
-def test_command_line_prints_the_transcript_and_answer(tmp_path, tiny_model_dir):
+def test_command_line_prints_the_transcript_and_the_answer(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """`main` with a scripted planner: the transcript with the inserted result, the answer last, exit status 0."""
+    from transformers import AutoTokenizer
+
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir)
+    question = "What is 123456789 * 987654321?"
+    script = [Say("```python\nprint(123456789 * 987654321)\n```\n"), Env("\n```\n"),
+              Say("\\boxed{121932631112635269}")]
+    forcer = ScriptedText(AutoTokenizer.from_pretrained(tiny_model_dir), {})
+
+    def scripted(config):  # the agent the command line builds, given the script for its own prompt
+        agent = Agent(config, logits_processors=[forcer])
+        prompt = tuple(agent.engine.prompt_ids(agent.system_prompt, question))
+        forcer.scripts[prompt], forcer.forced[prompt] = script, []
+        return agent
+
+    monkeypatch.setattr(solve, "Agent", scripted)
+    status = solve.main(["--config", str(recipe), "--show", question])
+    out = capsys.readouterr().out
+    assert status == 0 and out.endswith("(finish: answer; tool calls: 1)\n121932631112635269\n"), out
+    assert "[inserted]```output\n121932631112635269\n```\n[/inserted]" in out
+
+
+def test_command_line_without_an_answer_says_so_and_exits_1(tmp_path, tiny_model_dir):
+    """The real command in its own process, the random tiny planner (greedy: it never answers here)."""
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, protocol="request", max_completion_tokens=24)
     done = subprocess.run([sys.executable, "-m", "delegate.planner.solve", "--config", str(recipe), "--show",
                            "What is 2 + 2?"], capture_output=True, text=True, timeout=300)
-    assert "(finish: " in done.stdout  # the random tiny planner rarely answers; the transcript is still shown
-    assert done.returncode in (0, 1) and done.stdout.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1 and done.stdout.splitlines()[-1] == "(no answer)", done.stdout
+    assert done.stdout.splitlines()[-2].startswith("(finish: length; tool calls: ")
+
+
+@pytest.mark.parametrize("broken, error", [
+    ("field", "1 validation error for AgentConfig\nplanner.temprature\n  Extra inputs are not permitted"),
+    ("file", "[Errno 2] No such file or directory: '{recipe}'")], ids=["misspelled-field", "missing-file"])
+def test_command_line_names_a_bad_recipe_without_a_traceback(tmp_path, tiny_model_dir, capsys, broken, error):
+    """Exit status 2 (not 1, which means "no answer") and the recipe's error on stderr, through argparse's exit: no
+    exception leaves `main` (in a process, a traceback)."""
+    recipe = tmp_path / "recipe.yaml"
+    if broken == "field":
+        write_recipe(recipe, tiny_model_dir, temprature=0.5)
+    with pytest.raises(SystemExit) as exited:
+        solve.main(["--config", str(recipe), "2 + 2?"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and out == ""
+    assert err.split(": error: ", 1)[1].startswith(f"--config {recipe}: " + error.format(recipe=recipe)), err

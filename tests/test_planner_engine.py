@@ -6,9 +6,10 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from delegate.coder import CoderConfig, build_coder
+from delegate.coder.core import Coder
 from delegate.executor import Sandbox, SandboxConfig
 from delegate.planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
-from delegate.planner.protocols import ASK_CODER, CODE_TAGS
+from delegate.planner.protocols import ASK_CODER, CODE_TAGS, ChatProtocol
 from tests.scripted import Env, Say, ScriptedText, Tokens
 
 SYSTEM = "Solve the problem. Delegate computation."
@@ -60,6 +61,22 @@ def coder(tiny_model_dir):
         yield c
 
 
+class OneReply:
+    """A coder backend whose model always replies with one fenced program (the real `Coder` extracts it)."""
+
+    def __init__(self, program: str) -> None:
+        self.reply = f"```python\n{program}\n```"
+
+    def complete(self, conversations):
+        return [self.reply for _ in conversations]
+
+
+@pytest.fixture(scope="module")
+def six_sevens():
+    """A coder that writes `print(6 * 7)` for any request: its result is known, 42."""
+    return Coder(CoderConfig(model="one-reply", cache_size=0), OneReply("print(6 * 7)"))
+
+
 def rollout(protocol_name, tokenizer, model, sandbox, coder, scripts: dict[str, list], limits=None, tool_chunks=1,
             **protocol_kw):
     """Run the engine on `scripts` (question -> parts); return trajectories, the forcer and the engine."""
@@ -86,29 +103,45 @@ def inserted_runs(trajectory):
     return [*runs, current] if current else runs
 
 
-def assert_token_exact(trajectory, forcer, engine):
-    """Every env_mask=1 token is the one the model sampled there (the forcer's record); every 0 token is the
-    environment's text tokenized on its own; the three lists line up."""
+def assert_token_exact(trajectory, forcer, engine, inserted: list[str] | None = None):
+    """Every env_mask=1 token is the one the model sampled there (the forcer's record); every run of 0 tokens is one
+    inserted block's text tokenized on its own by the tokenizer; the three lists line up.
+
+    `inserted`: each block's literal text, written out by the caller (`"<result>\\n42\\n</result>\\n"`), so that a
+    bug in the protocol's rendering or the engine's encoding shows. Without it, a block is the protocol's result
+    markers around the call's rendered result (chat: the template's text around it), put together here, not by
+    `render_result`."""
     t = trajectory
     assert len(t.completion_ids) == len(t.logprobs) == len(t.env_mask)
     sampled = [tok for tok, m in zip(t.completion_ids, t.env_mask, strict=True) if m == 1]
     forced = forcer.forced[tuple(t.prompt_ids)]
     assert sampled == forced[: len(sampled)]
     assert all(tok == forcer.eos for tok in forced[len(sampled):])  # only a dropped EOS after the answer
-    expected_runs = [engine._encode(engine.protocol.render_result(call.result.render(engine.limits.max_result_chars)))
-                     for call in t.tool_calls]
-    assert inserted_runs(t) == expected_runs
+    if inserted is None:
+        limit = engine.limits.max_result_chars
+        inserted = [_block(engine.protocol, call.result.render(limit)) for call in t.tool_calls]
+    runs = inserted_runs(t)
+    expected = [engine.tokenizer.encode(text, add_special_tokens=False) for text in inserted]
+    assert runs == expected, ([engine.tokenizer.decode(run) for run in runs], inserted)
     assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.env_mask, strict=True) if m == 0)
 
 
-def test_request_protocol_end_to_end(tokenizer, model, sandbox, coder):
+def _block(protocol, result: str) -> str:
+    if isinstance(protocol, ChatProtocol):
+        return protocol.before + result + protocol.after
+    return protocol.markers.result_open + result + protocol.markers.result_close
+
+
+def test_request_protocol_end_to_end(tokenizer, model, sandbox, six_sevens):
     script = [Say("I need a product. <request>the product of 6 and 7</request>"), Env("</result>\n"),
               Say("So the answer is \\boxed{42}.")]
-    (t,), forcer, engine = rollout("request", tokenizer, model, sandbox, coder, {"What is 6 times 7?": script})
+    (t,), forcer, engine = rollout("request", tokenizer, model, sandbox, six_sevens, {"What is 6 times 7?": script})
     assert t.finish_reason == "answer" and t.answer == "42" and t.violations == []
-    assert [c.request for c in t.tool_calls] == ["the product of 6 and 7"]
-    assert "<request>the product of 6 and 7</request><result>\n" in t.text and t.text.endswith("\\boxed{42}.")
-    assert_token_exact(t, forcer, engine)
+    assert [(c.request, c.code, c.result.stdout) for c in t.tool_calls] == [("the product of 6 and 7", "print(6 * 7)",
+                                                                            "42\n")]
+    assert t.text == ("I need a product. <request>the product of 6 and 7</request><result>\n42\n</result>\n"
+                      "So the answer is \\boxed{42}.")
+    assert_token_exact(t, forcer, engine, ["<result>\n42\n</result>\n"])
 
 
 def test_code_protocol_runs_the_planners_program(tokenizer, model, sandbox, coder):
@@ -119,16 +152,17 @@ def test_code_protocol_runs_the_planners_program(tokenizer, model, sandbox, code
     assert call.code == "print(123456789 * 987654321)" and call.result.stdout == "121932631112635269\n"
     assert "```\n```output\n121932631112635269\n```\n" in t.text
     assert t.answer == "121932631112635269" and t.finish_reason == "answer"
-    assert_token_exact(t, forcer, engine)
+    assert_token_exact(t, forcer, engine, ["```output\n121932631112635269\n```\n"])
 
 
-def test_chat_protocol_inserts_what_the_template_renders(tokenizer, model, sandbox, coder):
+def test_chat_protocol_inserts_what_the_template_renders(tokenizer, model, sandbox, six_sevens):
     call_json = '{"name": "ask_coder", "arguments": {"request": "6 times 7"}}'
     script = [Say(f"<tool_call>\n{call_json}\n</tool_call>"), Env("<|im_start|>assistant\n"),
               Say("The answer is \\boxed{42}.")]
-    (t,), forcer, engine = rollout("chat", tokenizer, model, sandbox, coder, {"What is 6 times 7?": script})
+    (t,), forcer, engine = rollout("chat", tokenizer, model, sandbox, six_sevens, {"What is 6 times 7?": script})
     assert [c.request for c in t.tool_calls] == ["6 times 7"] and t.answer == "42"
     rendered = t.tool_calls[0].result.render(200)
+    assert rendered == "42"
     tool_call = {"type": "function", "function": {"name": "ask_coder", "arguments": {"request": "6 times 7"}}}
     conversation = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 6 times 7?"},
                     {"role": "assistant", "content": "", "tool_calls": [tool_call]},
@@ -138,7 +172,9 @@ def test_chat_protocol_inserts_what_the_template_renders(tokenizer, model, sandb
                                              add_generation_prompt=True)
     whole = tokenizer.decode(t.prompt_ids + t.completion_ids, skip_special_tokens=False)
     assert whole == template + "The answer is \\boxed{42}."
-    assert_token_exact(t, forcer, engine)
+    # The tiny tokenizer's template (Qwen2.5's): the assistant turn ends, a user turn carries the response.
+    assert_token_exact(t, forcer, engine, ["<|im_end|>\n<|im_start|>user\n<tool_response>\n42\n</tool_response>"
+                                           "<|im_end|>\n<|im_start|>assistant\n"])
 
 
 def test_repl_preset_answers_on_the_next_line(tokenizer, model, sandbox, coder):
@@ -146,7 +182,7 @@ def test_repl_preset_answers_on_the_next_line(tokenizer, model, sandbox, coder):
     (t,), forcer, engine = rollout("repl", tokenizer, model, sandbox, None, {"2 to the 64?": script})
     assert t.text == "Let me compute.\n>>> 2**64\n18446744073709551616\n\\boxed{18446744073709551616}"
     assert t.tool_calls[0].request == "2**64" and t.answer == "18446744073709551616"
-    assert_token_exact(t, forcer, engine)
+    assert_token_exact(t, forcer, engine, ["18446744073709551616\n"])
 
 
 def test_rounds_batch_all_calls_and_let_rollouts_finish_early(tokenizer, model, sandbox, coder):
@@ -161,8 +197,9 @@ def test_rounds_batch_all_calls_and_let_rollouts_finish_early(tokenizer, model, 
     assert [t.answer for t in trajectories] == ["1", "2", "4"]
     assert [t.rounds for t in trajectories] == [1, 2, 3]
     assert counting.batches == [2, 1]  # one run_many per round, holding every call of that round
-    for t in trajectories:
-        assert_token_exact(t, forcer, engine)
+    inserted = [[], ["```output\n2\n```\n"], ["```output\n3\n```\n", "```output\n4\n```\n"]]
+    for t, blocks in zip(trajectories, inserted, strict=True):
+        assert_token_exact(t, forcer, engine, blocks)
 
 
 def test_request_calls_of_a_round_go_to_the_coder_in_one_call(tokenizer, model, sandbox, coder):
@@ -189,7 +226,7 @@ def test_tool_chunks_start_each_chunk_in_the_sandbox_before_the_coder_writes_the
     assert [t.tool_calls for t in chunked] == [t.tool_calls for t in whole]  # same programs, results, order
     assert [t.completion_ids for t in chunked] == [t.completion_ids for t in whole]
     for t in chunked:
-        assert_token_exact(t, forcer, engine)
+        assert_token_exact(t, forcer, engine, [f"<result>\n{t.tool_calls[0].result.render(200)}\n</result>\n"])
     with pytest.raises(ValueError, match="tool_chunks"):
         RolloutEngine(engine.protocol, None, tokenizer, sandbox, coder, tool_chunks=0)
 
@@ -200,7 +237,7 @@ def test_budget_exhausted_mid_request(tokenizer, model, sandbox, coder):
                                    limits=EngineLimits(max_completion_tokens=30))
     assert t.finish_reason == "length" and len(t.completion_ids) == 30 and t.tool_calls == []
     assert "unclosed_call" in t.violations and t.answer is None
-    assert_token_exact(t, forcer, engine)
+    assert_token_exact(t, forcer, engine, [])
 
 
 def test_empty_request_is_a_tool_error_the_planner_sees(tokenizer, model, sandbox, coder):
@@ -255,7 +292,7 @@ def test_non_utf8_byte_tokens_do_not_break_the_rollout(tokenizer, model, sandbox
     (t,), forcer, engine = rollout("request", tokenizer, model, sandbox, coder, {"Bytes?": script})
     assert t.tool_calls[0].request == "odd \ufffd\ufffd bytes" and t.answer == "7"
     assert byte_ff in t.completion_ids
-    assert_token_exact(t, forcer, engine)
+    assert_token_exact(t, forcer, engine, [f"<result>\n{t.tool_calls[0].result.render(200)}\n</result>\n"])
 
 
 def test_unforced_generation_logprobs_match_a_forward_pass(tokenizer, model):

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from delegate.training.rewards import (
+    FORMAT_PENALTIES,
     WeightSchedule,
     answers_match,
     correctness,
@@ -153,6 +154,37 @@ def test_schedule_errors_are_clear():
         WeightSchedule([(5, {"format": 1.0})])
     with pytest.raises(ValueError, match="unknown reward 'speed'"):
         scheduled_rewards(WeightSchedule([(0, {"speed": 1.0})]))
+
+
+def test_an_unsorted_schedule_is_refused():
+    with pytest.raises(ValueError, match="sorted by step"):
+        WeightSchedule([(0, {"correctness": 1.0}), (300, {"correctness": 2.0}), (100, {"correctness": 3.0})])
+
+
+def test_a_reward_missing_from_a_later_stage_weighs_0_there():
+    """A stage lists every weight it uses: one it leaves out is 0 from then on, not carried over from before."""
+    schedule = WeightSchedule([(0, {"format": 1.0, "correctness": 1.0}), (10, {"correctness": 1.0})])
+    funcs = {f.__name__: f for f in scheduled_rewards(schedule)}
+
+    def format_at(step: int) -> list[float]:
+        return funcs["format"]([None], ["no answer here"], trainer_state=SimpleNamespace(global_step=step),
+                               violations=[[]])
+
+    assert set(funcs) == {"format", "correctness"}
+    assert format_at(9) == [0.5] and format_at(10) == [0.0] and format_at(1000) == [0.0]
+    assert schedule.weights_at(10) == {"correctness": 1.0}
+
+
+@pytest.mark.parametrize("seen", [["planner_wrote_result", "unclosed_call"],
+                                  ["unclosed_call", "nested_open", "empty_call", "call_too_long"]])
+def test_format_is_floored_at_0(seen):
+    """Penalties that add up past 1 (here with `no_answer`, 1.8 and 1.4) give 0, never a negative score, weighted
+    or not."""
+    text = "<request>6 times"
+    assert sum(FORMAT_PENALTIES[p] for p in format_violations(text, seen)) > 1.0
+    assert format([None], [text], violations=[seen]) == [0.0]
+    (weighted,) = scheduled_rewards(WeightSchedule([(0, {"format": 2.0})]))
+    assert weighted([None], [text], violations=[seen]) == [0.0]
 
 
 def test_every_violation_has_one_format_weight():

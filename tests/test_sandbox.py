@@ -9,12 +9,14 @@ import shutil
 import signal
 import tempfile
 import time
+import uuid
 
 import pytest
 from pydantic import ValidationError
 
-from delegate.executor import ExecutionResult, Sandbox, SandboxConfig, SandboxError
+from delegate.executor import ExecutionResult, Sandbox, SandboxConfig, SandboxError, isolation
 from delegate.executor.sandbox import STALL_MARGIN_S
+from tests.conftest import not_applicable
 from tests.helpers import alive, descendants, open_fds, processes_with_cmdline, rss_kb, server_python_pid, wait_until
 
 FAST = SandboxConfig(timeout_s=3.0, grace_s=0.5, workers=2)
@@ -22,9 +24,12 @@ FAST = SandboxConfig(timeout_s=3.0, grace_s=0.5, workers=2)
 
 def test_run_returns_stdout_and_timing():
     with Sandbox(FAST) as sandbox:
+        sandbox.start()
+        start = time.monotonic()
         result = sandbox.run("print(2**100)")
+        waited = time.monotonic() - start
     assert result.status == "ok" and result.stdout == "1267650600228229401496703205376\n"
-    assert result.error is None and result.exit_code == 0 and 0 < result.duration_s < 3.0
+    assert result.error is None and result.exit_code == 0 and 0 < result.duration_s <= waited  # the job's own time
 
 
 def test_run_many_keeps_order_when_jobs_finish_out_of_order():
@@ -115,11 +120,61 @@ def test_missing_bubblewrap_refuses_to_start_and_says_how_to_fix_it(monkeypatch)
 
 def test_missing_setpriv_refuses_to_start_as_root(monkeypatch, tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("only a root caller needs setpriv to drop its identity")
+        not_applicable("only a root caller needs setpriv to drop its identity")
     (tmp_path / "bwrap").symlink_to(shutil.which("bwrap"))
     monkeypatch.setenv("PATH", str(tmp_path))  # bwrap, but no setpriv
     with pytest.raises(SandboxError, match="setpriv"):
         Sandbox(FAST).start()
+
+
+def _server_started_with(monkeypatch, prelude: str) -> str:
+    """Start the real server with `prelude` run first in its interpreter; the marker in its command line."""
+    command, env = isolation.server_command()
+    assert command[-2:] == ["-m", "executor.server"]
+    marker = f"delegate-forced-{uuid.uuid4().hex}"
+    code = f"# {marker}\n{prelude}\nimport runpy\nrunpy.run_module('executor.server', run_name='__main__')\n"
+    monkeypatch.setattr(isolation, "server_command", lambda: ([*command[:-2], "-c", code], env))
+    return marker
+
+
+def _refused(sandbox: Sandbox, marker: str) -> str:
+    """The refusal's message, once nothing of the refused server is left."""
+    with pytest.raises(SandboxError) as refused:
+        sandbox.start()
+    assert sandbox.server_pids == []
+    assert wait_until(lambda: not processes_with_cmdline(marker), timeout_s=5.0), processes_with_cmdline(marker)
+    return str(refused.value)
+
+
+def test_a_failed_seccomp_probe_refuses_to_start(monkeypatch):
+    """The server cannot build the system-call filter (libseccomp unusable): the sandbox refuses to start, saying
+    which layer and why, and a later call refuses again rather than running the code without the filter."""
+    marker = _server_started_with(monkeypatch, "import sys\nsys.modules['pyseccomp'] = None")
+    sandbox = Sandbox(FAST)
+    message = _refused(sandbox, marker)
+    assert message.startswith("the sandbox refuses to run without seccomp: seccomp: libseccomp is unusable")
+    assert "pip install pyseccomp" in message and "executor.isolation: none" in message
+    with pytest.raises(SandboxError, match="refuses to run without seccomp"):
+        sandbox.run("print('ran open')")
+
+
+def test_a_failed_job_namespace_probe_refuses_to_start(monkeypatch):
+    """The probe job cannot make its own namespaces (the kernel refuses `unshare`, as in some containers): the
+    sandbox refuses to start, naming the per-job namespaces and the seccomp filter that depends on them."""
+    marker = _server_started_with(monkeypatch, """
+import executor.isolation as iso
+real_unshare = iso.unshare
+def unshare(flags):
+    if flags & iso.CLONE_NEWNS:
+        raise OSError(1, "unshare: Operation not permitted (forced by the test)")
+    real_unshare(flags)
+iso.unshare = unshare
+""")
+    message = _refused(Sandbox(FAST), marker)
+    assert message.startswith("the sandbox refuses to run without job_namespaces, seccomp: job_namespaces: a job "
+                              "could not set up its own namespaces: PermissionError: [Errno 1] unshare: Operation not "
+                              "permitted (forced by the test); seccomp: jobs could not be set up in namespaces")
+    assert message.endswith("executor.isolation: none")
 
 
 def test_isolation_none_is_an_explicit_loud_opt_in(monkeypatch, caplog):
@@ -161,7 +216,8 @@ def test_full_isolation_is_present_here():
 
 
 def _cgroup_dirs() -> set[str]:
-    return set(glob.glob("/sys/fs/cgroup/**/delegate-sandbox-*", recursive=True))
+    """This process's sandbox groups (named after its pid: other sandboxes on the machine come and go meanwhile)."""
+    return set(glob.glob(f"/sys/fs/cgroup/**/delegate-sandbox-{os.getpid()}-*", recursive=True))
 
 
 def test_restarted_server_gets_a_fresh_cgroup_with_its_limits_and_close_removes_it():

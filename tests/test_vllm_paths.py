@@ -1,10 +1,13 @@
 """The vLLM paths, which cannot run here (vLLM is too large for these machines): our code against fakes of
-vLLM's `LLM.chat` and TRL's `VLLMClient.generate` that record what they are asked, shaped as their documented
-return values."""
+vLLM's `LLM.chat` and `SamplingParams` and of TRL's `VLLMClient.generate` (a client of a vLLM server) that record
+what they are asked, shaped as their documented return values. Only what needs vLLM is faked: TRL's trainer is the
+real one (it builds without vLLM)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
+
+import pytest
 
 from delegate.coder import CoderConfig
 from delegate.coder.core import BackendError, Coder
@@ -64,13 +67,45 @@ def test_server_generation_sends_one_request_and_cuts_each_row_to_its_budget():
     assert {g.stop for g in out} == {"length"}
 
 
-def test_the_servers_end_of_reply_set_has_the_generation_configs_ids():
-    tokenizer = SimpleNamespace(eos_token_id=151645)  # Qwen2.5-Instruct: <|im_end|>
-    trainer = SimpleNamespace(eos_token_ids=[151645, 151643])  # TRL's, from the generation config: + <|endoftext|>
-    assert ending_ids(trainer, tokenizer) == {151645, 151643}
-    generation = ServerGeneration(FakeClient(), SimpleNamespace(is_main_process=True, process_index=0),
-                                  ending_ids(trainer, tokenizer))
-    assert generation.eos_ids == {151645, 151643}
+@pytest.fixture(scope="module")
+def trainer(tiny_model_dir, tmp_path_factory):
+    """TRL's real `GRPOTrainer` on the tiny model, whose generation config ends a reply at two ids, as
+    Qwen2.5-Instruct's does (`<|im_end|>`, the tokenizer's EOS, and `<|endoftext|>`)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    args = GRPOConfig(output_dir=str(tmp_path_factory.mktemp("grpo")), use_cpu=True, report_to="none",
+                      per_device_train_batch_size=2, num_generations=2, max_completion_length=8)
+    return GRPOTrainer(model=model, reward_funcs=[lambda prompts, completions, **kwargs: [0.0] * len(prompts)],
+                       args=args, train_dataset=Dataset.from_dict({"prompt": ["a", "b"]}), processing_class=tokenizer)
+
+
+class EndingClient:
+    """`VLLMClient.generate` whose rows end with the given ids (the server stopped there)."""
+
+    def __init__(self, endings: list[int]) -> None:
+        self.endings = endings
+
+    def generate(self, prompts, n, temperature, top_p, max_tokens, logprobs, generation_kwargs):
+        ids = [[500, 501, end] for end in self.endings]
+        return {"completion_ids": ids, "logprobs": [[[-0.5] for _ in row] for row in ids]}
+
+
+def test_the_servers_end_of_reply_set_has_the_generation_configs_ids(trainer):
+    """A reply the server ended with `<|endoftext|>`, which the tokenizer does not call EOS, ends as "eos"."""
+    tokenizer = trainer.processing_class
+    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert tokenizer.eos_token_id == im_end and im_end != endoftext
+    ending = ending_ids(trainer, tokenizer)
+    assert ending == {im_end, endoftext}
+    generation = ServerGeneration(EndingClient([im_end, endoftext, 502]), trainer.accelerator, ending)
+    out = generation.generate([[1], [2], [3]], [10, 10, 10], [])
+    assert [g.stop for g in out] == ["eos", "eos", "stop"] and [g.token_ids[-1] for g in out] == [im_end, endoftext,
+                                                                                                   502]
 
 
 def test_the_planners_no_tools_ban_rides_on_each_request(monkeypatch):
