@@ -385,7 +385,11 @@ def test_every_checkpoint_is_an_agent_and_resume_continues_from_the_latest(tmp_p
         config = AgentConfig.from_yaml(checkpoint / "agent.yaml")
         assert config.planner.adapter == str(checkpoint.resolve())
         assert (checkpoint / "adapter_model.safetensors").exists()
+    scored_at: list[int] = []  # the global step at each scoring of the resumed run
+    monkeypatch.setitem(REWARDS, "digits", lambda prompts, completions, trainer_state, **kwargs:
+                        scored_at.append(trainer_state.global_step) or digits(prompts, completions))
     grpo.main(["--config", str(path), "--resume", "--set", "grpo.max_steps=3"])
+    assert scored_at == [2]  # one step, the third: a restart from step 0 would sample steps 0 and 1 again
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and len(state["log_history"]) >= 3  # steps 1-2 carried over, then 3
     assert (out / "curves.png").stat().st_size > 10_000  # the training curves, redrawn at each checkpoint
@@ -396,14 +400,31 @@ def test_every_checkpoint_is_an_agent_and_resume_continues_from_the_latest(tmp_p
         grpo.main(["--config", str(write_recipe(tmp_path / "fresh", tiny_model_dir)), "--resume"])
 
 
-def test_the_coder_goes_on_this_processs_device(tmp_path, tiny_model_dir, monkeypatch):
-    """`coder.device: auto` in training is the trainer's device for this process (accelerate's local rank), not
-    the first GPU for every rank; here, with `use_cpu`, the CPU (two GPUs are needed to see the rank's card)."""
+def test_an_auto_coder_goes_on_this_processs_device():
+    """`coder.device: auto` in training is the trainer's device for this process (accelerate's local rank): on the
+    second process of a two-GPU run, `cuda:1`, not the first GPU for every rank. An explicit device, and a coder
+    that is not local, stay as the recipe says."""
+    from delegate.coder import CoderConfig
+
+    second_rank = torch.device("cuda", 1)  # the trainer's `args.device` on local rank 1 (no GPU needed to name it)
+    assert grpo.coder_for_process(CoderConfig(device="auto"), second_rank).device == "cuda:1"
+    assert grpo.coder_for_process(CoderConfig(device="cuda:0"), second_rank).device == "cuda:0"
+    served = CoderConfig(backend="openai", base_url="http://localhost:8000/v1")
+    assert grpo.coder_for_process(served, second_rank) == served
+
+
+def test_training_builds_the_coder_for_the_trainers_device(tmp_path, tiny_model_dir, monkeypatch):
+    """`build` places the coder with `coder_for_process` and the trainer's own device for this process (here, with
+    `use_cpu`, the CPU: the choice for another rank's card is the test above)."""
+    asked: list = []
+    choose = grpo.coder_for_process
+    monkeypatch.setattr(grpo, "coder_for_process", lambda coder, device: asked.append(device) or choose(coder, device))
     monkeypatch.setitem(REWARDS, "digits", digits)
     recipe = Recipe.from_yaml(write_recipe(tmp_path, tiny_model_dir),
                               ["coder.device=auto", "planner.protocol=request"])
     run = grpo.build(recipe)
     try:
+        assert asked == [run.trainer.args.device]
         assert str(run.coder.backend.device) == str(run.trainer.args.device) == "cpu"
     finally:
         run.close()

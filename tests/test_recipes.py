@@ -41,7 +41,20 @@ def test_seed_recipe_matches_the_seed():
 
 @pytest.mark.parametrize("protocol", ["request", "code", "chat", "repl"])
 def test_tiny_recipe_trains_in_every_protocol(tmp_path, tiny_model_dir, protocol, monkeypatch):
+    """One step of the shipped tiny recipe updates the adapter it saves (an untrained LoRA saves one too). The random
+    tiny model earns its rewards alike in a group (no answer, no call), which carries no signal: a term that grows
+    with the reply's length is added to the recipe's own rewards, so that the step has something to learn."""
+    from safetensors.torch import load_file
+
+    from delegate.training.recipe import RewardsSection
+    from delegate.training.rewards import REWARDS
+
+    monkeypatch.setitem(REWARDS, "text_length", lambda prompts, completions, **kwargs:
+                        [len(str(c)) / 100 for c in completions])
     data = yaml.safe_load((ROOT / "training" / "recipes" / "tiny-cpu.yaml").read_text())
+    rewards = data.get("rewards", {})
+    data["rewards"] = {**rewards, "schedule": [[start, {**weights, "text_length": 0.01}] for start, weights
+                                               in rewards.get("schedule") or RewardsSection().schedule]}
     data["planner"].update(model=str(tiny_model_dir), protocol=protocol)
     data["coder"]["model"] = str(tiny_model_dir)
     data["data"]["path"] = str(ROOT / data["data"]["path"])
@@ -50,7 +63,9 @@ def test_tiny_recipe_trains_in_every_protocol(tmp_path, tiny_model_dir, protocol
     recipe.write_text(yaml.safe_dump(data))
     monkeypatch.chdir(tmp_path)  # works from any working directory
     out = grpo.main(["--config", str(recipe)])
-    assert (out / "adapter_model.safetensors").exists() and (out / "agent.yaml").exists()
+    assert (out / "agent.yaml").exists()
+    lora_b = [v for k, v in load_file(str(out / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # PEFT starts every lora_B at zero: the step moved it
 
 
 def recipe_with(**planner) -> dict:

@@ -48,18 +48,23 @@ def sampled_records(recipe_path, tmp_path):
     return write_records(tmp_path / "rollouts.jsonl", rows), rows
 
 
-def completion_logprob(model, example: sft.Example) -> float:
-    """The summed log-probability of the example's loss tokens under `model`."""
-    ids = torch.tensor([example.input_ids])
+def loss_logprob(model, input_ids: list[int], labels: list[int]) -> float:
+    """The summed log-probability under `model` of the tokens a batch trains on (its labels other than -100)."""
+    ids = torch.tensor([input_ids])
     with torch.no_grad():
         logps = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
-    targets, mask = ids[0, 1:], torch.tensor(example.completion_mask[1:], dtype=torch.bool)
+    targets, mask = ids[0, 1:], torch.tensor(labels[1:]) != -100
     return logps.gather(1, targets[:, None])[:, 0][mask].sum().item()
 
 
-def test_warm_start_keeps_right_delegating_answers_and_trains_on_their_sampled_tokens(tmp_path, tiny_model_dir):
+def test_warm_start_keeps_right_delegating_answers_and_trains_on_their_sampled_tokens(tmp_path, tiny_model_dir,
+                                                                                       monkeypatch):
+    """The batches `training.sft` hands the trainer (recorded at its `compute_loss`) hold the kept rollout token
+    for token, with labels on the planner's own tokens and the EOS only: the prompt and the tool's inserted result
+    are -100; and the trained adapter makes those tokens likelier."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+    from trl import SFTTrainer
 
     recipe_path = write_recipe(tmp_path, tiny_model_dir)
     path, rows = sampled_records(recipe_path, tmp_path)
@@ -67,22 +72,31 @@ def test_warm_start_keeps_right_delegating_answers_and_trains_on_their_sampled_t
         True, False, True]
     assert [sft.why_not(r) for r in rows] == [None, "wrong or unchecked answer", "too few tool calls"]
 
+    batches: list[tuple[list[int], list[int]]] = []
+    compute_loss = SFTTrainer.compute_loss
+
+    def record(self, model, inputs, *args, **kwargs):
+        batches.extend(zip(inputs["input_ids"].tolist(), inputs["labels"].tolist(), strict=True))
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", record)
     out = sft.main(["--config", str(recipe_path), "--records", str(path), "--out", str(tmp_path / "warm"),
                     "--epochs", "8", "--learning-rate", "0.05", "--batch-size", "1"])
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     kept = rows[0]
-    example = sft.example(kept, kept["prompt_ids"], tokenizer.eos_token_id, {tokenizer.eos_token_id})
-    prompt = len(kept["prompt_ids"])
-    assert example.input_ids[:prompt + len(kept["completion_ids"])] == kept["prompt_ids"] + kept["completion_ids"]
-    assert example.completion_mask[:prompt] == [0] * prompt  # the prompt is out of the loss
-    assert example.completion_mask[prompt:prompt + len(kept["env_mask"])] == kept["env_mask"]  # so is the result
-    assert 0 in kept["env_mask"] and example.completion_mask[-1] == 1  # the EOS it ends with is in it
+    prompt, completion, env_mask = kept["prompt_ids"], kept["completion_ids"], kept["env_mask"]
+    assert len(batches) == 8 and all(batch == batches[0] for batch in batches)  # the one kept rollout, 8 epochs
+    input_ids, labels = batches[0]
+    assert input_ids[:len(prompt) + len(completion)] == prompt + completion  # token for token as sampled
+    appended = len(input_ids) - len(prompt) - len(completion)  # the EOS, when the engine stopped the rollout
+    assert 0 in env_mask and 1 in env_mask and appended in (0, 1)
+    trained = [label != -100 for label in labels]
+    assert trained == [False] * len(prompt) + [mask == 1 for mask in env_mask] + [True] * appended
+    assert all(label == token for label, token in zip(labels, input_ids, strict=True) if label != -100)
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    before = completion_logprob(base, example)
+    before = loss_logprob(AutoModelForCausalLM.from_pretrained(tiny_model_dir), input_ids, labels)
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
-    assert completion_logprob(tuned, example) > before + 1.0  # the kept trajectory became likelier
+    assert loss_logprob(tuned, input_ids, labels) > before + 1.0  # the kept trajectory became likelier
     agent = yaml.safe_load((out / "agent.yaml").read_text())
     assert agent["planner"]["adapter"] == str(out.resolve())  # what GRPO continues with planner.adapter
 

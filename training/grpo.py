@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable fr
 import yaml
 from transformers import TrainerCallback
 
-from delegate.coder import build_coder
+from delegate.coder import CoderConfig, build_coder
 from delegate.executor import Sandbox
 from delegate.planner import build_protocol
 from delegate.training.curves import plot_history
@@ -119,12 +119,7 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     planner = recipe.planner
     tokenizer = AutoTokenizer.from_pretrained(planner.model)
     protocol = build_protocol(planner.protocol, planner.markers, planner.max_request_chars, tokenizer)
-    coder_config = recipe.coder
-    if coder_config.backend == "transformers" and coder_config.device == "auto":
-        # This process's device (accelerate's local rank), not the first GPU for every rank: the coder's "auto"
-        # alone would put every rank's coder on cuda:0.
-        coder_config = coder_config.model_copy(update={"device": str(config.device)})
-    coder = build_coder(coder_config) if protocol.uses_coder else None
+    coder = build_coder(coder_for_process(recipe.coder, config.device)) if protocol.uses_coder else None
     dataset = load_prompts(recipe)
     if recipe.data.curriculum is not None:
         dataset = curriculum_order(recipe, dataset, sandbox, coder, logits_processors)
@@ -146,6 +141,15 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
                                    filter_groups=recipe.groups.filter, refill=recipe.groups.refill,
                                    refill_max_rounds=recipe.groups.refill_max_rounds, samples=samples)
     return Run(recipe, trainer, rollout, sandbox, coder)
+
+
+def coder_for_process(coder: CoderConfig, device: Any) -> CoderConfig:
+    """The coder's config for this process: a local (`transformers`) coder on `auto` goes on `device`, the trainer's
+    device for this process (accelerate's local rank), not on the first GPU for every rank as the coder's `auto`
+    alone would put it; any other choice is the recipe's."""
+    if coder.backend == "transformers" and coder.device == "auto":
+        return coder.model_copy(update={"device": str(device)})
+    return coder
 
 
 def planner_dtype(planner: Any, half: bool) -> Any:
