@@ -150,3 +150,18 @@ def test_a_resumed_step_equals_the_uninterrupted_one(killed_and_resumed):
         for key in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(optimizer[index][key], moments[key], rtol=1e-5, atol=1e-15,
                                        msg=f"{index} {key}")
+
+
+def test_resume_skips_a_checkpoint_killed_while_it_was_written(tmp_path):
+    from delegate.training.grpo import latest_complete_checkpoint
+
+    for step, state in ((1, "{}"), (2, '{"global_step": 2}'), (3, '{"global_st'), (4, None)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"x")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-10.tmp").mkdir()  # not a checkpoint: no step number
+    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        latest_complete_checkpoint(tmp_path / "checkpoint-4")

@@ -8,6 +8,7 @@ TRL's `GRPOTrainer` with LoRA on the planner only; train; save the adapter and a
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -195,11 +196,31 @@ class AgentRecipeOnSave(TrainerCallback):
             plot_history(state.log_history, Path(args.output_dir) / "curves.png", args.output_dir)
 
 
+def latest_complete_checkpoint(output_dir: Path) -> Path:
+    """The newest `checkpoint-N` in `output_dir` that was written to the end. transformers writes
+    `trainer_state.json` after the adapter, optimizer, scheduler and RNG state, and on resume takes the newest
+    folder whatever it holds: a run killed while saving would restart from step 0 with no optimizer state."""
+    found = sorted((int(p.name.split("-")[-1]), p) for p in output_dir.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[-1].isdigit())
+    for _, path in reversed(found):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            log.warning("resume: %s was not written to the end (no readable trainer_state.json); skipping it", path)
+            continue
+        return path
+    raise ValueError(f"resume: no complete checkpoint in {output_dir} (a checkpoint-N folder with its "
+                     "trainer_state.json): nothing to resume from")
+
+
 def train(run: Run) -> Path:
     """Train (from the latest checkpoint with `grpo.resume_from_checkpoint: true`, or `--resume`), then save the
     adapter and an agent recipe (`agent.yaml`) that loads it."""
     trainer, recipe = run.trainer, run.recipe
-    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    resume = trainer.args.resume_from_checkpoint
+    if resume is True or resume == "true":  # TRL's config may keep the flag as given
+        resume = str(latest_complete_checkpoint(Path(trainer.args.output_dir)))
+    trainer.train(resume_from_checkpoint=resume)
     out = Path(trainer.args.output_dir)
     trainer.save_model(str(out))
     if trainer.accelerator.is_main_process:
