@@ -11,6 +11,7 @@ run in the sandbox; a program is exact when its output equals the step's value (
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import re
@@ -36,7 +37,8 @@ def requests(gsm8k: Path, count: int, seed: int) -> dict[str, list[tuple[str, st
             problem = bigvalue.rebuild(row["question"], row["answer"], seed)
         except bigvalue.NotReplayable:
             continue
-        steps = [(e, v) for e, v in problem.steps if re.search(r"\d{9}", e)]
+        exact = list(itertools.takewhile(lambda s: "/" not in s[1], problem.steps))  # up to a first non-decimal
+        steps = [(e, v) for e, v in exact if re.search(r"\d{9}", e)]
         long = [s for s in steps if significant_digits(s[1]) > 28]
         short = [s for s in steps if significant_digits(s[1]) <= 28]
         if long:

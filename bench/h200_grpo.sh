@@ -191,7 +191,9 @@ start() {
   echo "$(date +%T) phase 1: curricula"
   for mode in request code; do
     needs_curriculum $mode || continue
-    if [ -n "${CURRICULA:-}" ] && [ -s "$CURRICULA/curriculum-$mode.jsonl" ]; then
+    # a previous block's curriculum, with its fingerprint (training refuses one without, or built for other data)
+    if [ -n "${CURRICULA:-}" ] && [ -s "$CURRICULA/curriculum-$mode.jsonl" ] && \
+        [ -s "$CURRICULA/curriculum-$mode.jsonl.meta.json" ]; then
       cp "$CURRICULA/curriculum-$mode.jsonl" "$CURRICULA/curriculum-$mode.jsonl.meta.json" "$R/"  # and its fingerprint
       continue
     fi

@@ -48,7 +48,7 @@ class Agent:
             tokenizer = AutoTokenizer.from_pretrained(planner.model)
         self.tokenizer = tokenizer
         self.protocol = build_protocol(planner.protocol, planner.markers, planner.max_request_chars, tokenizer)
-        if coder is None and self.protocol.uses_coder:
+        if coder is None and self.protocol.uses_coder and planner.tools:  # no tools, no coder to load
             coder = self._own(build_coder(config.coder))
         self.coder = coder
         self.generator = generator or self._generator(model, logits_processors)

@@ -63,8 +63,8 @@ class RolloutEngine:
         `tool_chunks`: see the module's docstring (an executor without `start_many` runs each round at once)."""
         if tool_chunks < 1:
             raise ValueError(f"tool_chunks must be at least 1, not {tool_chunks}")
-        if protocol.uses_coder and coder is None:
-            raise ValueError(f"the {protocol.name!r} protocol needs a coder")
+        if protocol.uses_coder and coder is None and (limits is None or limits.max_tool_calls > 0):
+            raise ValueError(f"the {protocol.name!r} protocol needs a coder (unless no call is allowed)")
         self.protocol = protocol
         self.generator = generator
         self.tokenizer = tokenizer

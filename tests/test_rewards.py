@@ -268,3 +268,19 @@ def test_a_box_printed_by_a_tool_is_never_the_planners(code_rollout):
     assert format([None, None], texts, violations=out["violations"]) == [pytest.approx(0.9), 1.0]  # no planner_text
     assert correctness([None, None], texts, answer=["7", "7"], **fields) == [0.0, 0.0]
     assert tool_use([None, None], texts, **fields) == [pytest.approx(0.1)] * 2
+
+
+def test_negative_weights_and_penalties_are_refused():
+    # the sign-reversal bounds take weights and penalties as 0 or more; a negative one would slip past them
+    with pytest.raises(ValueError, match=r"tool_use weighs -2\.0 from step 0: weights are 0 or more"):
+        WeightSchedule([(0, {"correctness": 1.0, "tool_use": -2.0})])
+    with pytest.raises(ValueError, match="repeated_call costs -1"):
+        format([None], ["\\boxed{1}"], penalties={"repeated_call": -1})
+
+
+def test_each_weighted_reward_says_its_weight_at_a_step():
+    # the trainer reads it to log sign reversals only where correctness weighs something
+    funcs = scheduled_rewards(WeightSchedule([(0, {"correctness": 0.0, "format": 1.0}), (5, {"correctness": 1.0})]))
+    weights = {f.__name__: f.weight_at for f in funcs}
+    assert [weights["correctness"](s) for s in (0, 5)] == [0.0, 1.0]
+    assert [weights["format"](s) for s in (0, 5)] == [1.0, 0.0]

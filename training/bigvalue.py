@@ -50,7 +50,11 @@ _STEP = re.compile(r"<<([^=<>]*)=([^<>]*)>>")
 # A fraction (1/4, 3 / 5) or a clock time or ratio (3:30, 2:1): both parts stay as written.
 _FRACTION = re.compile(r"(?<![\w.,/])(\d+)\s*/\s*(\d+)(?![\w/]|[.,]\d)")
 _TIME = re.compile(r"(?<![\w.,:])(\d+):(\d+)(?![\w:]|[.,]\d)")
-_ROUNDING = re.compile(r"\bround(?:ed|ing)?\b(?! trip)|\bnearest\b", re.I)
+_ROUNDING = re.compile(r"\bround(?:ed|ing)? (?:to|up|down|off)\b|\bnearest\b", re.I)
+_DENOMINATORS = {"halve": 2, "half": 2, "third": 3, "quarter": 4, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
+                 "eighth": 8, "ninth": 9, "tenth": 10}
+_FRACTION_WORD = re.compile(r"[\s-]+(halves|thirds?|quarters?|fourths?|fifths?|sixths?|sevenths?|eighths?|ninths?|"
+                            r"tenths?)\b", re.I)
 _PERCENT_WORD = re.compile(r"\s*(?:percent|per cent)\b", re.I)
 # Where a clause of a solution's words ends: a sentence, a line, a colon or comma before a space.
 _CLAUSE_END = re.compile(r"(?<=[.:;,])\s+|\n")
@@ -93,9 +97,6 @@ _CONSTANT_PHRASES = {"round trip": (2,), "round-trip": (2,), "each way": (2,), "
 # third; percentages and units are cued by their signs and words above). A question number of this value that
 # the chain uses more often than the question writes it may be such a constant: the problem is dropped.
 _LIKELY_CONSTANTS = frozenset(Fraction(v) for v in (2, 3, 4))
-
-
-STRICT = True
 
 
 # GSM8K rows whose own worked solution is wrong (sha256 of the question, first 12 hex digits): found by reading
@@ -157,7 +158,11 @@ def literals(question: str) -> tuple[list[Literal], set[Fraction]]:
             found.append(Literal(m.start(), m.end(), value, len(frac) - 1 if frac else 0))
     for m in _WORD.finditer(question):
         value = Fraction(_CARDINALS[m.group(1).lower()])
-        if value <= 1:
+        part = _FRACTION_WORD.match(question, m.end())
+        if part:  # "two thirds": a fraction, kept as written (2, 3 and 2/3)
+            bottom = _DENOMINATORS[part.group(1).lower().rstrip("s")]
+            constants |= {value, Fraction(bottom), value / bottom}
+        elif value <= 1:
             constants.add(value)
         else:
             found.append(Literal(m.start(), m.end(), value, 0, word=True))
@@ -259,7 +264,8 @@ def final_answer(answer: str) -> Fraction:
 
 def plan(question: str, answer: str) -> tuple[list[Literal], list[Step], list[list[tuple[str, Fraction]]], int]:
     """Check the chain and say where each step's numbers come from: ("q", value) or ("s", index of the step).
-    The literals returned are the ones to enlarge: those whose value the chain uses; the others stay as written."""
+    The literals returned are the ones to enlarge (every quantity the question writes: a problem with one the
+    chain does not use is dropped)."""
     (found, constants), chain = literals(question), steps(answer)
     arithmetic = outside_arithmetic(answer)
     if arithmetic is not None:
@@ -331,11 +337,19 @@ def terminating(value: Fraction, max_places: int = 6) -> bool:
 
 
 def decimal(value: Fraction) -> str:
-    """A terminating fraction as a plain decimal string (no exponent, no trailing zeros)."""
+    """A terminating fraction as a plain decimal string (no exponent, no trailing zeros); any other as `p/q`, exact
+    (a step of a chain may pass through a third)."""
     sign, value = ("-" if value < 0 else ""), abs(value)
+    d = value.denominator
+    while d % 2 == 0:
+        d //= 2
+    while d % 5 == 0:
+        d //= 5
+    if d != 1:
+        return f"{sign}{value.numerator}/{value.denominator}"
     whole, rest = divmod(value.numerator, value.denominator)
     places = ""
-    while rest and len(places) < 30:
+    while rest:
         rest *= 10
         digit, rest = divmod(rest, value.denominator)
         places += str(digit)
@@ -388,21 +402,21 @@ def audit_sheet(rows: list[dict], count: int, seed: int = 0, sample_seed: int = 
     """`count` kept problems drawn at random (by `sample_seed`) as a Markdown sheet for a person to read each new
     question against its answer: the original, the rebuilt question, the replayed chain and a verdict line."""
     kept = []
-    for row in rows:
+    for index, row in enumerate(rows):
         try:
-            kept.append((row, rebuild(row["question"], row["answer"], seed)))
+            kept.append((index, row, rebuild(row["question"], row["answer"], seed)))
         except NotReplayable:
             continue
     # Ranked by a hash of the question, so a change to the rules keeps every still-kept problem of an earlier sheet.
-    rank = sorted(range(len(kept)), key=lambda i: hashlib.sha256(f"{sample_seed}\0{kept[i][0]['question']}"
+    rank = sorted(range(len(kept)), key=lambda i: hashlib.sha256(f"{sample_seed}\0{kept[i][1]['question']}"
                                                                    .encode()).hexdigest())
     picks = sorted(rank[:count])
     lines = [f"{len(picks)} of {len(kept)} kept problems (big-value seed {seed}, sample seed {sample_seed}).", ""]
     for n, i in enumerate(picks, 1):
-        row, problem = kept[i]
+        index, row, problem = kept[i]
         chain = "; ".join(f"{expr} = {value}" for expr, value in problem.steps)
         gold = row["answer"].rsplit("####", 1)[-1].strip()
-        lines += [f"## {n}. row {rows.index(row)}", "", f"- original: {row['question']}",
+        lines += [f"## {n}. row {index}", "", f"- original: {row['question']}",
                   f"- original answer: {gold}", f"- rebuilt: {problem.question}",
                   f"- chain: {chain}", f"- answer: {problem.answer}", "- verdict: ", ""]
     return "\n".join(lines)

@@ -45,9 +45,9 @@ How a removed group weighs in TRL's loss (1.16), by `loss_type` (removed rows ha
 With `refill`, the removed rows are replaced and no loss type is diluted.
 
 `rewards/sign_reversal_frac`: the share of the step's scored groups in which a wrong rollout (the `correctness`
-reward's raw value not above 0) has a strictly higher combined reward than a right one (`sign_reversals`); logged
-when a reward is named `correctness`. The recipe's check bounds what a stage's weights allow; this counts what
-the sampled rollouts did.
+reward's weighted value not above 0) has a strictly higher combined reward than a right one (`sign_reversals`);
+logged once per step when a reward is named `correctness` and weighs more than 0 then. The recipe's check bounds
+what a stage's weights allow; this counts what the sampled rollouts did.
 """
 
 from __future__ import annotations
@@ -154,6 +154,7 @@ class FilteringGRPOTrainer(GRPOTrainer):
             raise ValueError("refill replaces the groups that filtering removes: it needs filter_groups")
         self.filter_groups, self.samples = filter_groups, samples
         self.all_removed_streak = 0  # generation batches in a row whose every group scored the same
+        self._reversals_logged: tuple[str, int] | None = None  # the (mode, step) whose sign reversals are logged
         self._configure_refill(refill, refill_max_rounds)
 
     def _configure_refill(self, refill: bool, max_rounds: int) -> None:
@@ -179,12 +180,22 @@ class FilteringGRPOTrainer(GRPOTrainer):
                                       self.multi_objective_aggregation)  # over all processes
         self._group_size = group_size
         self._log_reward_by_calls(inputs, rewards)
-        if "correctness" in self.reward_func_names:
-            reversed_groups = sign_reversals(rewards, self.reward_weights, self.reward_func_names.index("correctness"),
-                                             group_size)  # over all processes, as the rewards are
-            self._metrics["train" if self.model.training else "eval"]["rewards/sign_reversal_frac"].append(
-                reversed_groups.float().mean().item())
+        self._log_sign_reversals(rewards, group_size)
         return rewards
+
+    def _log_sign_reversals(self, rewards: torch.Tensor, group_size: int) -> None:
+        """`rewards/sign_reversal_frac`, once per step and mode (a refill round scores again), when a reward is
+        named `correctness` and weighs more than 0 at this step (else nothing counts as right)."""
+        if "correctness" not in self.reward_func_names:
+            return
+        index = self.reward_func_names.index("correctness")
+        weight_at = getattr(self.reward_funcs[index], "weight_at", None)
+        step, mode = self.state.global_step, "train" if self.model.training else "eval"
+        if (weight_at is not None and weight_at(step) <= 0) or self._reversals_logged == (mode, step):
+            return
+        self._reversals_logged = (mode, step)
+        reversed_groups = sign_reversals(rewards, self.reward_weights, index, group_size)  # over all processes
+        self._metrics[mode]["rewards/sign_reversal_frac"].append(reversed_groups.float().mean().item())
 
     def _log_reward_by_calls(self, inputs: list[dict[str, Any]], rewards: torch.Tensor) -> None:
         """`rewards/with_calls` and `rewards/without_calls`: the mean combined reward of the rollouts that called a

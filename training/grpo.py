@@ -120,7 +120,8 @@ def build(recipe: Recipe, logits_processors: list[Any] | None = None) -> Run:
     planner = recipe.planner
     tokenizer = AutoTokenizer.from_pretrained(planner.model)
     protocol = build_protocol(planner.protocol, planner.markers, planner.max_request_chars, tokenizer)
-    coder = build_coder(coder_for_process(recipe.coder, config.device)) if protocol.uses_coder else None
+    coder = build_coder(coder_for_process(recipe.coder, config.device)) \
+        if protocol.uses_coder and planner.tools else None  # no tools, no calls: no coder to load
     dataset = load_prompts(recipe)
     if recipe.data.curriculum is not None:
         dataset = curriculum_order(recipe, dataset, sandbox, coder, logits_processors)

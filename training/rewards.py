@@ -123,6 +123,10 @@ def format(prompts: list[Any], completions: list[Any], violations: Sequence[Sequ
 
 def _checked_penalties(penalties: dict[str, float] | None) -> dict[str, float]:
     unknown = sorted(set(penalties or {}) - set(FORMAT_PENALTIES))
+    negative = sorted(name for name, cost in (penalties or {}).items() if cost < 0)
+    if negative:  # a negative penalty would lift format above 1, past the bounds the reversal check assumes
+        raise ValueError(f"rewards.options.format.penalties: {negative[0]} costs {penalties[negative[0]]}: a penalty "
+                         "is 0 or more")
     if unknown:
         raise ValueError(f"rewards.options.format.penalties: unknown violation {unknown[0]!r}; known: "
                          f"{', '.join(FORMAT_PENALTIES)}")
@@ -260,6 +264,11 @@ class WeightSchedule:
     def __init__(self, stages: Sequence[tuple[int, dict[str, float]]]) -> None:
         if not stages or sorted(s for s, _ in stages) != [s for s, _ in stages] or stages[0][0] != 0:
             raise ValueError("a weight schedule is a list of (from_step, weights) sorted by step, starting at 0")
+        negative = [(start, name, w) for start, weights in stages for name, w in weights.items() if w < 0]
+        if negative:  # a negative weight turns a reward into a penalty the reversal bounds do not cover
+            start, name, weight = negative[0]
+            raise ValueError(f"rewards.schedule: {name} weighs {weight} from step {start}: weights are 0 or more "
+                             "(price a behaviour by the reward's own options instead)")
         self.stages = list(stages)
 
     def weights_at(self, step: int) -> dict[str, float]:
@@ -289,6 +298,7 @@ def scheduled_rewards(schedule: WeightSchedule, options: dict[str, dict[str, Any
             return [weight * score for score in _base(prompts, completions, **kwargs)]
 
         weighted.__name__ = name  # TRL logs each reward under its function's name
+        weighted.weight_at = lambda step, _name=name: schedule.weights_at(step).get(_name, 0.0)  # type: ignore
         funcs.append(weighted)
     return funcs
 
