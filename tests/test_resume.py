@@ -156,7 +156,7 @@ def test_a_resumed_step_equals_the_uninterrupted_one(killed_and_resumed):
 
 
 def test_resume_skips_a_checkpoint_killed_while_it_was_written(tmp_path):
-    from delegate.training.grpo import latest_complete_checkpoint
+    from delegate.training.checkpoints import latest_complete_checkpoint
 
     for step, state in ((1, "{}"), (2, '{"global_step": 2}'), (3, '{"global_st'), (4, None)):
         folder = tmp_path / f"checkpoint-{step}"

@@ -8,7 +8,6 @@ TRL's `GRPOTrainer` with LoRA on the planner only; train; save the adapter and a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from transformers import TrainerCallback
 from delegate.coder import CoderConfig, build_coder
 from delegate.executor import Sandbox
 from delegate.planner import build_protocol
+from delegate.training.checkpoints import latest_complete_checkpoint
 from delegate.training.curves import plot_history
 from delegate.training.data import load_problems
 from delegate.training.recipe import Recipe
@@ -195,23 +195,6 @@ class AgentRecipeOnSave(TrainerCallback):
         if state.is_world_process_zero and checkpoint.is_dir():
             write_agent_recipe(self.recipe, checkpoint)
             plot_history(state.log_history, Path(args.output_dir) / "curves.png", args.output_dir)
-
-
-def latest_complete_checkpoint(output_dir: Path) -> Path:
-    """The newest `checkpoint-N` in `output_dir` that was written to the end. transformers writes
-    `trainer_state.json` after the adapter, optimizer, scheduler and RNG state, and on resume takes the newest
-    folder whatever it holds: a run killed while saving would restart from step 0 with no optimizer state."""
-    found = sorted((int(p.name.split("-")[-1]), p) for p in output_dir.glob("checkpoint-*")
-                   if p.is_dir() and p.name.split("-")[-1].isdigit())
-    for _, path in reversed(found):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            log.warning("resume: %s was not written to the end (no readable trainer_state.json); skipping it", path)
-            continue
-        return path
-    raise ValueError(f"resume: no complete checkpoint in {output_dir} (a checkpoint-N folder with its "
-                     "trainer_state.json): nothing to resume from")
 
 
 def train(run: Run) -> Path:
