@@ -11,9 +11,12 @@ from transformers import LogitsProcessor
 
 from delegate.planner import Agent, AgentConfig
 from delegate.planner.protocols import CODE_TAGS
-from delegate.training import evaluate, stats
+from delegate.training import evaluate, stats, view
 from delegate.training.records import read_records
+from tests import test_view
 from tests.scripted import Env, Say, ScriptedText
+
+browser = test_view.browser  # the viewer's headless Chromium fixture
 
 PROBLEMS = [  # question, reference, source, the planner's script
     ("What is 6 times 7?", "42", "easy", [Say("<code>\nprint(6 * 7)\n</code>"), Env("</result>\n"),
@@ -25,14 +28,18 @@ PROBLEMS = [  # question, reference, source, the planner's script
 ]
 
 
-@pytest.fixture
-def setup(tmp_path, tiny_model_dir):
-    recipe = tmp_path / "recipe.yaml"
+def write_recipe(recipe, tiny_model_dir):
     recipe.write_text(yaml.safe_dump({
         "planner": {"model": str(tiny_model_dir), "device": "cpu", "protocol": "code", "max_completion_tokens": 64,
                     "markers": CODE_TAGS.model_dump()},  # the forcer below writes `<code>` token by token
         "coder": {"model": str(tiny_model_dir), "device": "cpu"},
         "executor": {"timeout_s": 5.0, "workers": 2}}))
+    return recipe
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_model_dir):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir)
     data = tmp_path / "problems.jsonl"
     data.write_text("".join(json.dumps({"prompt": q, "answer": a, "source": s}) + "\n" for q, a, s, _ in PROBLEMS))
     with Agent(AgentConfig.from_yaml(recipe)) as probe:
@@ -149,3 +156,125 @@ def test_compare_refuses_runs_over_different_problems(tmp_path):
 def test_default_folder_names_the_agent():
     assert evaluate.agent_name("runs/qwen2.5-0.5b-request/agent.yaml") == "qwen2.5-0.5b-request"
     assert evaluate.agent_name("training/recipes/toy-request.yaml") == "toy-request"
+
+
+# --- behaviour metrics and the generated suites, on trajectories the real engine builds ------------------------
+
+LONG = ["--set", "planner.max_completion_tokens=256"]  # room for two calls and their tracebacks
+
+
+def _scripted(recipe, pairs):
+    """A forcer for (question, script) pairs, keyed by the questions' real prompt ids."""
+    with Agent(AgentConfig.from_yaml(recipe, LONG[1:])) as probe:
+        scripts = {tuple(probe.engine.prompt_ids(probe.system_prompt, q)): script for q, script in pairs}
+        return ScriptedText(probe.tokenizer, scripts)
+
+
+def _call(program: str) -> list:
+    return [Say(f"<code>\n{program}\n</code>"), Env("</result>\n")]
+
+
+BEHAVING = [  # question, reference, source, script
+    ("What is 6 times 7?", "42", "recover", _call("print(6 / 0)") + _call("print(6 * 7)") + [Say("\\boxed{42}")]),
+    ("What is 5 times 5?", "25", "recover", _call("print(5 / 0)") + _call("print(5 / 0)") + [Say("\\boxed{10}")]),
+    ("What is 8 times 9?", "72", "verify", [Say("8 times 9 is 72. Check: "), *_call("print(8 * 9 == 72)"),
+                                           Say("\\boxed{72}")]),
+    ("What is 3 plus 4?", "7", "verify", [*_call("print(3 + 4)"), Say("\\boxed{7}")]),
+    ("What is the least factor of 91 above 1?", "7", "verify",
+     [*_call("for k in range(2, 91):\n    if 91 % k == 0:\n        print(k)\n        break"), Say("\\boxed{7}")]),
+]
+
+
+@pytest.fixture(scope="module")
+def behaving_run(tmp_path_factory, tiny_model_dir):
+    """An evaluation of the `BEHAVING` scripts (one run shared by the tests that read it)."""
+    tmp_path = tmp_path_factory.mktemp("behaving")
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir)
+    data = tmp_path / "behaving.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "answer": a, "source": s}) + "\n" for q, a, s, _ in BEHAVING))
+    forcer = _scripted(recipe, [(q, script) for q, _, _, script in BEHAVING])
+    return evaluate.main(["--config", str(recipe), "--data", str(data), "--out", str(tmp_path / "run"), *LONG],
+                         logits_processors=[forcer])
+
+
+def test_behaviour_metrics_count_recovery_and_verification(behaving_run):
+    out = behaving_run
+    records = read_records(out / "trajectories.jsonl")
+    assert [len(r["tool_calls"]) for r in records] == [2, 2, 1, 1, 1]  # the engine ran every scripted call
+    assert [r["tool_calls"][0]["result"]["status"] for r in records] == ["error", "error", "ok", "ok", "ok"]
+    flags = [r["behaviour"] for r in records]
+    assert [f["failed_call"] for f in flags] == [True, True, False, False, False]
+    assert [f["recovered"] for f in flags] == [True, False, False, False, False]
+    assert [(f["retried_changed"], f["retried_same"]) for f in flags[:2]] == [(True, False), (False, True)]
+    assert [(f["after_answer"], f["checks_candidate"]) for f in flags[2:]] == [(1, 1), (0, 0), (0, 0)]
+    behaviour = json.loads((out / "metrics.json").read_text())["behaviour"]
+    assert behaviour["rollouts_with_failed_call"] == 2 and behaviour["recovered_rate"] == 0.5
+    assert behaviour["retried_changed_rate"] == 0.5 and behaviour["retried_same_rate"] == 0.5
+    assert behaviour["verification_calls"] == 1 and behaviour["verification_share"] == pytest.approx(1 / 7)
+    assert behaviour["verifying_rollout_rate"] == pytest.approx(1 / 5)
+    by_source = json.loads((out / "metrics.json").read_text())["by_source"]
+    assert by_source["recover"]["calls_per_answer"] == 2.0 and by_source["verify"]["calls_per_answer"] == 1.0
+    assert by_source["recover"]["failed_call_rate"] == 1.0 and by_source["verify"]["tool_call_rate"] == 1.0
+    report = (out / "report.md").read_text()
+    assert "Of the 2 rollouts with a failed call" in report and "| right after a failed call | 50.0% of 2 |" in report
+
+
+def test_a_suite_evaluation_grades_by_the_suite_checker(tmp_path, setup):
+    from delegate.training import suites
+
+    recipe = setup[0]
+    rows = suites.rows("unseen:countdown,knights", "test", limit=3)
+    countdown = suites.generate("countdown", "test", 2)
+    target = countdown[1].answer.split()[0]
+    knights = suites.suite_checks.knights_reference(rows[1]["answer"])
+    said = " and ".join(f"{name} is a {'knight' if role else 'knave'}" for name, role in knights.items())
+    answers = [countdown[0].solution, said, target]  # right, right in other words, wrong (the target is not given)
+    forcer = _scripted(recipe, [(r["prompt"], [Say(f"\\boxed{{{a}}}")]) for r, a in zip(rows, answers, strict=True)])
+    out = evaluate.main(["--config", str(recipe), "--data", "unseen:countdown,knights", "--limit", "3", "--out",
+                         str(tmp_path / "suite"), *LONG], logits_processors=[forcer])
+    records = read_records(out / "trajectories.jsonl")
+    assert [r["source"] for r in records] == ["unseen/countdown", "unseen/knights", "unseen/countdown"]
+    assert [r["reference"] for r in records] == [r["answer"] for r in rows]
+    assert [r["correct"] for r in records] == [True, True, False]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["by_source"]["unseen/countdown"]["accuracy"] == 0.5
+    assert metrics["by_source"]["unseen/knights"]["accuracy"] == 1.0
+    assert "| unseen/knights | 1 | 100.0% [" in (out / "report.md").read_text()
+
+
+def test_the_viewer_filters_an_evaluation_by_behaviour(tmp_path, behaving_run, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    page = view.main([str(behaving_run / "trajectories.jsonl"), "-o", str(tmp_path / "report.html")])
+    browser.get(page.resolve().as_uri())
+    assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
+    choose = Select(browser.find_element(By.ID, "filter-behaviour"))
+    shown = {}
+    for value in ("failed_call", "recovered", "retried_changed", "verification", ""):
+        choose.select_by_value(value)
+        shown[value] = [i.find_element(By.CSS_SELECTOR, ".question").text
+                        for i in browser.find_elements(By.CSS_SELECTOR, "article.item") if i.is_displayed()]
+    questions = [q for q, *_ in BEHAVING]
+    assert shown == {"failed_call": questions[:2], "recovered": questions[:1], "retried_changed": questions[:1],
+                     "verification": questions[2:3], "": questions}
+
+
+@pytest.mark.parametrize("code, checks", [
+    ("assert 6 * 7 == 42", True), ("print(6 * 7 == 42)", True), ("x = 181\nprint(25 * 7 + 6 != x)", False),
+    ("if 25 * 7 + 6 == 181:\n    print('yes')", True), ("print(6 * 7)", False),
+    ("for k in range(2, 91):\n    if 91 % k == 0:\n        print(k)", False),  # a search, not a check
+    ("print([n for n in range(99) if n * n == 49])", False), ("print(x == 0)", False), ("def f(:", False)])
+def test_a_checking_program_compares_against_a_candidate_outside_loops(code, checks):
+    from delegate.training.behaviour import checks_candidate
+
+    assert checks_candidate(code) is checks
+
+
+def test_a_stated_answer_is_a_box_an_answer_phrase_or_the_final_answer_not_taken_from_the_question():
+    from delegate.training.behaviour import states_answer
+
+    assert states_answer("So the answer is 12. Let me check.", None)
+    assert states_answer("It should be 4620.", "4620", "What is 66 times 70?")
+    assert not states_answer("66 times 70, let me compute.", "66", "What is 66 times 1?")  # a given restated
+    assert not states_answer("about 46200", "4620", "What is 66 times 70?")

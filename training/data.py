@@ -6,6 +6,7 @@ load_problems("gsm8k")                                  # the hub's openai/gsm8k
 load_problems("math", split="test", levels=(4, 5))      # MATH, levels 4 and 5 only
 load_problems("my/gsm8k-copy.parquet", schema="gsm8k")  # a local file in the hub's schema
 load_problems("runs/toy/held-out.jsonl")                # a file that already has prompt/answer columns
+load_problems("unseen:countdown", split="test")         # a generated suite of unseen tasks (`training.suites`)
 ```
 
 Each source knows its hub id and schema: GSM8K (`question`, `answer` ending in `#### 72`), MATH (`problem`,
@@ -17,6 +18,11 @@ answer of `ground_truth_solution`). A local JSON, JSONL or Parquet file in a sou
 The seed's filters (`drop_reason`) then remove multiple-choice questions, proofs and concept questions, and
 anything whose reference answer cannot be verified. Dropping what the starting policy always solves is the
 curriculum's job (`python -m delegate.training.curriculum`), which samples that policy.
+
+The generated suites of unseen tasks (`unseen`, `unseen:countdown`, `unseen:knights,letters`; see
+`training.suites`) are made here rather than read: `split` picks their train or held-out part, `seed` the draw,
+`limit` their size (200 a suite without it), and the filters do not apply (their answers are exact by
+construction, graded by each suite's checker).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from delegate.planner.trajectory import last_boxed
+from delegate.training import suites
 
 log = logging.getLogger("training.data")
 
@@ -212,13 +219,21 @@ def load_problems(name_or_path: str, *, schema: str | None = None, split: str = 
                   seed: int = 0) -> Any:
     """A dataset with `prompt`, `answer` and `source` columns.
 
-    `name_or_path`: a source name (`gsm8k`, `math`, `big-value-gsm`, `numinamath`, `openthoughts`), a hub id, or a
-    local JSON/JSONL/Parquet file. `schema` names the source whose schema a local file or other hub id has
+    `name_or_path`: a source name (`gsm8k`, `math`, `big-value-gsm`, `numinamath`, `openthoughts`), a generated
+    suite (`unseen`, `unseen:NAME[,NAME]`: `training.suites`, `seed` its draw), a hub id, or a local
+    JSON/JSONL/Parquet file. `schema` names the source whose schema a local file or other hub id has
     (detected from the columns when left out). `levels` keeps MATH levels (e.g. 3 to 5). `question_field` and
     `answer_field` name the columns of any other schema. `filters` applies `drop_reason`. `big_values` rebuilds
     GSM8K-schema data as big-value GSM8K (`training.bigvalue`, deterministic for `seed`): GSM8K's train file
     gives the train split, its test file the test split.
     """
+    if suites.is_suite_source(name_or_path):
+        from datasets import Dataset
+
+        if schema or levels is not None or question_field or answer_field or big_values:
+            raise ValueError(f"{name_or_path}: a generated suite takes split, limit and seed only (not schema, "
+                             "levels, question_field, answer_field or big_values)")
+        return Dataset.from_list(suites.rows(name_or_path, split, limit, seed))
     if name_or_path in SOURCES:
         source_name, where = name_or_path, SOURCES[name_or_path].hub_id
     else:

@@ -2,15 +2,23 @@
 
     python -m delegate.training.evaluate --config RECIPE.yaml --data gsm8k [--split test] [--limit N] [--no-tools]
         [--out DIR]
+    python -m delegate.training.evaluate --config RECIPE.yaml --data unseen [--limit N] [--seed S]
     python -m delegate.training.evaluate --compare runs/eval/with-tools runs/eval/no-tools [--out DIR]
 
 Runs `Agent.solve_many` over the set in batches (with a progress bar) and writes, in `--out`:
 - `trajectories.jsonl`: every rollout as a trajectory record (`training.records`), appended batch by batch, so an
   interrupted run keeps what it did; `python -m delegate.training.view` turns it into an HTML report;
-- `metrics.json`: accuracy with a 95 % (Wilson) interval, overall and by source; the share of problems with a
-  tool call; calls per answer; tool errors by executor status (and coder failures, refused calls); format
-  violations by kind; mean tokens (sampled and inserted); seconds per problem;
+- `metrics.json`: accuracy with a 95 % (Wilson) interval, overall and by source (with each source's tool-call rate
+  and calls per answer: calls per task type); the share of problems with a tool call; calls per answer; tool
+  errors by executor status (and coder failures, refused calls); format violations by kind; mean tokens (sampled
+  and inserted); seconds per problem; `behaviour`: recovery after a failed call and verification calls
+  (`training.behaviour`);
 - `report.md` with `accuracy_by_source.png` and `calls_per_answer.png`.
+
+`--data unseen` (or `unseen:countdown`, `unseen:knights,letters`) evaluates on the generated suites of unseen tasks
+(`training.suites`, held-out split by default, `--seed` their draw, `--limit` their size); each record is graded by
+its suite's checker (`suites.grade`), every other source by `rewards.answers_match`. Each record carries its
+`behaviour` flags for the viewer's filters.
 
 `--no-tools` runs the same planner with its tool disabled (`planner.tools: false`), so the gain from delegating is
 one `--compare` away. `--compare A B` writes `comparison.md` and `comparison.png` from two runs' `metrics.json`.
@@ -31,6 +39,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from delegate.training import behaviour
 from delegate.training.stats import paired, wilson
 
 log = logging.getLogger("training.evaluate")
@@ -52,6 +61,8 @@ def summarize(records: list[dict[str, Any]], seconds: float | None = None) -> di
                       else c["result"]["status"] for c in calls)
     violations = Counter(v for r in records for v in format_violations(r["text"], r["violations"]))
     sources = sorted({r.get("source") or "" for r in records})
+    behaved = behaviour.summarize(records)
+    per_source = behaved.pop("by_source")
     metrics = {
         **_accuracy(records),
         "answered_rate": sum(r["answer"] is not None for r in records) / n if n else 0.0,
@@ -66,7 +77,9 @@ def summarize(records: list[dict[str, Any]], seconds: float | None = None) -> di
         "finish_reasons": {k: v / n for k, v in sorted(Counter(r["finish_reason"] for r in records).items())},
         "mean_sampled_tokens": sum(sum(r["env_mask"]) for r in records) / n if n else 0.0,
         "mean_inserted_tokens": sum(len(r["env_mask"]) - sum(r["env_mask"]) for r in records) / n if n else 0.0,
-        "by_source": {s: _accuracy([r for r in records if (r.get("source") or "") == s]) for s in sources},
+        "by_source": {s: {**per_source[s], **_accuracy([r for r in records if (r.get("source") or "") == s])}
+                      for s in sources},
+        "behaviour": behaved,
     }
     if seconds is not None:
         metrics["seconds"] = seconds
@@ -78,7 +91,7 @@ def run(agent: Any, problems: list[dict[str, Any]], out: Path, batch_size: int) 
     """Solve every problem, appending records to `out/trajectories.jsonl` batch by batch; the metrics."""
     from tqdm.auto import tqdm
 
-    from delegate.training.records import record, write_records
+    from delegate.training.records import write_records
 
     path = out / "trajectories.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,13 +102,28 @@ def run(agent: Any, problems: list[dict[str, Any]], out: Path, batch_size: int) 
         for start in range(0, len(problems), batch_size):
             chunk = problems[start:start + batch_size]
             solutions = agent.solve_many([p["prompt"] for p in chunk])
-            rows = [record(s.trajectory, agent.tokenizer, reference=p["answer"], source=p.get("source"))
-                    for p, s in zip(chunk, solutions, strict=True)]
+            rows = [graded_record(s.trajectory, agent.tokenizer, p) for p, s in zip(chunk, solutions, strict=True)]
             write_records(path, rows, append=True)
             records += rows
             bar.update(len(chunk))
             bar.set_postfix(accuracy=f"{sum(bool(r['correct']) for r in records) / len(records):.1%}")
     return summarize(records, time.monotonic() - started)
+
+
+def graded_record(trajectory: Any, tokenizer: Any, problem: dict[str, Any]) -> dict[str, Any]:
+    """The trajectory record of one problem, graded by its suite's checker (`suites.grade`) or `answers_match`,
+    with its `behaviour` flags."""
+    from delegate.training.records import record
+    from delegate.training.suites import grade, suite_of
+
+    source = problem.get("source")
+    suite = suite_of(source) is not None  # a suite's reference is no formula: the record's own grading is skipped
+    row = record(trajectory, tokenizer, reference=None if suite else problem["answer"], source=source)
+    if suite:
+        row["reference"] = problem["answer"]
+        row["correct"] = grade(problem["answer"], trajectory.answer, source)
+    row["behaviour"] = behaviour.rollout_behaviour(row)
+    return row
 
 
 def percent(value: float) -> str:
@@ -111,6 +139,9 @@ def metrics_table(named: dict[str, dict[str, Any]]) -> str:
             ("tool-call rate", lambda m: percent(m["tool_call_rate"])),
             ("calls per answer", lambda m: f"{m['calls_per_answer']:.2f}"),
             ("tool error rate", lambda m: percent(m["tool_error_rate"])),
+            ("right after a failed call", lambda m: _behaviour(m, "recovered_rate")),
+            ("retried with a change", lambda m: _behaviour(m, "retried_changed_rate")),
+            ("verification calls (of calls)", lambda m: _behaviour(m, "verification_share")),
             ("format violations", lambda m: percent(m["format_violation_rate"])),
             ("sampled tokens (mean)", lambda m: f"{m['mean_sampled_tokens']:.1f}"),
             ("inserted tokens (mean)", lambda m: f"{m['mean_inserted_tokens']:.1f}"),
@@ -118,6 +149,19 @@ def metrics_table(named: dict[str, dict[str, Any]]) -> str:
     lines = ["| metric | " + " | ".join(named) + " |", "|---|" + "---|" * len(named)]
     lines += [f"| {label} | " + " | ".join(cell(m) for m in named.values()) + " |" for label, cell in rows]
     return "\n".join(lines)
+
+
+def _behaviour(metrics: dict[str, Any], key: str) -> str:
+    """A behaviour share with its base; "n/a" for runs measured before behaviour was (or with nothing to count)."""
+    found = metrics.get("behaviour")
+    if found is None:
+        return "n/a"
+    base = found["rollouts_with_failed_call"] if key.startswith(("recovered", "retried")) else None
+    if base == 0:
+        return "n/a (no failed call)"
+    if not metrics.get("calls_per_answer"):
+        return "n/a (no call)"
+    return percent(found[key]) + (f" of {base}" if base is not None else "")
 
 
 def _figure(width: float, height: float) -> tuple[Any, Any]:
@@ -173,15 +217,31 @@ def write_report(out: Path, name: str, metrics: dict[str, Any], about: str) -> P
     outcomes = ", ".join(f"{k} {percent(v)}" for k, v in metrics["tool_outcomes"].items()) or "no calls"
     kinds = ", ".join(f"{k} {percent(v)}" for k, v in metrics["format_violations"].items()) or "none"
     by_source = "\n".join(f"| {s} | {m['n']} | {percent(m['accuracy'])} [{percent(m['accuracy_ci95'][0])}, "
-                          f"{percent(m['accuracy_ci95'][1])}] |" for s, m in metrics["by_source"].items())
+                          f"{percent(m['accuracy_ci95'][1])}] | {percent(m['tool_call_rate'])} | "
+                          f"{m['calls_per_answer']:.2f} | {percent(m['failed_call_rate'])} | "
+                          f"{percent(m['verification_share'])} |" for s, m in metrics["by_source"].items())
     text = (f"# Evaluation: {name}\n\n{about}\n\n{metrics_table(named)}\n\nTool calls by outcome: {outcomes}.\n\n"
-            f"Format violations (share of problems): {kinds}.\n\n| source | problems | accuracy |\n|---|---|---|\n"
-            f"{by_source}\n\n![accuracy by source](accuracy_by_source.png)\n\n"
+            f"Format violations (share of problems): {kinds}.\n\n{behaviour_text(metrics['behaviour'])}\n\n"
+            "| source | problems | accuracy | tool-call rate | calls per answer | with a failed call | verification "
+            f"calls |\n|---|---|---|---|---|---|---|\n{by_source}\n\n![accuracy by source](accuracy_by_source.png)\n\n"
             f"![calls per answer](calls_per_answer.png)\n\nTrajectories: `trajectories.jsonl` "
             f"(`python -m delegate.training.view {out / 'trajectories.jsonl'} -o {out / 'report.html'}`).\n")
     path = out / "report.md"
     path.write_text(text)
     return path
+
+
+def behaviour_text(found: dict[str, Any]) -> str:
+    """The report's paragraph on recovery and verification (`training.behaviour`)."""
+    failed = found["rollouts_with_failed_call"]
+    recovery = (f"Of the {failed} rollouts with a failed call (refused, coder failure, error, timeout or no output), "
+                f"{percent(found['recovered_rate'])} still end right; {percent(found['retried_changed_rate'])} call "
+                f"again with a changed request or program, {percent(found['retried_same_rate'])} only repeat it."
+                if failed else "No rollout had a failed call.")
+    return (f"{recovery} Verification calls (after an answer is stated, or a program checking a candidate): "
+            f"{found['verification_calls']} ({percent(found['verification_share'])} of calls; "
+            f"{found['after_answer_calls']} after a stated answer, {found['checking_programs']} checking "
+            f"programs), in {percent(found['verifying_rollout_rate'])} of rollouts.")
 
 
 def compare(runs: list[Path], out: Path) -> Path:
@@ -268,14 +328,15 @@ def evaluate(config: str | Path, problems: list[dict[str, Any]], out: Path, *, n
 def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="a recipe (its planner, coder and executor sections)")
-    parser.add_argument("--data", help="a source name (gsm8k, math, ...), a hub id, or a local JSON/JSONL/Parquet")
+    parser.add_argument("--data", help="a source name (gsm8k, math, ...), a generated suite (unseen, "
+                        "unseen:countdown, ...), a hub id, or a local JSON/JSONL/Parquet")
     parser.add_argument("--schema", help="the source whose schema a local file has (detected when left out)")
     parser.add_argument("--split", default="test", help="the hub split (default: test)")
     parser.add_argument("--levels", type=int, nargs="+", help="MATH levels to keep, e.g. 3 4 5")
     parser.add_argument("--limit", type=int, help="the first N problems")
     parser.add_argument("--no-filters", action="store_true", help="keep multiple-choice, proofs and the rest")
     parser.add_argument("--big-values", action="store_true", help="rebuild GSM8K-schema data as big-value GSM8K")
-    parser.add_argument("--seed", type=int, default=0, help="the big values' seed")
+    parser.add_argument("--seed", type=int, default=0, help="the big values' or the suites' seed")
     parser.add_argument("--no-tools", action="store_true", help="the same planner with its tool disabled")
     parser.add_argument("--batch-size", type=int, help="problems per solve_many call (default: planner.batch_size)")
     parser.add_argument("--out", type=Path, help="the run's directory (default: runs/eval/<recipe>-<data>)")
@@ -290,7 +351,7 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
         return path
     if not (args.config and args.data):
         parser.error("--config and --data are needed (or --compare RUN_A RUN_B)")
-    out = args.out or Path("runs/eval") / f"{agent_name(args.config)}-{Path(args.data).stem}" \
+    out = args.out or Path("runs/eval") / f"{agent_name(args.config)}-{Path(args.data).stem.replace(':', '-')}" \
         f"{'-big-values' if args.big_values else ''}{'-no-tools' if args.no_tools else ''}"
     problems = load_set(args)
     if not problems:
