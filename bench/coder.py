@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python bench/x.py`: the repository first on the path, in place of bench/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # (whose files would shadow installed packages)
 
 from delegate.coder import CoderConfig, build_coder
 from delegate.training.tiny import build_tiny

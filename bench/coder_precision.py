@@ -15,7 +15,11 @@ import itertools
 import json
 import random
 import re
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/x.py`: the repository first on the path, in place of bench/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # (whose files would shadow installed packages)
 
 from delegate.coder import CoderConfig, build_coder
 from delegate.executor import Sandbox, SandboxConfig

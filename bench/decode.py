@@ -29,11 +29,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __package__ in (None, ""):  # `python bench/x.py`: the repository first on the path, in place of bench/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # (whose files would shadow installed packages)
 
-from shapes import random_model, table  # bench/shapes.py
-
+from bench.shapes import random_model, table  # bench/shapes.py
 from delegate.planner import TransformersGeneration
 from delegate.planner.graph_generation import GraphGeneration
 from delegate.training.tiny import build_tokenizer

@@ -5,15 +5,20 @@
     python bench/gpu.py memory [ARGS]     # bench/gpu_memory.py: the 7B + 7B step's memory peak
     python bench/gpu.py profile [ARGS]    # bench/gpu_profile.py: where a graphed coder call's GPU time goes
 
-Each file runs alone as well (`python bench/gpu_rollout.py --help`).
+Each file runs alone as well (`python -m bench.gpu_rollout --help`); `python -m bench.gpu MODE` is the same.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
-MODES = {"rollout": "gpu_rollout", "step": "gpu_step", "memory": "gpu_memory", "profile": "gpu_profile"}
+if __package__ in (None, ""):  # `python bench/x.py`: the repository first on the path, in place of bench/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # (whose files would shadow installed packages)
+
+MODES = {"rollout": "bench.gpu_rollout", "step": "bench.gpu_step", "memory": "bench.gpu_memory",
+         "profile": "bench.gpu_profile"}
 
 
 def main() -> None:

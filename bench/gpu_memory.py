@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python bench/x.py`: the repository first on the path, in place of bench/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # (whose files would shadow installed packages)
 
-from shapes import common_arguments, saved_model, table  # bench/shapes.py
+from bench.shapes import common_arguments, saved_model, table  # bench/shapes.py
 
 
 def memory(args: argparse.Namespace) -> str:

@@ -14,9 +14,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python bench/x.py`: the repository first on the path, in place of bench/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # (whose files would shadow installed packages)
 
-from shapes import common_arguments, random_model, table, unpacked_attention  # bench/shapes.py
+from bench.shapes import common_arguments, random_model, table, unpacked_attention  # bench/shapes.py
 
 KINDS = [("matrix products", ("gemm", "cutlass", "sm90_", "sm80_", "cublas", "nvjet")),
          ("attention", ("fmha", "attention", "flash", "efficient")),
@@ -91,7 +92,7 @@ def profile(args: argparse.Namespace) -> str:
                    for name, (s, count) in top])
     if not args.device.startswith("cuda"):
         return text
-    from kernels import timed  # bench/kernels.py: CUDA events around the repeats
+    from bench.attention_kernels import timed  # bench/attention_kernels.py: CUDA events around the repeats
 
     config = model.config
     hidden, inner = config.hidden_size, config.intermediate_size

@@ -27,16 +27,17 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python bench/x.py`: the repository first on the path, in place of bench/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # (whose files would shadow installed packages)
 
-from shapes import SYSTEM, common_arguments, random_model, table, unpacked_attention  # bench/shapes.py
+from bench.shapes import SYSTEM, common_arguments, random_model, table, unpacked_attention  # bench/shapes.py
 
 
 def rollout(args: argparse.Namespace) -> str:
     import torch
-    from rollout import OneAtATime  # bench/rollout.py: tools one rollout after another (TRL's tools= pattern)
-    from trl_loop import trl_tools_rollouts  # bench/trl_loop.py
 
+    from bench.rollout import OneAtATime  # bench/rollout.py: tools one rollout after another (TRL's tools= pattern)
+    from bench.trl_loop import trl_tools_rollouts  # bench/trl_loop.py
     from delegate.coder import CoderConfig, build_coder
     from delegate.executor import Sandbox, SandboxConfig
     from delegate.planner import EngineLimits, RolloutEngine, TransformersGeneration, build_protocol
@@ -256,7 +257,7 @@ def rollout(args: argparse.Namespace) -> str:
     print(text, flush=True)  # before the breakdowns, which take a while
     breakdowns = []
     if args.breakdown:
-        from breakdown import Breakdown  # bench/breakdown.py
+        from bench.breakdown import Breakdown  # bench/breakdown.py
 
         fastest_tools = (f"{variant(most, ready, 1)}, coder {args.coder_cache}" if args.coder_cache
                          else variant(most, ready, 1) for ready in {0, args.sandbox_ready})

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python bench/x.py`: the repository first on the path, in place of bench/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # (whose files would shadow installed packages)
 
 QWEN = {  # Qwen2.5 configurations (vocabulary 151,936 rows in 0.5B/1.5B, 152,064 in 7B); "tiny" for a CPU smoke run
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

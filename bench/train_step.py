@@ -15,7 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python bench/x.py`: the repository first on the path, in place of bench/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # (whose files would shadow installed packages)
 
 from delegate.training import grpo
 from delegate.training.recipe import Recipe

@@ -41,9 +41,11 @@ class CoderConfig(BaseModel):
 
     backend: Literal["transformers", "openai", "vllm"] = "transformers"
     model: str = Field("Qwen/Qwen2.5-7B-Instruct", description="hub id or local path (the served name for openai)")
-    prompt: str = Field("prompts/coder.txt", description="system prompt file")
+    prompt: str = Field("prompts/coder.txt", description="system prompt: a package prompt's name, or an explicit "
+                        "path (absolute, ./, ../) to override it; see `resolve`")
     context: Literal["none", "question"] = Field("none", description="whether the coder sees the question too")
-    context_template: str = Field("prompts/coder_context.txt", description="user message when context=question")
+    context_template: str = Field("prompts/coder_context.txt", description="user message when context=question "
+                                  "(named like `prompt`)")
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(512, gt=0)
@@ -51,7 +53,10 @@ class CoderConfig(BaseModel):
     deduplicate: bool = Field(True, description="at temperature 0, generate duplicates within one call once")
     # transformers
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="the coder's precision, by one rule: 'auto' is bfloat16 on a GPU and float32 on a CPU "
+        "(`coder.hf.resolve_dtype`; a CPU's bf16 is emulated and rounds differently from one CPU to the next); "
+        "set it only to measure another precision on purpose")
     batch_size: int = Field(32, gt=0, description="micro-batch size of one generate call")
     cache_implementation: Literal["dynamic", "static"] | None = Field(
         None, description="KV cache for generate; 'static' compiles the decoding step (CUDA graphs on a GPU)")
@@ -95,12 +100,45 @@ class CoderConfig(BaseModel):
         return resolve(self.context_template).read_text()
 
 
+PROMPTS_PACKAGE = "delegate.prompts"
+EXPLICIT_PREFIXES = ("/", "./", "../", "~")
+
+
 def resolve(path: str) -> Path:
-    """A file as given (absolute or relative to the working directory), else relative to the project root."""
-    candidate = Path(path)
-    if candidate.exists():
-        return candidate
-    rooted = PROJECT_ROOT / path
-    if rooted.exists():
-        return rooted
-    raise FileNotFoundError(f"{path} (looked in {Path.cwd()} and {PROJECT_ROOT})")
+    """A prompt file named in a recipe or a config, by one rule that the working directory cannot bend:
+
+    - an explicit path, absolute or starting with `./`, `../` or `~`, is that file (the way to override a prompt on
+      purpose: `coder.prompt: ./my-coder.txt`); it must exist;
+    - a name under `prompts/`, or a bare file name, is the package's prompt (`importlib.resources` on
+      `delegate.prompts`): `prompts/coder.txt`, `coder.txt`, `prompts/variants/coder_v1.txt`. A folder that holds
+      its own `prompts/coder.txt` does not change what such a name means, and the package must have it;
+    - any other relative path (`runs/x/prompt.txt`) is a file relative to the working directory: it names no
+      package prompt, so it can mean nothing else.
+    """
+    if path.startswith(EXPLICIT_PREFIXES):
+        explicit = Path(path).expanduser()
+        if explicit.is_file():
+            return explicit
+        raise FileNotFoundError(f"{path}: no such prompt file (an explicit path: absolute, ./, ../ or ~)")
+    if path.startswith("prompts/") or "/" not in path:
+        packaged = package_prompt(path)
+        if packaged is None:
+            raise FileNotFoundError(f"{path}: the package {PROMPTS_PACKAGE} has no such prompt (a file of your own "
+                                    f"is named by an explicit path: ./{path} or an absolute one)")
+        return packaged
+    if Path(path).is_file():
+        return Path(path)
+    raise FileNotFoundError(f"{path}: no such prompt file in {Path.cwd()} (and no package prompt by that name)")
+
+
+def package_prompt(name: str) -> Path | None:
+    """The package's own file for `name` (`prompts/X` or `X`), or None where the package has none."""
+    from importlib.resources import files
+
+    relative = name.removeprefix("prompts/")
+    if not relative or ".." in Path(relative).parts:
+        return None
+    found = files(PROMPTS_PACKAGE)
+    for part in Path(relative).parts:  # one part a call: a namespace package's MultiplexedPath takes no more
+        found = found.joinpath(part)
+    return Path(str(found)) if found.is_file() else None

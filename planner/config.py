@@ -102,6 +102,12 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a recipe is a mapping with planner, coder and executor sections")
+    return apply_overrides(data, overrides)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """`data` with each `section.field=value` (value read as YAML) set in place: the one reading of `--set` that
+    every command shares (`delegate.cli`); a flat `field=value` sets a top-level key (the toy demo's world)."""
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key.strip():

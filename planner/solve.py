@@ -1,9 +1,12 @@
 """Solve one question from the command line.
 
-    python -m delegate.planner.solve --config RECIPE.yaml "What is 123456789 * 987654321?" [--show]
+    delegate solve --config RECIPE.yaml "What is 123456789 * 987654321?" [--show] [--seed N] [--set F=V ...]
+    python -m delegate.planner.solve ...                # the same command
 
 Prints the answer; with --show, the transcript first, with requests, code and results set apart. Exit status: 0 with
-an answer, 1 without one, 2 for a recipe that cannot be loaded (its error on stderr, without a traceback).
+an answer, 1 without one, 2 for a recipe that cannot be loaded (one line on stderr naming the field, no traceback).
+`--seed` seeds Python's, NumPy's and torch's generators before the models load, so a sampled recipe (temperature
+above 0) answers the same way each run on the same machine and library versions; without it each run samples anew.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ import argparse
 import logging
 import sys
 
-import yaml
-
+from delegate.cli import add_recipe_arguments, load_config, setup_logging
 from delegate.planner.agent import Agent
 from delegate.planner.config import AgentConfig
 from delegate.planner.trajectory import Trajectory, segments
@@ -37,17 +39,19 @@ def format_transcript(trajectory: Trajectory, tokenizer) -> str:
     return "".join(pieces) + f"\n\n(finish: {trajectory.finish_reason}; tool calls: {len(trajectory.tool_calls)})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Solve one question with a Delegate agent.")
-    parser.add_argument("--config", required=True, help="a recipe with planner, coder and executor sections")
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Solve one question with a Delegate agent.")
+    add_recipe_arguments(parser)
+    parser.add_argument("--seed", type=int, help="seed the sampling (the same answer each run); default: unseeded")
     parser.add_argument("--show", action="store_true", help="print the transcript too")
     parser.add_argument("question")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config = AgentConfig.from_yaml(args.config)
-    except (OSError, ValueError, yaml.YAMLError) as exc:  # a missing file, bad YAML, a wrong field: the user's to fix
-        parser.exit(2, f"{parser.prog}: error: --config {args.config}: {exc}\n")
+    setup_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s")
+    config = load_config(parser, args, AgentConfig.from_yaml)
+    if args.seed is not None:
+        from transformers import set_seed
+
+        set_seed(args.seed)
     with Agent(config) as agent:
         solution = agent.solve(args.question)
         if args.show:

@@ -4,11 +4,6 @@ tokens; so the benchmark's TRL row measures what it says (and breaks loudly if T
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))  # after the packages: bench/coder.py
-
 from delegate.coder import CoderConfig, build_coder
 from delegate.executor import Sandbox, SandboxConfig
 from delegate.training.tiny import build_model, build_tokenizer
@@ -16,7 +11,7 @@ from tests.scripted import PlannedScript
 
 
 def test_trl_loop_makes_every_planned_call_through_the_tool_function():
-    from trl_loop import trl_tools_rollouts
+    from bench.trl_loop import trl_tools_rollouts
 
     tokenizer = build_tokenizer()
     model = build_model(tokenizer).eval()

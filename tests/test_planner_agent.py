@@ -125,11 +125,11 @@ def test_command_line_without_an_answer_says_so_and_exits_1(tmp_path, tiny_model
 
 
 @pytest.mark.parametrize("broken, error", [
-    ("field", "1 validation error for AgentConfig\nplanner.temprature\n  Extra inputs are not permitted"),
-    ("file", "[Errno 2] No such file or directory: '{recipe}'")], ids=["misspelled-field", "missing-file"])
+    ("field", "planner.temprature: Extra inputs are not permitted\n"),
+    ("file", "no such file\n")], ids=["misspelled-field", "missing-file"])
 def test_command_line_names_a_bad_recipe_without_a_traceback(tmp_path, tiny_model_dir, capsys, broken, error):
-    """Exit status 2 (not 1, which means "no answer") and the recipe's error on stderr, through argparse's exit: no
-    exception leaves `main` (in a process, a traceback)."""
+    """Exit status 2 (not 1, which means "no answer") and the recipe's error in one line on stderr, naming the field,
+    through argparse's exit: no exception leaves `main` (in a process, a traceback)."""
     recipe = tmp_path / "recipe.yaml"
     if broken == "field":
         write_recipe(recipe, tiny_model_dir, temprature=0.5)
@@ -137,4 +137,4 @@ def test_command_line_names_a_bad_recipe_without_a_traceback(tmp_path, tiny_mode
         solve.main(["--config", str(recipe), "2 + 2?"])
     out, err = capsys.readouterr()
     assert exited.value.code == 2 and out == ""
-    assert err.split(": error: ", 1)[1].startswith(f"--config {recipe}: " + error.format(recipe=recipe)), err
+    assert err.split(": error: ", 1)[1] == f"--config {recipe}: " + error, err

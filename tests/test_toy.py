@@ -136,7 +136,7 @@ def test_demo_overrides_are_checked_against_the_world_config():
     assert overrides == {"planner_epochs": 5.0, "copy_digits": (6, 20), "grpo_steps": 80, "delegate_share": 0.3}
     assert WorldConfig(**overrides).copy_digits == (6, 20)
     for bad in ("planner_epochs=many", "copy_digits=[6]", "hidden_size=1.5", "no_such_field=1", "seed=3", "x"):
-        with pytest.raises(SystemExit, match="--set"):
+        with pytest.raises(ValueError, match="--set"):
             parse_overrides([bad])
 
 

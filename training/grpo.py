@@ -1,4 +1,4 @@
-"""Train the planner with GRPO: `accelerate launch training/grpo.py --config RECIPE.yaml` (or plain python).
+"""Train the planner with GRPO: `delegate train --config RECIPE.yaml` or `accelerate launch training/grpo.py ...`.
 
 Reads top to bottom: the recipe; the sandbox (a fresh process, before any CUDA work); the tokenizer, protocol
 and coder; the dataset; the reward functions; the rollout function (our engine with the trainer's policy);
@@ -215,17 +215,19 @@ def train(run: Run) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a recipe field, e.g. --set executor.isolation=none (repeatable)")
+def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
+    """`delegate train` and `accelerate launch training/grpo.py`: the recipe, `--set` overrides and `--resume`."""
+    from delegate.cli import add_recipe_arguments, load_config, setup_logging
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_recipe_arguments(parser, config_help="a training recipe (planner, coder, executor, lora, data, grpo, ...)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in grpo.output_dir (an error if there is none)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = [*args.set, *(["grpo.resume_from_checkpoint=true"] if args.resume else [])]
-    run = build(Recipe.from_yaml(args.config, overrides))
+    setup_logging()
+    recipe = load_config(parser, args, Recipe.from_yaml,
+                         extra=["grpo.resume_from_checkpoint=true"] if args.resume else [])
+    run = build(recipe)
     try:
         return train(run)
     finally:

@@ -1,13 +1,15 @@
 """The trajectory viewer: one self-contained HTML file from trajectory records.
 
-    python -m delegate.training.view runs/eval/toy/trajectories.jsonl -o report.html
-    python -m delegate.training.view runs/toy/grpo-request/samples/*.jsonl -o samples.html
+    delegate view runs/eval/toy/trajectories.jsonl -o report.html
+    delegate view runs/toy/grpo-request/samples/*.jsonl -o samples.html   # python -m delegate.training.view: the same
 
 Reads the JSONL that evaluation (`training.evaluate`) and training (`<output_dir>/samples/`) write. The page needs
 no network and no build step: the records are embedded as JSON, the page's script renders them with DOM text
 nodes (model output is never parsed as HTML). It lists the trajectories with filters (correct or wrong, has a tool
-error, source, a text search); each shows the question, the transcript with the environment's inserted tokens
-highlighted (they are out of the loss), every tool call's request, code, output and status, and the rewards.
+error, source, behaviour around the tool calls, a text search; evaluation's records carry the behaviour flags of
+`training.behaviour`: a failed call, right after one, called again with a change, a verification call); each
+shows the question, the transcript with the environment's inserted tokens highlighted (they are out of the loss),
+every tool call's request, code, output and status, and the rewards.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ def render(records: list[dict[str, Any]], title: str) -> str:
     return TEMPLATE.read_text().replace("__TITLE__", html.escape(title)).replace("__RECORDS__", data)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="trajectory JSONL files")
     parser.add_argument("-o", "--out", type=Path, default=Path("report.html"))
     parser.add_argument("--title", help="the page's title (default: the first file's name)")

@@ -1,4 +1,4 @@
-"""The toy world end to end, on CPU: `python -m delegate.training.toy.demo` (what `make demo` runs).
+"""The toy world end to end, on CPU: `delegate demo` or `python -m delegate.training.toy.demo` (`make demo` runs it).
 
 1. Problems: big-number word problems, a training pool and a held-out split that shares none of them.
 2. A tokenizer trained on the toy text; a coder and a planner per mode (Qwen2-shaped, about a million
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from delegate.coder.config import PROJECT_ROOT
+from delegate.coder.config import PROJECT_ROOT, resolve
 from delegate.training.toy import sft, skills
 from delegate.training.toy.tasks import Problem, generate, split, write_jsonl
 
@@ -132,7 +132,7 @@ class World:
     def build_tokenizer(self) -> Any:
         from delegate.training.tiny import build_tokenizer
 
-        prompts = [(PROJECT_ROOT / "prompts" / f"toy_{name}.txt").read_text()
+        prompts = [resolve(f"prompts/toy_{name}.txt").read_text()
                    for name in ("planner_request", "planner_code", "coder")]
         text = [p.question for p in self.sft_problems] + [sft.program(p.expression) for p in self.sft_problems]
         return build_tokenizer(self.config.vocab_size, seed=self.config.seed,
@@ -160,7 +160,7 @@ class World:
 
     def train_coder(self, tokenizer: Any) -> Path:
         self.stage(f"SFT of the coder on {len(self.sft_problems)} (request -> program) pairs")
-        prompt = (PROJECT_ROOT / "prompts" / "toy_coder.txt").read_text()
+        prompt = resolve("prompts/toy_coder.txt").read_text()
         examples = [sft.coder_example(tokenizer, prompt, p.expression) for p in self.sft_problems]
         c = self.config
         return sft.train(self.new_model(), tokenizer, examples, self.out / "coder",
@@ -172,7 +172,7 @@ class World:
 
         self.stage(f"SFT of the {mode} planner ({self.config.delegate_share:.0%} of transcripts delegate)")
         protocol = build_protocol(mode, sft.toy_markers(mode), 2000, tokenizer)
-        prompt = (PROJECT_ROOT / recipe["planner"]["prompt"]).read_text()
+        prompt = resolve(recipe["planner"]["prompt"]).read_text()
         examples = sft.planner_examples(tokenizer, protocol, prompt, self.sft_problems, self.config.delegate_share,
                                         seed=self.config.seed)
         c = self.config
@@ -354,43 +354,57 @@ def run(config: WorldConfig) -> dict[str, Any]:
     return results
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, Any]:
+    from delegate.cli import add_set_argument, setup_logging
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT))
     parser.add_argument("--modes", nargs="+", choices=["request", "code"], default=["request", "code"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gpu", action="store_true", help="the GPU-sized variant (larger models, more steps)")
     parser.add_argument("--sft-only", action="store_true", help="stop after SFT and the skills of its models")
     parser.add_argument("--device", help="where the models train and run (default: cpu; cuda with --gpu)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                        help="override WorldConfig fields, e.g. --set planner_epochs=5 copy_digits=[6,20]")
+    add_set_argument(parser, help="override a WorldConfig field, e.g. --set planner_epochs=5 "
+                                  "--set copy_digits=[6,20] (repeatable; the value is read as YAML)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    setup_logging()
     config = WorldConfig(out=args.out, modes=tuple(args.modes), seed=args.seed, sft_only=args.sft_only)
     if args.gpu:
         config = replace(config, **GPU)
-    config = replace(config, **parse_overrides(args.set), **({"device": args.device} if args.device else {}))
+    config = replace(config, **overrides, **({"device": args.device} if args.device else {}))
     return run(config)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`FIELD=VALUE` pairs (values in YAML) checked against WorldConfig's fields and types."""
+    """`FIELD=VALUE` pairs read by the commands' shared `--set` reading (`planner.config.apply_overrides`), then
+    checked against WorldConfig's fields and types by pydantic, as a recipe's fields are. A ValueError names the
+    `--set` item and the field in one line."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from delegate.planner.config import apply_overrides
+
     own_flags = ("out", "modes", "seed", "device", "sft_only")
     settable = [f.name for f in dataclasses.fields(WorldConfig) if f.name not in own_flags]
     overrides: dict[str, Any] = {}
+    adapter = TypeAdapter(WorldConfig)
     for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or name not in settable:
-            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(settable)}")
-        value = yaml.safe_load(text)
+        values = apply_overrides({}, [item])
+        name = next(iter(values))
+        if name in own_flags:
+            raise ValueError(f"--set {item}: {name} has its own flag, --{name.replace('_', '-')}")
+        if name not in settable:
+            raise ValueError(f"--set {item}: {name} is not a WorldConfig field (one of {', '.join(settable)})")
         default = getattr(WorldConfig(), name)
-        if isinstance(default, tuple):
-            value = tuple(value) if isinstance(value, list) and len(value) == len(default) else None
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        expected = (int, type(None)) if default is None else type(default)
-        if not isinstance(value, expected) or isinstance(value, bool) != isinstance(default, bool):
-            raise SystemExit(f"--set {item!r}: {name} takes a value like {default!r}")
+        try:
+            value = getattr(adapter.validate_python(values), name)
+        except ValidationError as exc:
+            raise ValueError(f"--set {item}: {name}: {exc.errors()[0]['msg']} (like {default!r})") from None
+        if isinstance(values[name], bool) != isinstance(default, bool):  # pydantic's lax mode reads true as 1
+            raise ValueError(f"--set {item}: {name} takes a value like {default!r}")
         overrides[name] = value
     return overrides
 

@@ -4,7 +4,7 @@ scaled dot-product attention under a per-row mask through each of PyTorch's back
 onto the key/value heads (`coder/attention.py`), the key/value heads repeated (transformers' SDPA path under a mask)
 or SDPA's own grouping (`enable_gqa=True`). `bench/gpu.py profile` shows where these sit in a call.
 
-    python bench/kernels.py [--rows 256] [--length 192] [--own 19]
+    python -m bench.attention_kernels [--rows 256] [--length 192] [--own 19]
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python bench/x.py`: the repository first on the path, in place of bench/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # (whose files would shadow installed packages)
 
 HIDDEN, HEADS, KV_HEADS, DIM, VOCAB = 3584, 28, 4, 128, 152064  # Qwen2.5-7B
 BACKENDS = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
