@@ -231,6 +231,15 @@ def restore(run: dict) -> None:
     with tarfile.open(tar_path) as tar:
         tar.extractall(into, filter="data")
     print(f"{run['name']}: restored at step {(into / 'step').read_text().strip()}")
+    for given in run.get("set", []):  # a run that continued an adapter (a warm start) resumes from its checkpoint's
+        if given.startswith("planner.adapter="):  # weights: only the starting adapter's shape is needed to load
+            start = Path(expand(given.split("=", 1)[1], run))
+            if not start.exists():
+                checkpoint = next(into.glob("checkpoint-*"))
+                start.mkdir(parents=True)
+                for name in ("adapter_config.json", "adapter_model.safetensors"):
+                    shutil.copyfile(checkpoint / name, start / name)
+                (start / "FROM_CHECKPOINT").write_text(f"{checkpoint.name}: the resumed run loads its own weights\n")
 
 
 def start(plan_path: str) -> None:
@@ -271,8 +280,11 @@ def recipe_args(plan: dict, run: dict) -> list[str]:
 
 
 def before(run: dict, env: dict[str, str]) -> None:
-    """The run's preparation commands (a warm start, say), each once: skipped when the path it `creates` exists."""
+    """The run's preparation commands (a warm start, say), before its first step only, each once: skipped when the
+    path it `creates` exists."""
     out = RUNS / run["name"]
+    if any(out.glob("checkpoint-*/trainer_state.json")):
+        return
     for i, step in enumerate(run.get("before", [])):
         if Path(expand(step["creates"], run)).exists():
             continue
