@@ -39,11 +39,9 @@ def _cuda_present() -> bool:
 
 
 def cpu_precision() -> dict[str, bool]:
-    """TRL's configs default to `bf16=True`, which on CPU means bf16 autocast: emulated on a CPU without bf16 units
-    (a toy SFT step took 4.4 s under it against 0.55 s in float32 on an AMD EPYC), and rounded differently from
-    one CPU to the next (the toy world's seed 0 gained +37 points on one machine and +9.5 on CI's; float32 is not
-    bit-identical across CPUs either, but closer). Training on CPU is float32 unless the recipe (or the caller)
-    sets `bf16`/`fp16` itself."""
+    """Training on CPU is float32 unless the recipe (or the caller) sets `bf16`/`fp16` itself. Why: TRL's configs
+    default to `bf16=True`, which on CPU means bf16 autocast, emulated (slowly) on CPUs without bf16 units and
+    rounded differently from one CPU to the next (figures in docs/results.md)."""
     return {"bf16": False, "fp16": False}
 
 

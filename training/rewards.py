@@ -107,10 +107,9 @@ def format(prompts: list[Any], completions: list[Any], violations: Sequence[Sequ
     inserted tool results) when given, else the completion, so that a program printing `\\boxed{7}` neither
     answers for the planner nor makes it give several answers.
 
-    `penalties` is the recipe's lever on what format teaches first: the real 0.5B in request mode wrote ```python
-    blocks in 44 % of its first rollouts (`unparsed_call`, 0.2, weighed 2 by the seed's schedule) and learned to
-    stop writing them, and with them its only delegating habit (bench/results/gpu-real-grpo.md);
-    `rewards.options.format.penalties: {unparsed_call: 0.0}` leaves that habit unpriced."""
+    `penalties` is the recipe's lever on what format teaches first: pricing the ```python blocks the real 0.5B
+    writes in request mode (`unparsed_call`) taught it to stop writing them, and with them its only delegating
+    habit (docs/results.md); `rewards.options.format.penalties: {unparsed_call: 0.0}` leaves that habit unpriced."""
     table = FORMAT_PENALTIES | _checked_penalties(penalties)
     seen = violations if violations is not None else [()] * len(completions)
     texts = planner_text if planner_text is not None else [_text(c) for c in completions]
