@@ -16,6 +16,11 @@ loop runs without a graph.
 Rows carry `generate`'s left-padding layout: the positions where `mask` is 1 are the row's tokens, position ids
 count them, and a padded position also sees itself (so that no query row is empty) and is never seen by a real
 token.
+
+A decode's cache can serve the next one (`Resume`, the planner's tool rounds): the new call's rows keep the same
+left-padded layout, and the first `shared` columns, instead of being prefilled, are gathered from each row's tokens
+in the kept cache (their keys carry their rotary positions, which stay the row's own). A `CacheHandle` names the
+decode whose cache that is; any later decode into the same shape makes it stale.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -146,6 +152,10 @@ class _Shape:
         self.token = torch.empty(rows, 1, dtype=torch.long, device=device)  # the step's input
         self.position = torch.zeros(rows, 1, dtype=torch.long, device=device)  # the next token's position id
         self.where = torch.zeros(1, dtype=torch.long, device=device)  # the next token's cache position
+        # After a decode: the cache columns that hold each row's tokens (its prompt, then every token fed by a
+        # step, in order), for a later `Resume`; `serial` counts the decodes written into this cache.
+        self.valid = torch.zeros(rows, length, dtype=torch.bool, device=device)
+        self.serial = 0
 
         def forward() -> torch.Tensor:
             self.bias.index_fill_(1, self.where, 0.0)
@@ -156,6 +166,28 @@ class _Shape:
             return out
 
         self.step = _Step(forward, graph)
+
+
+@dataclass(frozen=True)
+class CacheHandle:
+    """The cache one decode left: valid until another decode writes into the same shape."""
+
+    shape: _Shape
+    serial: int
+
+    @property
+    def intact(self) -> bool:
+        return self.shape.serial == self.serial
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A decode that continues rows of a kept cache: in the new call's first `shared` columns, row i holds the
+    first tokens of row `rows[i]` of `handle`'s cache (as many as its mask holds there, right-aligned as the mask
+    puts them), which are gathered rather than prefilled; only the columns after `shared` are prefilled."""
+
+    handle: CacheHandle
+    rows: list[int]
 
 
 class GraphDecoder:
@@ -177,26 +209,37 @@ class GraphDecoder:
         self.kept = kept
         self.shapes: OrderedDict[tuple[int, int], _Shape] = OrderedDict()  # (rows, cache length)
         self.built = 0  # shapes built (with a graph, each one captured) so far: for tests and benchmarks
+        self.prefilled: list[int] = []  # the last call's tokens fed to its prefill, per caller's row
+        self.last: CacheHandle | None = None  # the cache the last call left
+
+    def holds(self, handle: CacheHandle) -> bool:
+        """Whether `handle`'s cache is intact and still one of the kept shapes (a dropped one frees its memory)."""
+        return handle.intact and any(shape is handle.shape for shape in self.shapes.values())
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shared: int, max_new_tokens: int,
                  temperature: float = 0.0, top_p: float = 1.0, picker: Picker | None = None,
-                 cache_length: int = 0) -> torch.Tensor:
+                 cache_length: int = 0, resume: Resume | None = None) -> torch.Tensor:
         """`picker`: how tokens are chosen and rows end (default: `EosPicker` at `temperature` and `top_p`);
-        `cache_length`: at least this long a cache (a caller whose calls vary in width keeps one shape)."""
+        `cache_length`: at least this long a cache (a caller whose calls vary in width keeps one shape);
+        `resume`: the first `shared` columns come from a kept cache (with `prefix` None)."""
         picker = picker or EosPicker(self.eos_ids, temperature, top_p)
+        if resume is not None and (prefix is not None or not resume.handle.intact):
+            raise ValueError("a resumed decode takes an intact kept cache and no shared prefix")
         try:
             with torch.inference_mode():
-                return self._decode(ids, mask, prefix, shared, max_new_tokens, picker, cache_length)
+                return self._decode(ids, mask, prefix, shared, max_new_tokens, picker, cache_length, resume)
         except BaseException:
             self.shapes.clear()  # a capture cut short (out of memory, say) leaves no graph to replay
             raise
 
-    def _shape(self, rows: int, length: int) -> _Shape:
+    def _shape(self, rows: int, length: int, reset: bool = True) -> _Shape:
+        """`reset`: empty the cache (a resumed call instead overwrites its first columns, and may read them)."""
         key = (rows, length)
         if key in self.shapes:
             self.shapes.move_to_end(key)
             shape = self.shapes[key]
-            shape.cache.reset()
+            if reset:
+                shape.cache.reset()
             return shape
         while self.shapes and len(self.shapes) >= self.kept:
             self.shapes.popitem(last=False)
@@ -207,20 +250,25 @@ class GraphDecoder:
         return shape
 
     def _decode(self, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shared: int, max_new_tokens: int,
-                picker: Picker, cache_length: int = 0) -> torch.Tensor:
+                picker: Picker, cache_length: int = 0, resume: Resume | None = None) -> torch.Tensor:
         model, device, real = self.model, ids.device, ids.shape[0]
+        sources = list(resume.rows) if resume is not None else []
         if self.round_shapes and ids.shape[0] % ROWS_STEP:  # copies of the last row
             extra = ROWS_STEP - ids.shape[0] % ROWS_STEP
             ids, mask = torch.cat([ids, ids[-1:].expand(extra, -1)]), torch.cat([mask, mask[-1:].expand(extra, -1)])
+            sources += sources[-1:] * extra
         rows, width = ids.shape
         length = max(width + max_new_tokens, cache_length)
         if self.round_shapes:
             length += -length % LENGTH_STEP
-        shape = self._shape(rows, length)
+        shape = self._shape(rows, length, reset=resume is None)
+        shape.serial += 1  # from here on, what an earlier decode left in this cache is gone
         cache = shape.cache
         if prefix is not None:
             for index, layer in enumerate(prefix.layers):  # the shared tokens' keys and values, in every row
                 cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), index)
+        if resume is not None:
+            _gather_kept(resume.handle.shape, shape, sources, mask[:, :shared])
         valid = torch.zeros(rows, length, dtype=torch.bool, device=device)  # the cached positions a token may see
         valid[:, :width] = mask.bool()
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
@@ -234,6 +282,7 @@ class GraphDecoder:
                        position_ids=positions[:, shared:], cache=cache, use_cache=True,
                        **last_logits(model)).logits[:, -1]
         del seen, prefill_mask
+        self.prefilled = mask[:real, shared:].sum(1).tolist()
         shape.bias.zero_().masked_fill_(~valid, blocked)
         shape.position.copy_(mask.long().sum(1, keepdim=True))
         shape.where.fill_(width)
@@ -242,6 +291,7 @@ class GraphDecoder:
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         done[real:] = True  # the rounding's copies
         picker.start(rows, real)
+        fed = 0  # steps run: the chosen tokens fed into the cache (the last chosen one never is)
         for k in range(max_new_tokens):
             chosen = picker.choose(seq[:, :width + k], logits)
             seq[:, width + k] = torch.where(done, self.pad_id, chosen)
@@ -250,7 +300,36 @@ class GraphDecoder:
                 break
             shape.token.copy_(chosen[:, None])
             logits = shape.step()
-        return seq[:real, width:width + k + 1]
+            fed += 1
+        valid[:, width:width + fed] = True  # past a row's stop these hold tokens it did not keep: a resumer counts
+        shape.valid.copy_(valid)
+        self.last = CacheHandle(shape, shape.serial)
+        return seq[:real, width:width + fed + 1]
+
+
+def _gather_kept(source: _Shape, target: _Shape, rows: list[int], cached: torch.Tensor) -> None:
+    """Fill `target`'s first columns from `source`'s cache: row i takes the first `cached[i].sum()` tokens of
+    `source` row `rows[i]`, right-aligned in the `cached.shape[1]` columns (where `cached[i]` is 1). Whole
+    positions move; `target` may be `source` (each layer is read before it is written)."""
+    device, width = cached.device, cached.shape[1]
+    index = torch.tensor(rows, device=device)
+    count = cached.long().sum(1, keepdim=True)
+    had = source.valid[index]  # (rows, source length)
+    if not bool((had.sum(1, keepdim=True) >= count).all()):
+        raise ValueError("a resumed row asks for more tokens than its kept cache holds")
+    rank = had.long().cumsum(1) - 1  # each held column's place in its row's sequence
+    target_column = torch.where(had & (rank < count), width - count + rank, width)  # `width`: not taken
+    columns = torch.zeros(len(rows), width + 1, dtype=torch.long, device=device)
+    columns.scatter_(1, target_column, torch.arange(had.shape[1], device=device).expand(len(rows), -1))
+    columns = columns[:, :width]  # the source column of each target column (0 where the mask is 0)
+    for old, new in zip(source.cache.layers, target.cache.layers, strict=True):
+        keys = old.keys[index[:, None], :, columns].transpose(1, 2)  # (rows, heads, width, dim)
+        values = old.values[index[:, None], :, columns].transpose(1, 2)
+        if not new.is_initialized:
+            new.lazy_initialization(keys, values)
+        new.keys[:, :, :width].copy_(keys)
+        new.values[:, :, :width].copy_(values)
+        new.cumulative_length.fill_(width)
 
 
 def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix: Any, shared: int, max_new_tokens: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,17 +97,18 @@ class Agent:
             from delegate.planner.graph_generation import GraphGeneration
 
             return GraphGeneration(model, self.tokenizer, planner.temperature, planner.top_p, planner.batch_size,
-                                   processors)
+                                   processors, reuse_cache=planner.reuse_cache)
         return TransformersGeneration(model, self.tokenizer, planner.temperature, planner.top_p, planner.batch_size,
                                       planner.cache_implementation, processors, reuse_cache=planner.reuse_cache)
 
     def solve(self, question: str) -> Solution:
         return self.solve_many([question])[0]
 
-    def solve_many(self, questions: list[str]) -> list[Solution]:
-        """Solve a batch; every round generates for all live questions at once and batches their tool calls."""
+    def solve_many(self, questions: list[str], on_finish: Callable[[int], None] | None = None) -> list[Solution]:
+        """Solve a batch; every round generates for all live questions at once and batches their tool calls.
+        `on_finish(i)` is called as question i finishes (`RolloutEngine.run`), e.g. to move a progress bar."""
         prompts = [self.engine.prompt_ids(self.system_prompt, q) for q in questions]
-        return [Solution(t.answer, t) for t in self.engine.run(questions, prompts)]
+        return [Solution(t.answer, t) for t in self.engine.run(questions, prompts, on_finish)]
 
     def close(self) -> None:
         for thing in reversed(self._owned):

@@ -40,8 +40,9 @@ class PlannerConfig(BaseModel):
     batch_size: int = Field(64, gt=0, description="rollouts per generate call")
     cache_implementation: Literal["dynamic", "static"] | None = Field(
         None, description="KV cache for transformers generate; 'static' is faster on the GPU")
-    reuse_cache: bool = Field(True, description="transformers backend, dynamic cache: continue each tool round "
-                              "from the previous round's KV cache instead of re-running the prefix")
+    reuse_cache: bool = Field(True, description="transformers backend (dynamic cache, and the graphed decoder): "
+                              "continue each tool round from the previous round's KV cache instead of re-running "
+                              "the prefix")
     cuda_graph: bool = Field(False, description="transformers backend on a GPU: decode through the CUDA-graph "
                              "decoder (the one-token step captured once per shape and replayed) instead of "
                              "generate; on a CPU, generate")

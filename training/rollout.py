@@ -155,7 +155,7 @@ class PlannerRollout:
         if self._graph is None or self._graph.model is not model:
             s = self.sampling
             self._graph = GraphGeneration(model, self.tokenizer, s["temperature"], s["top_p"], s["batch_size"],
-                                          self.processors())
+                                          self.processors(), reuse_cache=s["reuse_cache"])
         return self._graph
 
     def _roll(self, generator: Any, questions: list[str], sync: RankSync | None = None) -> list[Trajectory]:
