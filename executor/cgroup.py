@@ -1,7 +1,12 @@
-"""The sandbox's control group: a ceiling on its processes (`pids`) and on its memory (`memory`), v1 or v2.
+"""The sandbox's control groups: a ceiling on its processes (`pids`) and on its memory (`memory`), v1 or v2, for
+each server, and below it one group per job slot with a job's own ceilings.
 
 One group per server, named afresh at every launch (a restarted server never waits for its predecessor's group
-to empty). Whatever is writable here is used; what is not is reported once by the caller.
+to empty). Below it, made at launch (ahead of need, so that no job waits for a `mkdir`), `slot-0`, `slot-1`, ...:
+each job process moves itself into a free slot before it runs anything (the slots' `cgroup.procs` belong to the
+sandbox's identity), so that its memory (heap, tmpfs files, pipe and socket buffers, kernel objects) and its
+processes are counted and limited on their own, and the OOM killer and the pids limit hit the job that caused
+them. Whatever is writable here is used; what is not is reported once by the caller.
 """
 
 from __future__ import annotations
@@ -32,21 +37,44 @@ class SandboxCgroup:
 
     dirs: list[Path] = field(default_factory=list)
     limits: dict[str, int] = field(default_factory=dict)  # controller -> the value in force
+    slot_dirs: dict[str, Path] = field(default_factory=dict)  # controller -> the group that holds the slots
+    slot_missing: dict[str, str] = field(default_factory=dict)  # controller -> why it has no job slots
 
     @classmethod
-    def create(cls, limits: dict[str, int], root: Path = ROOT) -> tuple[SandboxCgroup, dict[str, str]]:
+    def create(cls, limits: dict[str, int], root: Path = ROOT, slots: int = 0,
+               slot_limits: dict[str, int] | None = None,
+               owner: tuple[int, int] | None = None) -> tuple[SandboxCgroup, dict[str, str]]:
         """A fresh group with as many of `limits` ({"pids": n, "memory": bytes}) as can be set here, and why
-        each of the others cannot."""
+        each of the others cannot; below it `slots` job groups with `slot_limits` (for the controllers named
+        there), whose `cgroup.procs` is handed to `owner` (uid, gid) so that the sandbox's jobs can join them."""
         name = f"delegate-sandbox-{os.getpid()}-{next(_names)}"
         group, missing = cls(), {}
         for controller, value in limits.items():
             try:
-                group._limit(root, name, controller, value)
+                path, limit_file = group._limit(root, name, controller, value)
             except OSError as exc:
                 missing[controller] = str(exc)
+                continue
+            if slots and slot_limits and controller in slot_limits:
+                try:
+                    group._slots(path, controller, limit_file, slots, slot_limits[controller], owner)
+                except OSError as exc:  # e.g. v2, whose group with the server in it cannot have controlled children
+                    group.slot_dirs.pop(controller, None)
+                    group.slot_missing[controller] = f"cannot make per-job {controller} groups in {path}: {exc}"
         return group, missing
 
-    def _limit(self, root: Path, name: str, controller: str, value: int) -> None:
+    def _slots(self, parent: Path, controller: str, limit_file: str, count: int, value: int,
+               owner: tuple[int, int] | None) -> None:
+        self.slot_dirs[controller] = parent
+        for index in range(count):
+            path = parent / f"slot-{index}"
+            path.mkdir()
+            _write_limit(path, limit_file, value)
+            for name in ("cgroup.procs", "tasks"):  # `tasks`: v1 only
+                if owner is not None and (path / name).exists():
+                    os.chown(path / name, *owner)
+
+    def _limit(self, root: Path, name: str, controller: str, value: int) -> tuple[Path, str]:
         v2_file, v1_file = _LIMIT_FILES[controller]
         for base, limit_file in ((_v2_root(root, controller), v2_file), (root / controller, v1_file)):
             if base is None or not (base / "cgroup.procs").exists() or not os.access(base, os.W_OK):
@@ -55,13 +83,9 @@ class SandboxCgroup:
             if path not in self.dirs:
                 path.mkdir()
                 self.dirs.append(path)
-            (path / limit_file).write_text(str(value))
-            extra, extra_value = _NO_SWAP.get(limit_file, (None, None))
-            if extra and (path / extra).exists():
-                with contextlib.suppress(OSError):
-                    (path / extra).write_text(extra_value or str(value))
+            _write_limit(path, limit_file, value)
             self.limits[controller] = value
-            return
+            return path, limit_file
         raise OSError(f"no writable {controller} cgroup (v2 {root} with '{controller}' in cgroup.subtree_control, "
                       f"or v1 {root / controller})")
 
@@ -77,7 +101,8 @@ class SandboxCgroup:
     def remove(self, timeout_s: float = 2.0) -> None:
         """Kill whatever is still inside, then remove the directories (retrying while the processes die)."""
         deadline = time.monotonic() + timeout_s
-        for path in self.dirs:
+        slots = [slot for parent in self.dirs for slot in sorted(parent.glob("slot-*"))]
+        for path in [*slots, *self.dirs]:  # the slots first: a group with children cannot be removed
             while True:
                 _kill_members(path)
                 try:
@@ -91,6 +116,27 @@ class SandboxCgroup:
                         break
                     time.sleep(0.02)
         self.dirs = []
+        self.slot_dirs = {}
+
+
+def _write_limit(path: Path, limit_file: str, value: int) -> None:
+    (path / limit_file).write_text(str(value))
+    extra, extra_value = _NO_SWAP.get(limit_file, (None, None))
+    if extra and (path / extra).exists():
+        with contextlib.suppress(OSError):
+            (path / extra).write_text(extra_value or str(value))
+
+
+def oom_kills(path: str) -> int:
+    """How many processes the OOM killer took in the memory group at `path` (v1 `memory.oom_control`, v2
+    `memory.events`), 0 where neither says."""
+    for name in ("memory.oom_control", "memory.events"):
+        with contextlib.suppress(OSError):
+            for line in Path(path, name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    return 0
 
 
 def _kill_members(path: Path) -> None:

@@ -4,19 +4,24 @@ Layers, outermost first:
 - `bubblewrap` (`executor.launch`): the server sees an allowlist of host paths, read-only, in new user, mount,
   network, IPC, UTS and PID namespaces, with a private /tmp, a read-only /dev and its own /proc; it is PID 1 of its
   namespace (so no job can signal it: the kernel drops signals to a namespace's init that it has no handler for).
-- `identity`: a caller that is root drops to an unprivileged uid/gid (65534) with no supplementary groups before
-  the user namespace is made, so root's files, root-owned sockets and the sysctls stay out of reach even where a
-  mount leaks; a caller that is not root is unprivileged already.
+- `identity`: a caller that is root drops to the sandbox's own unprivileged uid/gid (`uid`, `gid`; by default
+  60420, not the host's shared `nobody`) with no supplementary groups before the user namespace is made, so root's
+  files, root-owned sockets and the sysctls stay out of reach even where a mount leaks, and no host user shares
+  the sandbox's per-user kernel limits; a caller that is not root is unprivileged already.
 - `job_namespaces`: each job is PID 1 of its own PID namespace with its own mount, IPC and UTS namespaces and a
   fresh session keyring: a private /proc (its /proc/sys read-only) that shows only its own processes, a private
   size-limited tmpfs as working directory and /tmp, its own size-limited /dev/shm, no capabilities and
   `no_new_privs`. When a job ends the kernel kills everything it started, `setsid` grandchildren included, and
   its files, IPC objects and keys go with it.
-- `seccomp` (`executor.syscalls`): loaded by every job after its setup; no keyrings, namespaces, mounts, ptrace,
-  bpf, perf events, io_uring, userfaultfd.
+- `seccomp` (`executor.syscalls`): loaded by every job after its setup; an allowlist whose default action refuses,
+  sockets of `AF_UNIX`, `AF_INET` and `AF_INET6` only.
+- `zygote` (`executor.zygote`): jobs are forked from a template that never received any job's code or output, so
+  no job holds another's data in its memory.
 - `process_limit` and `memory_limit` (`executor.cgroup`): a cgroup (v1 or v2) around each server, where one is
-  writable; else `RLIMIT_NPROC` for processes (binding for the unprivileged identity, not for root). The jobs'
-  `oom_score_adj` is 1000, so the kernel's OOM killer takes a job before the trainer.
+  writable; else `RLIMIT_NPROC` for processes (binding for the unprivileged identity, not for root).
+- `job_limits` (`executor.cgroup`): below it, a memory and a pids group per job slot, which each job joins
+  before it runs anything: its tmpfs files, pipes and sockets count, and the OOM killer and the pids limit hit it.
+  The jobs' `oom_score_adj` is 1000, so the kernel's OOM killer takes a job before the trainer.
 - `rlimits`: always: address space, CPU time, file size, open files, no core dumps.
 
 Not covered: timing side channels, and jobs that run at the same time talking to each other over the sandbox's
@@ -139,11 +144,12 @@ class Layers:
 
 
 def server_command() -> tuple[list[str], dict[str, str]]:
-    """The interpreter command that starts the fork server, and its environment."""
+    """The interpreter command that starts the fork server, and its environment: fixed, nothing of the caller's
+    (every job can read the environment its process image was started with, in /proc/self/environ)."""
     package_root = str(Path(__file__).resolve().parent.parent)
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p),
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PYTHONPATH": package_root,
         "LANG": "C.UTF-8",
         "HOME": "/tmp",
         # Thread pools do not survive fork; one thread each also keeps a job's address space small.

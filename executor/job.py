@@ -50,6 +50,7 @@ class JobSetup:
     binds: tuple[str, ...] = ()  # host paths under /tmp (a checkout, a virtualenv) to bind back read-only
     keyctl_nr: int | None = None  # the keyctl system call's number: each job gets a fresh session keyring
     seccomp: bytes | None = None  # the compiled filter (`executor.syscalls`), loaded at the end of the setup
+    cgroup_procs: tuple[str, ...] = ()  # the `cgroup.procs` of this job's own groups (its slot), to join first
 
 
 def job_main(setup: JobSetup, job_r: int, out_w: int, err_w: int, report_w: int) -> NoReturn:
@@ -83,6 +84,12 @@ def _isolate(setup: JobSetup) -> None:
         isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWIPC | isolation.CLONE_NEWUTS)
         isolation.mount("none", "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
         nosuid_nodev = isolation.MS_NOSUID | isolation.MS_NODEV
+        # Into its own memory and pids groups before it allocates or forks anything of its own. They are under
+        # /tmp, which the job's own tmpfs covers below: no way back to the other slots (a job without
+        # capabilities cannot unmount it).
+        for procs in setup.cgroup_procs:
+            with open(procs, "w") as file:
+                file.write("0")
         isolation.mount("proc", "/proc", "proc", nosuid_nodev | isolation.MS_NOEXEC)
         isolation.mount("/proc/sys", "/proc/sys", None, isolation.MS_BIND | isolation.MS_REC)
         isolation.mount("none", "/proc/sys", None, isolation.MS_BIND | isolation.MS_REMOUNT | isolation.MS_RDONLY

@@ -26,6 +26,9 @@ from pathlib import Path
 SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # links into /usr on merged-/usr systems
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "alternatives", "nsswitch.conf")
 PACKAGE_DIR = Path(__file__).resolve().parent
+# Where the server and its jobs see the per-job cgroups: under /tmp, so that each job's own /tmp hides them once
+# it has joined its own group.
+JOB_CGROUPS = "/tmp/.delegate-cgroups"
 
 
 def runtime_paths() -> list[str]:
@@ -66,14 +69,22 @@ def _root_fs(paths: list[str]) -> list[str]:
     return args + [arg for path in paths for arg in ("--ro-bind", path, path)]
 
 
-def server_argv(bwrap: str, setpriv: str | None, identity: tuple[int, int] | None, paths: list[str]) -> list[str]:
+def server_argv(bwrap: str, setpriv: str | None, identity: tuple[int, int] | None, paths: list[str],
+                cgroups: dict[str, str] | None = None) -> list[str]:
     """The command prefix that runs a program as the sandbox server (see the module docstring).
 
     `identity` is the (uid, gid) to drop to (None: keep the caller's, which must then be unprivileged); `paths`
     are the host directories to show (`runtime_paths`), plus the programs bwrap and setpriv where they live
-    outside /usr."""
+    outside /usr; `cgroups` maps a controller to the host group holding the job slots, shown writable at
+    `JOB_CGROUPS/<controller>` (jobs move themselves into their slot before their own /tmp hides it)."""
     programs = [p for p in (bwrap, setpriv) if p and not p.startswith("/usr/")]
     outer = [bwrap, "--die-with-parent", "--unshare-pid", *_root_fs(sorted({*paths, *programs}))]
+    inner_cgroups: list[str] = []
+    if cgroups:
+        outer += ["--perms", "0755", "--dir", JOB_CGROUPS]
+        for controller, host_dir in sorted(cgroups.items()):
+            outer += ["--bind", host_dir, f"{JOB_CGROUPS}/{controller}"]
+        inner_cgroups = ["--bind", JOB_CGROUPS, JOB_CGROUPS]
     drop: list[str] = []
     if identity is not None:
         assert setpriv is not None
@@ -87,7 +98,7 @@ def server_argv(bwrap: str, setpriv: str | None, identity: tuple[int, int] | Non
     inner = [bwrap, "--unshare-user", "--uid", "0", "--gid", "0", "--unshare-pid", "--unshare-net",
              "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--as-pid-1", "--die-with-parent",
              "--new-session",
-             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", *inner_cgroups,
              *(arg for path in under_tmp for arg in ("--ro-bind", path, path)), "--remount-ro", "/dev",
              "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP", "--chdir", "/", "--"]
     return [*outer, "--", *drop, *inner]

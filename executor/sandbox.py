@@ -118,22 +118,31 @@ class _Connection:
             if len(body) < size:
                 break
             self.last_heard = time.monotonic()
-            message = json.loads(body)
-            if message["type"] == "result":
-                with self.lock:
-                    future = self.pending.pop(message["id"], None)
-                    self.timeouts.pop(message["id"], None)
-                if future is not None:
-                    future.set_result(ExecutionResult.from_dict(message["result"]))
-            elif not self.hello.done():
-                self.hello.set_result(message)
-            elif message["type"] == "fatal":
-                log.error("sandbox server: %s", message["error"])
+            try:
+                self._route(json.loads(body))
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
+                # Never expected of our own server; if it happens, the server is not trusted to go on.
+                log.error("the sandbox server sent a malformed message (%s); killing it", exc)
+                self.kill()
+                break
         code = self.proc.wait()
         reason = f"the sandbox server died (exit status {code})"
         if not self.hello.done():
             self.hello.set_result({"type": "fatal", "error": reason})
         self._fail_pending(reason)
+
+    def _route(self, message: dict[str, Any]) -> None:
+        if message["type"] == "result":
+            result = ExecutionResult.from_dict(message["result"])
+            with self.lock:
+                future = self.pending.pop(message["id"], None)
+                self.timeouts.pop(message["id"], None)
+            if future is not None:
+                future.set_result(result)
+        elif not self.hello.done():
+            self.hello.set_result(message)
+        elif message["type"] == "fatal":
+            log.error("sandbox server: %s", message["error"])
 
     def _log_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -260,23 +269,30 @@ class Sandbox:
         layers = isolation.Layers(present=["rlimits"])
         command, env = isolation.server_command()
         tmp_binds: list[str] = []
+        # The groups first: the server's command shows the job slots to the sandbox (full isolation only: jobs
+        # without namespaces of their own could not hide the other slots from themselves).
+        limits = {"pids": cfg.max_processes // cfg.server_count,
+                  "memory": cfg.memory_of(index, host_memory_bytes())}
+        owner = (cfg.uid, cfg.gid) if os.geteuid() == 0 else None
+        cgroup, no_cgroup = SandboxCgroup.create(
+            limits, slots=cfg.slots_of(index) if cfg.isolation == "full" else 0,
+            slot_limits={"pids": cfg.job_processes, "memory": cfg.job_memory_bytes}, owner=owner)
+        self._cgroups[index] = cgroup
+        job_cgroups: dict[str, str] = {}
         if cfg.isolation == "full":
             paths = launch.runtime_paths()
-            prefix, why_not = self._isolated_prefix(paths)
+            prefix, why_not = self._isolated_prefix(paths, {c: str(d) for c, d in cgroup.slot_dirs.items()})
             if why_not is None:
                 layers.present += ["bubblewrap", "identity"]
                 command = prefix + command
                 tmp_binds = [p for p in paths if p.startswith("/tmp/")]
+                job_cgroups = {c: f"{launch.JOB_CGROUPS}/{c}" for c in cgroup.slot_dirs}
             else:
                 layers.missing["bubblewrap" if "bubblewrap" in why_not else "identity"] = why_not
         else:
             layers.missing["bubblewrap"] = "isolation is 'none' (the config's choice)"
         if layers.missing_required and cfg.isolation == "full":
             raise SandboxError(self._refusal(layers))
-        limits = {"pids": cfg.max_processes // cfg.server_count,
-                  "memory": cfg.memory_of(index, host_memory_bytes())}
-        cgroup, no_cgroup = SandboxCgroup.create(limits)
-        self._cgroups[index] = cgroup
         command = cgroup.wrap(command)
         nproc = None
         if "pids" in cgroup.limits:
@@ -292,16 +308,24 @@ class Sandbox:
         else:
             layers.missing["memory_limit"] = (f"{no_cgroup['memory']}: only each job's address-space limit holds, "
                                               "not their sum")
+        if job_cgroups.keys() == {"pids", "memory"}:
+            layers.present.append("job_limits")
+        elif cfg.isolation == "full":
+            why = {**{c: f"no sandbox group: {w}" for c, w in no_cgroup.items()}, **cgroup.slot_missing}
+            layers.missing["job_limits"] = ("no per-job memory and process groups (" + "; ".join(
+                f"{c}: {w}" for c, w in why.items()) + "): jobs share the sandbox's ceilings, so one job can starve "
+                "its siblings of memory or processes")
         jobs_dir = None
         if "bubblewrap" not in layers.present:  # jobs run in host directories: ours to make and to remove
             jobs_dir = self._jobs_dirs[index] = tempfile.mkdtemp(prefix="delegate-jobs-")
         server_config = {**cfg.model_dump(mode="json"), "workers": cfg.workers_of(index), "ready": cfg.ready_of(index),
                          "in_bwrap": "bubblewrap" in layers.present, "nproc": nproc, "tmp_binds": tmp_binds,
-                         "jobs_dir": jobs_dir}
+                         "jobs_dir": jobs_dir, "job_cgroups": job_cgroups, "job_slots": cfg.slots_of(index)}
         return _Connection(command, env, server_config), layers
 
-    def _isolated_prefix(self, paths: list[str]) -> tuple[list[str], str | None]:
-        """The bubblewrap command prefix for this caller, and None, or why the sandbox cannot be built here."""
+    def _isolated_prefix(self, paths: list[str], cgroups: dict[str, str]) -> tuple[list[str], str | None]:
+        """The bubblewrap command prefix for this caller, and None, or why the sandbox cannot be built here (probed
+        once per shape, without the job groups, whose names change at every launch)."""
         bwrap, setpriv = shutil.which("bwrap"), shutil.which("setpriv")
         if bwrap is None:
             return [], "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
@@ -311,11 +335,10 @@ class Sandbox:
                 return [], ("identity: the caller is root and setpriv, needed to drop to an unprivileged uid, is "
                             "not installed (Debian/Ubuntu: apt-get install util-linux)")
             identity = (self.config.uid, self.config.gid)
-        prefix = launch.server_argv(bwrap, setpriv, identity, paths)
-        key = tuple(prefix)
+        key = tuple(launch.server_argv(bwrap, setpriv, identity, paths))
         if key not in _probes:
-            _probes[key] = launch.probe(prefix)
-        return prefix, _probes[key]
+            _probes[key] = launch.probe(list(key))
+        return launch.server_argv(bwrap, setpriv, identity, paths, cgroups), _probes[key]
 
     def _refusal(self, layers: isolation.Layers) -> str:
         return (f"the sandbox refuses to run without {', '.join(layers.missing_required)}: "
