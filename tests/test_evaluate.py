@@ -137,6 +137,14 @@ def test_paired_comparison_finds_a_gain_an_unpaired_interval_would_blur():
         stats.paired(before, after[:-1])
 
 
+def test_a_paired_comparison_where_every_problem_moved_alike_has_a_point_interval():
+    """Every problem gained (or none changed): the differences have no spread, and the bootstrap's interval would
+    be NaN; it is the difference itself."""
+    for before, after, delta in (([False] * 4, [True] * 4, 1.0), ([True, False], [True, False], 0.0)):
+        result = stats.paired(before, after)
+        assert result["delta"] == delta and result["ci95"] == [delta, delta]
+
+
 def _fake_run(path, questions, correct):
     path.mkdir(parents=True)
     (path / "metrics.json").write_text(json.dumps({"n": len(questions), "accuracy": sum(correct) / len(correct),

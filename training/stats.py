@@ -28,7 +28,7 @@ def paired(before: Sequence[bool], after: Sequence[bool], confidence: float = 0.
     gained, lost = int(((a == 0) & (b == 1)).sum()), int(((a == 1) & (b == 0)).sum())
     p_value = stats.binomtest(gained, gained + lost, 0.5).pvalue if gained + lost else 1.0
     delta = float(b.mean() - a.mean())
-    if gained + lost:
+    if np.ptp(b - a) > 0:  # equal differences everywhere (none, or every problem gained): no spread to resample
         boot = stats.bootstrap((a, b), lambda x, y, axis=-1: y.mean(axis=axis) - x.mean(axis=axis), paired=True,
                                vectorized=True, confidence_level=confidence, n_resamples=9999,
                                random_state=np.random.default_rng(seed))
