@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
 import signal
 import time
 from dataclasses import dataclass, field
@@ -47,7 +48,10 @@ class SandboxCgroup:
         """A fresh group with as many of `limits` ({"pids": n, "memory": bytes}) as can be set here, and why
         each of the others cannot; below it `slots` job groups with `slot_limits` (for the controllers named
         there), whose `cgroup.procs` is handed to `owner` (uid, gid) so that the sandbox's jobs can join them."""
-        name = f"delegate-sandbox-{os.getpid()}-{next(_names)}"
+        _remove_orphans(root)
+        # the random part: a caller killed before it could clean up leaves its groups, and a later caller may get
+        # its pid; a name taken would otherwise look like "no writable cgroup" and cost that sandbox its limits
+        name = f"delegate-sandbox-{os.getpid()}-{next(_names)}-{secrets.token_hex(4)}"
         group, missing = cls(), {}
         for controller, value in limits.items():
             try:
@@ -100,9 +104,9 @@ class SandboxCgroup:
 
     def remove(self, timeout_s: float = 2.0) -> None:
         """Kill whatever is still inside, then remove the directories (retrying while the processes die)."""
-        deadline = time.monotonic() + timeout_s
         slots = [slot for parent in self.dirs for slot in sorted(parent.glob("slot-*"))]
         for path in [*slots, *self.dirs]:  # the slots first: a group with children cannot be removed
+            deadline = time.monotonic() + timeout_s  # each its own: one slow removal must not starve the rest
             while True:
                 _kill_members(path)
                 try:
@@ -117,6 +121,19 @@ class SandboxCgroup:
                     time.sleep(0.02)
         self.dirs = []
         self.slot_dirs = {}
+
+
+def _remove_orphans(root: Path) -> None:
+    """Empty groups of callers that died without cleaning up (SIGKILL, a CI timeout): removed, so they do not pile
+    up. A group whose caller still lives, or that still holds a process, is left alone."""
+    for group in [*root.glob("delegate-sandbox-*"), *root.glob("*/delegate-sandbox-*")]:  # v2, then v1's
+        pid = group.name.split("-")[2]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        with contextlib.suppress(OSError):
+            for slot in group.glob("slot-*"):
+                slot.rmdir()
+            group.rmdir()
 
 
 def _write_limit(path: Path, limit_file: str, value: int) -> None:
