@@ -211,8 +211,8 @@ def test_unisolated_killed_server_leaves_no_job_directory():
 def test_full_isolation_is_present_here():
     """CI installs bubblewrap and runs as root: every layer must be there (else the hostile tests mean less)."""
     with Sandbox(FAST) as sandbox:
-        assert set(sandbox.layers.present) >= {"bubblewrap", "identity", "job_namespaces", "seccomp",
-                                               "process_limit", "memory_limit", "rlimits"}, sandbox.layers
+        assert set(sandbox.layers.present) >= {"bubblewrap", "identity", "job_namespaces", "seccomp", "process_limit",
+                                               "memory_limit", "job_limits", "rlimits"}, sandbox.layers
 
 
 def _cgroup_dirs() -> set[str]:
