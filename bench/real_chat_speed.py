@@ -1,7 +1,7 @@
 """Speed with a real model (issue 28, item 5): the same questions, sampled, in the `chat` protocol (Qwen2.5's
 native tool calls to `ask_coder(request)`), through our engine and through TRL's own `tools=` loop; one table.
 
-    python bench/real_chat_speed.py --config training/recipes/qwen2.5-0.5b-request.yaml \
+    python -m bench.real_chat_speed --config training/recipes/qwen2.5-0.5b-request.yaml \
         --data ../shared/data/gsm8k/test.jsonl --big-values --rollouts 64 [--set SECTION.FIELD=VALUE ...]
 
 Both rows use one planner model (loaded once), the recipe's coder and one sandbox, the recipe's temperature,
@@ -90,21 +90,22 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="a recipe: its planner, coder and executor sections")
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    from delegate.cli import add_recipe_arguments, load_config
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    add_recipe_arguments(parser, config_help="a recipe: its planner, coder and executor sections")
     parser.add_argument("--data", required=True)
     parser.add_argument("--big-values", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rollouts", type=int, default=64)
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from delegate.planner import Agent, AgentConfig
     from delegate.planner.agent import load_planner_model
     from delegate.training.data import load_problems
 
-    config = AgentConfig.from_yaml(args.config, [*args.set, "planner.protocol=chat"])
+    config = load_config(parser, args, AgentConfig.from_yaml, extra=["planner.protocol=chat"])
     questions = [row["prompt"] for row in load_problems(args.data, big_values=args.big_values, seed=args.seed,
                                                          limit=args.rollouts)]
     planner = config.planner

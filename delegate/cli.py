@@ -9,9 +9,11 @@
 
 Each subcommand is the `main(argv)` of the module that owns the job (`training.models`, `planner.solve`,
 `training.evaluate`, `training.grpo`, `training.view`, `training.toy.demo`), so `python -m delegate.<module>` stays
-a thin alias of the same parser. Those parsers take `--config` and `--set` from `add_recipe_arguments` here, and
-read them through `load_config`: the overrides are applied by `planner.config.apply_overrides` and checked by the
-recipe's own pydantic models, and a wrong field ends the command with status 2 and one line naming it.
+a thin alias of the same parser. Those parsers, and the other commands that read a recipe (`training.curriculum`,
+`training.worked`, `training.sft`, `bench.real_chat_speed`), take `--config` and `--set` from
+`add_recipe_arguments` here, and read them through `load_config`: the overrides are applied by
+`planner.config.apply_overrides` and checked by the recipe's own pydantic models, and a wrong field ends the command
+with status 2 and one line naming it.
 
 `delegate train` runs GRPO in this process, which is what `accelerate launch` starts in each of its processes too:
 `accelerate launch -m delegate.cli train --config ...` and `accelerate launch training/grpo.py --config ...` are the
@@ -38,8 +40,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "view": ("delegate.training.view", "main", "one self-contained HTML page from trajectory records"),
     "demo": ("delegate.training.toy.demo", "main", "the toy world end to end on CPU (what `make demo` runs)"),
 }
-# Subcommands whose `main` does not take `prog=` (a module another owner keeps as it is).
-NO_PROG = {"eval"}
 
 SET_HELP = "override a recipe field, e.g. --set executor.isolation=none (repeatable; the value is read as YAML)"
 
@@ -120,11 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module, function, _ = COMMANDS[name]
     entry: Callable[..., Any] = getattr(importlib.import_module(module), function)
-    if name in NO_PROG:  # argparse names itself after sys.argv[0]
-        sys.argv[0] = f"delegate {name}"
-        result = entry(rest)
-    else:
-        result = entry(rest, prog=f"delegate {name}")
+    result = entry(rest, prog=f"delegate {name}")
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 

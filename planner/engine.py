@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -83,10 +83,14 @@ class RolloutEngine:
         text = self.protocol.prompt_text(self.tokenizer, system_prompt, question)
         return self._encode(text)
 
-    def run(self, questions: Sequence[str], prompt_ids: Sequence[list[int]]) -> list[Trajectory]:
-        """Roll out one trajectory per (question, prompt ids) pair; order kept."""
+    def run(self, questions: Sequence[str], prompt_ids: Sequence[list[int]],
+            on_finish: Callable[[int], None] | None = None) -> list[Trajectory]:
+        """Roll out one trajectory per (question, prompt ids) pair; order kept. `on_finish(i)` is called once for
+        each rollout, with its position, at the end of the round that finished it (its trajectory not yet
+        finalised): a progress bar can then move per problem while the slowest rollouts of a batch still run."""
         rollouts = [_Rollout(Trajectory(question=q, prompt_ids=list(p))) for q, p in zip(questions, prompt_ids,
                                                                                           strict=True)]
+        position = {id(r): i for i, r in enumerate(rollouts)}
         self.rounds = self.idle_rounds = 0
         self.seconds = dict.fromkeys(PHASES, 0.0)
         while True:
@@ -103,6 +107,10 @@ class RolloutEngine:
                 rollout.trajectory.rounds += 1
                 self._take(rollout, output)
             self._run_tools([r for r in live if r.pending is not None])
+            if on_finish is not None:
+                for rollout in live:
+                    if rollout.trajectory.finish_reason is not None:
+                        on_finish(position[id(rollout)])
         release = getattr(self.generator, "release", None)
         if release is not None:  # kept KV caches serve the next round of this run only
             release()

@@ -37,7 +37,7 @@ def test_every_subcommand_has_its_help(name):
     done = delegate(name, "--help")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"usage: delegate {name} "), done.stdout
-    if name in ("solve", "train"):  # the shared recipe arguments
+    if name in ("solve", "eval", "train"):  # the shared recipe arguments
         assert "--config RECIPE.yaml" in done.stdout and "--set SECTION.FIELD=VALUE" in done.stdout
     if name == "demo":
         assert "--set SECTION.FIELD=VALUE" in done.stdout
@@ -48,13 +48,31 @@ def test_every_subcommand_has_its_help(name):
     (("solve", "--config", str(TINY_RECIPE), "--set", "coder.max_new_tokens=-3", "2 + 2?"), "coder.max_new_tokens"),
     (("train", "--config", str(TINY_RECIPE), "--set", "grpo.max_stepz=3"), "grpo.max_stepz"),
     (("demo", "--set", "planner_epoch=5"), "planner_epoch"),
-], ids=["solve-unknown-field", "solve-bad-value", "train-unknown-field", "demo-unknown-field"])
+    # before any data loads: `gsm8k` would be a hub download, which fails otherwise on a machine without one
+    (("eval", "--config", str(TINY_RECIPE), "--data", "gsm8k", "--set", "executor.timeout_z=2"), "executor.timeout_z"),
+], ids=["solve-unknown-field", "solve-bad-value", "train-unknown-field", "demo-unknown-field", "eval-unknown-field"])
 def test_a_bad_set_field_exits_2_with_one_line_naming_it(args, field):
     done = delegate(*args)
     assert done.returncode == 2, (done.returncode, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"delegate {args[0]}: error: --set {field}") and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("module, args", [
+    ("delegate.training.curriculum", ("--out", "runs/never.jsonl")),
+    ("delegate.training.worked", ("--out", "runs/never.jsonl")),
+    ("delegate.training.sft", ("--records", "runs/never.jsonl", "--out", "runs/never")),
+    ("bench.real_chat_speed", ("--data", "never.jsonl")),
+])
+def test_the_other_recipe_commands_share_the_parser(module, args):
+    """The commands without a `delegate` subcommand read `--config`/`--set` through the same `load_config`."""
+    done = subprocess.run([sys.executable, "-m", module, "--config", str(TINY_RECIPE), *args, "--set",
+                           "planner.temprature=0.5"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = [line for line in done.stderr.strip().splitlines() if "[WARNING]" not in line]  # deepspeed's accelerator
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert ": error: --set planner.temprature=0.5: planner.temprature" in lines[0]
 
 
 def solve(model: Path, seed: int, cwd: Path = ROOT, *extra: str) -> str:

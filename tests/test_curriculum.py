@@ -22,6 +22,32 @@ def test_order_drops_solved_and_sorts_easy_to_hard():
     assert [s.prompt for s in order(scored, drop_unsolved=True)] == ["c", "e", "a"]
 
 
+def test_the_progress_bar_moves_per_finished_sample_not_per_batch(monkeypatch):
+    """Issue 43: the bar moves as each sample finishes (`Agent.solve_many`'s `on_finish`), not once per batch."""
+    from types import SimpleNamespace
+
+    steps: list[int] = []
+
+    class CountingBar(curriculum.tqdm):
+        def update(self, n=1):
+            steps.append(n)
+            return super().update(n)
+
+    class Finishing:  # solves every question with "4", reporting each one as the engine does
+        config = SimpleNamespace(planner=SimpleNamespace(temperature=1.0))
+
+        def solve_many(self, questions, on_finish=None):
+            for i in range(len(questions)):
+                if on_finish is not None:
+                    on_finish(i)
+            return [SimpleNamespace(answer="4") for _ in questions]
+
+    monkeypatch.setattr(curriculum, "tqdm", CountingBar)
+    scored = curriculum.pass_rates(Finishing(), [{"prompt": "2 + 2?", "answer": "4"}, {"prompt": "1 + 1?",
+                                                                                       "answer": "2"}], 3, batch=4)
+    assert [s.pass_rate for s in scored] == [1.0, 0.0] and steps == [1] * 6
+
+
 def test_command_samples_with_the_engine_and_writes_the_order(tmp_path, tiny_model_dir, caplog):
     problems = {"What is 6 times 7?": "42", "What is 2 plus 2?": "4", "What is 10 minus 3?": "7"}
     data = tmp_path / "data.jsonl"

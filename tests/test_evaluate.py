@@ -193,6 +193,26 @@ BEHAVING = [  # question, reference, source, script
 ]
 
 
+def test_the_progress_bar_moves_per_finished_problem_not_per_batch(tmp_path, setup, monkeypatch):
+    """Issue 43: the bar sat at 0/20 for minutes, then jumped to 20/20 (one update per batch of 128). One batch of
+    four problems that finish in two rounds: four steps of one."""
+    import tqdm.auto
+
+    recipe, data, tokenizer, scripts = setup
+    steps: list[int] = []
+
+    class CountingBar(tqdm.auto.tqdm):
+        def update(self, n=1):
+            if self.desc == "evaluate":  # not a bar of the libraries' (weights loading)
+                steps.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", CountingBar)
+    evaluate.main(["--config", str(recipe), "--data", str(data), "--out", str(tmp_path / "run"), "--batch-size",
+                   "4"], logits_processors=[ScriptedText(tokenizer, scripts)])
+    assert steps == [1, 1, 1, 1]
+
+
 @pytest.fixture(scope="module")
 def behaving_run(tmp_path_factory, tiny_model_dir):
     """An evaluation of the `BEHAVING` scripts (one run shared by the tests that read it)."""

@@ -78,7 +78,7 @@ def six_sevens():
 
 
 def rollout(protocol_name, tokenizer, model, sandbox, coder, scripts: dict[str, list], limits=None, tool_chunks=1,
-            **protocol_kw):
+            on_finish=None, **protocol_kw):
     """Run the engine on `scripts` (question -> parts); return trajectories, the forcer and the engine."""
     protocol = build_protocol(protocol_name, protocol_kw.get("markers"), protocol_kw.get("max_request_chars", 200),
                               tokenizer)
@@ -88,7 +88,7 @@ def rollout(protocol_name, tokenizer, model, sandbox, coder, scripts: dict[str, 
     generator = TransformersGeneration(model, tokenizer, temperature=0.0, batch_size=8, logits_processors=[forcer])
     engine = RolloutEngine(protocol, generator, tokenizer, sandbox, coder, limits or EngineLimits(256, 3, 200),
                            tool_chunks=tool_chunks)
-    return engine.run(list(scripts), [prompts[q] for q in scripts]), forcer, engine
+    return engine.run(list(scripts), [prompts[q] for q in scripts], on_finish), forcer, engine
 
 
 def inserted_runs(trajectory):
@@ -200,6 +200,23 @@ def test_rounds_batch_all_calls_and_let_rollouts_finish_early(tokenizer, model, 
     inserted = [[], ["```output\n2\n```\n"], ["```output\n3\n```\n", "```output\n4\n```\n"]]
     for t, blocks in zip(trajectories, inserted, strict=True):
         assert_token_exact(t, forcer, engine, blocks)
+
+
+def test_each_rollout_is_reported_once_at_the_end_of_the_round_that_finished_it(tokenizer, model, sandbox):
+    """`on_finish(i)` is what moves a progress bar per problem (issue 43: evaluation's bar sat at 0/20 for minutes,
+    then jumped to 20/20): one call per rollout, in the order they finish, while the slower ones still run."""
+    scripts = {
+        "Twice?": [Say("```python\nprint(3)\n```\n"), Env("\n```\n"), Say("```python\nprint(4)\n```\n"),
+                   Env("\n```\n"), Say("\\boxed{4}")],
+        "Direct?": [Say("It is \\boxed{1}.")],
+        "Once?": [Say("```python\nprint(2)\n```\n"), Env("\n```\n"), Say("\\boxed{2}")],
+    }
+    counting = Counting(sandbox)
+    finished: list[tuple[int, int]] = []  # (position, sandbox calls made by then)
+    trajectories, _, _ = rollout("code", tokenizer, model, counting, None, scripts,
+                                 on_finish=lambda i: finished.append((i, len(counting.batches))))
+    assert [t.rounds for t in trajectories] == [3, 1, 2]
+    assert finished == [(1, 1), (2, 2), (0, 2)]  # "Direct?" after round 1, "Once?" after round 2, then "Twice?"
 
 
 def test_request_calls_of_a_round_go_to_the_coder_in_one_call(tokenizer, model, sandbox, coder):

@@ -1,7 +1,7 @@
 """The curriculum: each training problem's pass rate under the starting policy, easiest first.
 
     python -m delegate.training.curriculum --config RECIPE.yaml --out runs/curriculum.jsonl [--samples 8]
-        [--drop-unsolved] [--trajectories runs/curriculum-rollouts.jsonl]
+        [--drop-unsolved] [--trajectories runs/curriculum-rollouts.jsonl] [--set SECTION.FIELD=VALUE ...]
 
 Samples `--samples` answers per problem (by default the recipe's `data.curriculum.samples`, else 8) through the
 same engine and sandbox as training (the recipe's planner, at its temperature), drops the problems every sample
@@ -55,8 +55,9 @@ class Scored:
 
 def pass_rates(agent: Agent, problems: list[dict[str, str]], samples: int, batch: int = 64,
                trajectories: Path | None = None) -> list[Scored]:
-    """Each problem's share of `samples` solutions whose answer matches the reference (with a progress bar);
-    every rollout appended to `trajectories` as a record, batch by batch, when given."""
+    """Each problem's share of `samples` solutions whose answer matches the reference (with a progress bar that
+    moves as each sample finishes); every rollout appended to `trajectories` as a record, batch by batch, when
+    given."""
     from delegate.training.records import record, write_records
 
     flat = [p for p in problems for _ in range(samples)]
@@ -66,14 +67,13 @@ def pass_rates(agent: Agent, problems: list[dict[str, str]], samples: int, batch
     with tqdm(total=len(flat), desc="curriculum", unit="sample") as progress:
         for start in range(0, len(flat), batch):
             chunk = flat[start:start + batch]
-            solutions = agent.solve_many([p["prompt"] for p in chunk])
+            solutions = agent.solve_many([p["prompt"] for p in chunk], on_finish=lambda _: progress.update())
             solved += [answers_match(p["answer"], s.answer) for p, s in zip(chunk, solutions, strict=True)]
             if trajectories is not None:
                 write_records(trajectories, [record(s.trajectory, agent.tokenizer, reference=p["answer"],
                                                     source=p.get("source")) for p, s in zip(chunk, solutions,
                                                                                              strict=True)],
                               append=True)
-            progress.update(len(chunk))
     scored = [Scored(p["prompt"], p["answer"], sum(solved[i * samples:(i + 1) * samples]) / samples,
                      p.get("source") or "") for i, p in enumerate(problems)]
     if samples > 1 and scored and all(s.pass_rate in (0.0, 1.0) for s in scored):
@@ -210,9 +210,11 @@ def order(scored: list[Scored], drop_unsolved: bool = False) -> list[Scored]:
     return sorted(kept, key=lambda s: -s.pass_rate)
 
 
-def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
+def main(argv: list[str] | None = None, prog: str | None = None, **agent_kwargs: Any) -> Path:
+    from delegate.cli import add_recipe_arguments, load_config, setup_logging
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_recipe_arguments(parser, config_help="the training recipe (its data section and starting policy)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--samples", type=int, help="default: the recipe's data.curriculum.samples, else 8")
     parser.add_argument("--drop-unsolved", action="store_true", default=None,
@@ -222,14 +224,12 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
                         help="sample nothing: write the recipe's fingerprint for the existing --out file (one built "
                              "from this recipe's data and policy before fingerprints existed), with --samples and "
                              "--drop-unsolved as it was built")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a recipe field, e.g. --set executor.isolation=none (repeatable)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
+    recipe = load_config(parser, args, Recipe.from_yaml)
 
     from delegate.training.grpo import load_prompts
 
-    recipe = Recipe.from_yaml(args.config, args.set)
     spec = recipe.data.curriculum
     if args.samples is None:
         args.samples = spec.samples if spec is not None else 8

@@ -1,13 +1,14 @@
 """Evaluate an agent on a problem set: accuracy, and how it uses its tools.
 
-    python -m delegate.training.evaluate --config RECIPE.yaml --data gsm8k [--split test] [--limit N] [--no-tools]
-        [--out DIR]
-    python -m delegate.training.evaluate --config RECIPE.yaml --data unseen [--limit N] [--seed S]
-    python -m delegate.training.evaluate --compare runs/eval/with-tools runs/eval/no-tools [--out DIR]
+    delegate eval --config RECIPE.yaml --data gsm8k [--split test] [--limit N] [--no-tools] [--set F=V] [--out DIR]
+    delegate eval --config RECIPE.yaml --data unseen [--limit N] [--seed S]
+    delegate eval --compare runs/eval/with-tools runs/eval/no-tools [--out DIR]
+    python -m delegate.training.evaluate ...            # the same command
 
-Runs `Agent.solve_many` over the set in batches (with a progress bar) and writes, in `--out`:
+Runs `Agent.solve_many` over the set in batches, with a progress bar that moves as each problem finishes (not as
+each batch does), and writes, in `--out`:
 - `trajectories.jsonl`: every rollout as a trajectory record (`training.records`), appended batch by batch, so an
-  interrupted run keeps what it did; `python -m delegate.training.view` turns it into an HTML report;
+  interrupted run keeps what it did; `delegate view` turns it into an HTML report;
 - `metrics.json`: accuracy with a 95 % (Wilson) interval, overall and by source (with each source's tool-call rate
   and calls per answer: calls per task type); the share of problems with a tool call; calls per answer; tool
   errors by executor status (and coder failures, refused calls); format violations by kind; mean tokens (sampled
@@ -88,7 +89,8 @@ def summarize(records: list[dict[str, Any]], seconds: float | None = None) -> di
 
 
 def run(agent: Any, problems: list[dict[str, Any]], out: Path, batch_size: int) -> dict[str, Any]:
-    """Solve every problem, appending records to `out/trajectories.jsonl` batch by batch; the metrics."""
+    """Solve every problem, appending records to `out/trajectories.jsonl` batch by batch; the metrics. The bar
+    moves as each problem finishes (`Agent.solve_many`'s `on_finish`): a batch can take minutes."""
     from tqdm.auto import tqdm
 
     from delegate.training.records import write_records
@@ -101,11 +103,10 @@ def run(agent: Any, problems: list[dict[str, Any]], out: Path, batch_size: int) 
     with tqdm(total=len(problems), desc="evaluate", unit="problem") as bar:
         for start in range(0, len(problems), batch_size):
             chunk = problems[start:start + batch_size]
-            solutions = agent.solve_many([p["prompt"] for p in chunk])
+            solutions = agent.solve_many([p["prompt"] for p in chunk], on_finish=lambda _: bar.update())
             rows = [graded_record(s.trajectory, agent.tokenizer, p) for p, s in zip(chunk, solutions, strict=True)]
             write_records(path, rows, append=True)
             records += rows
-            bar.update(len(chunk))
             bar.set_postfix(accuracy=f"{sum(bool(r['correct']) for r in records) / len(records):.1%}")
     return summarize(records, time.monotonic() - started)
 
@@ -325,9 +326,14 @@ def evaluate(config: str | Path, problems: list[dict[str, Any]], out: Path, *, n
     return metrics
 
 
-def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="a recipe (its planner, coder and executor sections)")
+def main(argv: list[str] | None = None, prog: str | None = None, **agent_kwargs: Any) -> Path:
+    """`delegate eval`: evaluate a recipe on a data set, or `--compare` two runs. `agent_kwargs` go to `Agent`
+    (e.g. the tests' scripted logits processors)."""
+    from delegate.cli import add_recipe_arguments, load_config, setup_logging
+    from delegate.planner.config import AgentConfig
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_recipe_arguments(parser, required=False, config_help="a recipe (its planner, coder and executor sections)")
     parser.add_argument("--data", help="a source name (gsm8k, math, ...), a generated suite (unseen, "
                         "unseen:countdown, ...), a hub id, or a local JSON/JSONL/Parquet")
     parser.add_argument("--schema", help="the source whose schema a local file has (detected when left out)")
@@ -341,16 +347,15 @@ def main(argv: list[str] | None = None, **agent_kwargs: Any) -> Path:
     parser.add_argument("--batch-size", type=int, help="problems per solve_many call (default: planner.batch_size)")
     parser.add_argument("--out", type=Path, help="the run's directory (default: runs/eval/<recipe>-<data>)")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("RUN_A", "RUN_B"))
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a recipe field, e.g. --set executor.isolation=none (repeatable)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.compare:
         path = compare(args.compare, args.out or args.compare[1].parent)
         print(path.read_text())
         return path
     if not (args.config and args.data):
         parser.error("--config and --data are needed (or --compare RUN_A RUN_B)")
+    load_config(parser, args, AgentConfig.from_yaml)  # a wrong field stops here, before any data or model loads
     out = args.out or Path("runs/eval") / f"{agent_name(args.config)}-{Path(args.data).stem.replace(':', '-')}" \
         f"{'-big-values' if args.big_values else ''}{'-no-tools' if args.no_tools else ''}"
     problems = load_set(args)

@@ -121,9 +121,12 @@ def train(model: Any, tokenizer: Any, examples: list[Example], out_dir: str | Pa
     return Path(out_dir)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="the GRPO recipe the warm start is for")
+def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
+    from delegate.cli import add_recipe_arguments, load_config, setup_logging
+    from delegate.training.recipe import Recipe
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_recipe_arguments(parser, config_help="the GRPO recipe the warm start is for")
     parser.add_argument("--records", type=Path, nargs="+", required=True, help="trajectory records (JSONL)")
     parser.add_argument("--out", type=Path, required=True, help="the adapter's directory (with agent.yaml)")
     parser.add_argument("--min-calls", type=int, default=1)
@@ -131,10 +134,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--learning-rate", type=float, default=1e-4, help="a LoRA rate")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a recipe field (repeatable)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
+    recipe = load_config(parser, args, Recipe.from_yaml)
 
     import torch
     from peft import get_peft_model
@@ -144,10 +146,8 @@ def main(argv: list[str] | None = None) -> Path:
     from delegate.coder.hf import eos_ids
     from delegate.planner.protocols import build_protocol
     from delegate.training.grpo import lora_config, planner_dtype, write_agent_recipe
-    from delegate.training.recipe import Recipe
     from delegate.training.records import read_records
 
-    recipe = Recipe.from_yaml(args.config, args.set)
     planner = recipe.planner
     if planner.adapter:
         raise ValueError("planner.adapter is set: the warm start trains a fresh LoRA on the base model")

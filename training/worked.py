@@ -12,7 +12,7 @@ A demonstration is kept only where every result is the step's value and the answ
 `training.sft`:
 
     python -m delegate.training.worked --config training/recipes/qwen2.5-0.5b-request.yaml --limit 256 \\
-        --out runs/worked-request.jsonl
+        --out runs/worked-request.jsonl [--set SECTION.FIELD=VALUE ...]
     python -m delegate.training.sft --config training/recipes/qwen2.5-0.5b-request.yaml \\
         --records runs/worked-request.jsonl --out runs/sft-request
 
@@ -29,6 +29,7 @@ import logging
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -203,36 +204,40 @@ def rows_of(path: str, limit: int | None, big_values: bool, seed: int, inline_be
     return list(demos.values())
 
 
-def replay(agent: Any, script: Demonstrations, demos: list[Worked]) -> list[tuple[Worked, Any, str | None]]:
+def replay(agent: Any, script: Demonstrations, demos: list[Worked],
+           on_finish: Callable[[int], None] | None = None) -> list[tuple[Worked, Any, str | None]]:
     """Each demonstration through `agent`'s engine (its generator must be `script`): the trajectory and why it is
-    dropped (None: kept)."""
+    dropped (None: kept). `on_finish(i)` as demonstration i finishes (`RolloutEngine.run`)."""
     prompts = [agent.engine.prompt_ids(agent.system_prompt, d.question) for d in demos]
     for demo, prompt in zip(demos, prompts, strict=True):
         script.add(prompt, segments(demo, agent.protocol))
-    trajectories = agent.engine.run([d.question for d in demos], prompts)
+    trajectories = agent.engine.run([d.question for d in demos], prompts, on_finish)
     return [(d, t, why_dropped(t, d)) for d, t in zip(demos, trajectories, strict=True)]
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="the recipe whose planner prompt, coder and sandbox serve")
+def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
+    from delegate.cli import add_recipe_arguments, load_config, setup_logging
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_recipe_arguments(parser, config_help="the recipe whose planner prompt, coder and sandbox serve")
     parser.add_argument("--out", type=Path, required=True, help="the kept demonstrations (JSONL records)")
     parser.add_argument("--limit", type=int, help="problems (default: the recipe's data.limit)")
     parser.add_argument("--inline-below", type=float, default=0.0,
                         help="write out (not call) a step whose numbers are all below this in size (default 0: "
                              "call every step)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a recipe field (repeatable)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
+    from delegate.training.recipe import Recipe
+
+    recipe = load_config(parser, args, Recipe.from_yaml)
+
+    from tqdm import tqdm
     from transformers import AutoTokenizer
 
     from delegate.planner import Agent, AgentConfig
-    from delegate.training.recipe import Recipe
     from delegate.training.records import record, write_records
 
-    recipe = Recipe.from_yaml(args.config, args.set)
     data = recipe.data
     demos = rows_of(data.path, args.limit if args.limit is not None else data.limit, data.big_values, data.seed,
                     args.inline_below)
@@ -248,20 +253,21 @@ def main(argv: list[str] | None = None) -> Path:
     config = AgentConfig(planner=recipe.planner, coder=recipe.coder, executor=recipe.executor)
     write_records(args.out, [])
     kept = 0
-    with Agent(config, tokenizer=tokenizer, generator=script) as agent:
+    with Agent(config, tokenizer=tokenizer, generator=script) as agent, \
+            tqdm(total=len(demos), desc="worked", unit="problem") as bar:
         source = "worked-big-value-gsm8k" if data.big_values else "worked-gsm8k"
         batch = recipe.planner.batch_size
         for start in range(0, len(demos), batch):
             chunk = demos[start:start + batch]
             good = []
-            for demo, trajectory, reason in replay(agent, script, chunk):
+            for demo, trajectory, reason in replay(agent, script, chunk, on_finish=lambda _: bar.update()):
                 if reason is None:
                     good.append(record(trajectory, tokenizer, reference=demo.answer, source=source))
                 else:
                     dropped[reason] += 1
             write_records(args.out, good, append=True)
             kept += len(good)
-            log.info("worked: %d of %d problems replayed, %d kept", start + len(chunk), len(demos), kept)
+            bar.set_postfix(kept=kept)
     log.info("worked: %d of %d demonstrations kept -> %s; dropped: %s", kept, kept + sum(dropped.values()), args.out,
              ", ".join(f"{n} {why}" for why, n in dropped.most_common()) or "none")
     return args.out
