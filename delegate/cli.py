@@ -35,7 +35,8 @@ T = TypeVar("T")
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "fetch": ("delegate.training.models", "fetch_main", "download, check and dequantize a real small model (once)"),
     "solve": ("delegate.planner.solve", "main", "solve one question with an agent recipe"),
-    "eval": ("delegate.training.evaluate", "main", "evaluate a recipe on a data set (or --compare two runs)"),
+    "eval": ("delegate.training.evaluate", "main",
+             "evaluate a recipe on a data set (--compare two runs; --suite unseen: the generalization table)"),
     "train": ("delegate.training.grpo", "main", "GRPO training from a recipe (accelerate launch-able)"),
     "view": ("delegate.training.view", "main", "one self-contained HTML page from trajectory records"),
     "demo": ("delegate.training.toy.demo", "main", "the toy world end to end on CPU (what `make demo` runs)"),
@@ -119,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"delegate: error: unknown command {name!r} (choose from {', '.join(COMMANDS)})\n")
         return 2
     module, function, _ = COMMANDS[name]
+    if name == "eval" and any(arg.partition("=")[0] == "--suite" for arg in rest):  # the generalization table
+        module, function, name = "delegate.training.generalization", "main", "eval --suite"
     entry: Callable[..., Any] = getattr(importlib.import_module(module), function)
     result = entry(rest, prog=f"delegate {name}")
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

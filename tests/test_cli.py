@@ -43,6 +43,12 @@ def test_every_subcommand_has_its_help(name):
         assert "--set SECTION.FIELD=VALUE" in done.stdout
 
 
+def test_eval_with_a_suite_is_the_generalization_table():
+    done = delegate("eval", "--suite", "unseen", "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: delegate eval --suite ") and "--pair" in done.stdout, done.stdout
+
+
 @pytest.mark.parametrize("args, field", [
     (("solve", "--config", str(TINY_RECIPE), "--set", "planner.temprature=0.5", "2 + 2?"), "planner.temprature"),
     (("solve", "--config", str(TINY_RECIPE), "--set", "coder.max_new_tokens=-3", "2 + 2?"), "coder.max_new_tokens"),
