@@ -119,7 +119,7 @@ def prepare(plan_path: str, data: Path) -> None:
             continue
         pieces = [str(p) for p in split_file(saved, CARRY / "state", f"{run['name']}.state")]
         calls += [pieces[i:i + 3] for i in range(0, len(pieces), 3)]  # 15 MiB each, three a call
-    print(f"# {len(calls) + 2} calls, in quick succession (the machine goes back after 30 s idle):")
+    print(f"# {len(calls) + 3} calls, in quick succession (the machine goes back after 30 s idle):")
     for i, carry in enumerate(calls):
         files = [p for p in carry if not p.startswith(".whl")]
         command = f"python3 -m experiments.block receive {' '.join(files)}"
@@ -371,9 +371,9 @@ def next_heldout(plan: dict, env: dict[str, str]) -> subprocess.Popen | None:
                 if (step, held["name"]) in done or (EVALS / run["name"] / f"step-{step}-{held['name']}").exists():
                     continue
                 command = heldout_command(plan, run, config, step, held)
-                if step == 0:
+                if step == 0:  # the starting agent: the run's own planner (a warm start's adapter), coder, sandbox
                     command += [a for s in run.get("set", []) if s.startswith(("planner.", "coder.", "executor."))
-                                for a in ("--set", s)]
+                                for a in ("--set", expand(s, run))]
                 (EVALS / run["name"]).mkdir(parents=True, exist_ok=True)
                 log = (EVALS / run["name"] / f"step-{step}-{held['name']}.log").open("w")
                 print(f"{time.strftime('%T')} {run['name']}: held-out {held['name']} at step {step}", flush=True)
